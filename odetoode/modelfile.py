@@ -1,0 +1,266 @@
+"""The contract between trainer and service: what an odetoode ONNX file says about itself.
+
+Every exported model carries string ``metadata_props`` (structured values JSON-encoded) under the keys below, so any
+ONNX tool can read it without our code, and the service can validate a model before it takes traffic. This module is
+pure Python (no torch, no onnx) so both halves import it.
+
+A policy graph maps ``observation [batch, obs_dim] float32 -> action [batch, act_dim] float32`` with normalization
+and action clipping inside; a classifier maps ``image [batch, 1, 28, 28] float32 -> logits, probabilities [batch,
+10] float32``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+FORMAT_VERSION = "1"
+PREFIX = "odetoode."
+
+Kind = Literal["policy", "classifier"]
+KINDS: tuple[str, ...] = ("policy", "classifier")
+ARCHS: tuple[str, ...] = (
+    "iso-odetoode",
+    "gated-odetoode",
+    "deepnet",
+    "deepresnet",
+    "baseode",
+    "nanode",
+    "hypernet",
+    "dense",
+)
+
+POLICY_INPUT, POLICY_OUTPUT = "observation", "action"
+CLASSIFIER_INPUT, CLASSIFIER_OUTPUTS = "image", ("logits", "probabilities")
+IMAGE_SHAPE = (1, 28, 28)
+
+
+class ModelFormatError(ValueError):
+    """A model's metadata is missing, malformed or inconsistent; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Box:
+    """A box space: ``shape`` and per-element ``low``/``high`` (``+-inf`` for unbounded, flattened row-major)."""
+
+    shape: tuple[int, ...]
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"shape": list(self.shape), "low": [_num(v) for v in self.low], "high": [_num(v) for v in self.high]}
+
+    @classmethod
+    def from_json(cls, value: Any, key: str) -> Box:
+        if not isinstance(value, dict) or not {"shape", "low", "high"} <= value.keys():
+            raise ModelFormatError(f"{key}: expected an object with shape, low and high")
+        shape = tuple(int(v) for v in value["shape"])
+        low = tuple(_float(v, key) for v in value["low"])
+        high = tuple(_float(v, key) for v in value["high"])
+        box = cls(shape, low, high)
+        if len(low) != box.size or len(high) != box.size:
+            raise ModelFormatError(f"{key}: low/high must have {box.size} values for shape {list(shape)}")
+        if any(lo > hi for lo, hi in zip(low, high, strict=True)):
+            raise ModelFormatError(f"{key}: low must not exceed high")
+        return box
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """``clip((obs - mean) / std, -clip, clip)``, as baked into a policy graph."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    clip: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std], "clip": _num(self.clip)}
+
+    @classmethod
+    def from_json(cls, value: Any, key: str) -> Normalization:
+        if not isinstance(value, dict) or not {"mean", "std", "clip"} <= value.keys():
+            raise ModelFormatError(f"{key}: expected an object with mean, std and clip")
+        norm = cls(
+            tuple(_float(v, key) for v in value["mean"]),
+            tuple(_float(v, key) for v in value["std"]),
+            _float(value["clip"], key),
+        )
+        if len(norm.mean) != len(norm.std):
+            raise ModelFormatError(f"{key}: mean and std differ in length")
+        if any(not (s > 0 and math.isfinite(s)) for s in norm.std):
+            raise ModelFormatError(f"{key}: every std must be positive and finite")
+        if not norm.clip > 0:
+            raise ModelFormatError(f"{key}: clip must be positive")
+        return norm
+
+
+@dataclass(frozen=True)
+class Golden:
+    """Input/output pairs the service re-checks at load: rows of the first input and of the first output."""
+
+    inputs: tuple[tuple[float, ...], ...]
+    outputs: tuple[tuple[float, ...], ...]
+    rtol: float = 1e-4
+    atol: float = 1e-5
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "inputs": [list(r) for r in self.inputs],
+            "outputs": [list(r) for r in self.outputs],
+            "rtol": self.rtol,
+            "atol": self.atol,
+        }
+
+    @classmethod
+    def from_json(cls, value: Any, key: str) -> Golden:
+        if not isinstance(value, dict) or not {"inputs", "outputs"} <= value.keys():
+            raise ModelFormatError(f"{key}: expected an object with inputs and outputs")
+        inputs = tuple(tuple(_float(v, key) for v in row) for row in value["inputs"])
+        outputs = tuple(tuple(_float(v, key) for v in row) for row in value["outputs"])
+        if len(inputs) != len(outputs) or not inputs:
+            raise ModelFormatError(f"{key}: needs as many (>= 1) outputs as inputs")
+        return cls(inputs, outputs, float(value.get("rtol", 1e-4)), float(value.get("atol", 1e-5)))
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """Everything an odetoode ONNX file states about itself (see ``DESIGN.md``, "Interfaces")."""
+
+    kind: Kind
+    arch: str
+    steps: int
+    hidden: int
+    golden: Golden
+    env_id: str | None = None
+    observation_space: Box | None = None
+    action_space: Box | None = None
+    obs_normalization: Normalization | None = None
+    lipschitz_bound: float | None = None
+    training: Mapping[str, Any] = field(default_factory=dict)
+    format: str = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ModelFormatError(f"{PREFIX}kind: expected one of {list(KINDS)}, got {self.kind!r}")
+        if self.arch not in ARCHS:
+            raise ModelFormatError(f"{PREFIX}arch: expected one of {list(ARCHS)}, got {self.arch!r}")
+        if self.kind == "policy":
+            for name in ("observation_space", "action_space", "obs_normalization"):
+                if getattr(self, name) is None:
+                    raise ModelFormatError(f"{PREFIX}{name}: required for a policy")
+            assert self.observation_space is not None and self.obs_normalization is not None
+            if len(self.obs_normalization.mean) != self.observation_space.size:
+                raise ModelFormatError(f"{PREFIX}obs_normalization: size differs from the observation space")
+
+    @property
+    def input_name(self) -> str:
+        return POLICY_INPUT if self.kind == "policy" else CLASSIFIER_INPUT
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return (POLICY_OUTPUT,) if self.kind == "policy" else CLASSIFIER_OUTPUTS
+
+    def to_metadata_props(self) -> dict[str, str]:
+        props: dict[str, Any] = {
+            "format": self.format,
+            "kind": self.kind,
+            "arch": self.arch,
+            "steps": str(self.steps),
+            "hidden": str(self.hidden),
+            "golden": self.golden.to_json(),
+            "training": dict(self.training),
+        }
+        if self.env_id is not None:
+            props["env_id"] = self.env_id
+        if self.observation_space is not None:
+            props["observation_space"] = self.observation_space.to_json()
+        if self.action_space is not None:
+            props["action_space"] = self.action_space.to_json()
+        if self.obs_normalization is not None:
+            props["obs_normalization"] = self.obs_normalization.to_json()
+        if self.lipschitz_bound is not None:
+            props["lipschitz_bound"] = repr(float(self.lipschitz_bound))
+        return {
+            PREFIX + k: v if isinstance(v, str) else json.dumps(v, separators=(",", ":"), allow_nan=False)
+            for k, v in props.items()
+        }
+
+    @classmethod
+    def from_metadata_props(cls, props: Mapping[str, str]) -> ModelDescription:
+        """Parses and validates metadata; raises ``ModelFormatError`` naming the offending key."""
+
+        def get(key: str, required: bool = True) -> str | None:
+            value = props.get(PREFIX + key)
+            if value is None and required:
+                raise ModelFormatError(f"{PREFIX}{key}: missing from the model's metadata_props")
+            return value
+
+        def parsed(key: str, required: bool = True) -> Any:
+            raw = get(key, required)
+            if raw is None:
+                return None
+            try:
+                return json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise ModelFormatError(f"{PREFIX}{key}: not valid JSON ({exc.msg})") from None
+
+        fmt = get("format")
+        if fmt != FORMAT_VERSION:
+            raise ModelFormatError(f"{PREFIX}format: this service reads format {FORMAT_VERSION}, got {fmt!r}")
+        obs, act, norm = (
+            parsed("observation_space", False),
+            parsed("action_space", False),
+            parsed("obs_normalization", False),
+        )
+        bound = get("lipschitz_bound", False)
+        training = parsed("training", False) or {}
+        if not isinstance(training, dict):
+            raise ModelFormatError(f"{PREFIX}training: expected an object")
+        return cls(
+            kind=get("kind"),  # type: ignore[arg-type]
+            arch=str(get("arch")),
+            steps=_int(get("steps"), "steps"),
+            hidden=_int(get("hidden"), "hidden"),
+            golden=Golden.from_json(parsed("golden"), PREFIX + "golden"),
+            env_id=get("env_id", False),
+            observation_space=None if obs is None else Box.from_json(obs, PREFIX + "observation_space"),
+            action_space=None if act is None else Box.from_json(act, PREFIX + "action_space"),
+            obs_normalization=None if norm is None else Normalization.from_json(norm, PREFIX + "obs_normalization"),
+            lipschitz_bound=None if bound is None else _float(bound, PREFIX + "lipschitz_bound"),
+            training=training,
+            format=str(fmt),
+        )
+
+
+def _num(v: float) -> float | str:
+    """JSON has no infinities: unbounded box limits travel as the strings "inf" / "-inf"."""
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    return float(v)  # also turns numpy scalars into plain floats
+
+
+def _float(v: Any, key: str) -> float:
+    try:
+        out = float(v)
+    except (TypeError, ValueError):
+        raise ModelFormatError(f"{key}: {v!r} is not a number") from None
+    if math.isnan(out):
+        raise ModelFormatError(f"{key}: NaN is not allowed")
+    return out
+
+
+def _int(v: Any, key: str) -> int:
+    try:
+        out = int(v)
+    except (TypeError, ValueError):
+        raise ModelFormatError(f"{PREFIX}{key}: {v!r} is not an integer") from None
+    if out < 1:
+        raise ModelFormatError(f"{PREFIX}{key}: must be >= 1, got {out}")
+    return out

@@ -1,0 +1,38 @@
+"""Packaging promises: the serving half imports without torch; the README's commands exist."""
+
+from __future__ import annotations
+
+import pkgutil
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import service
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_service_and_format_import_without_torch() -> None:
+    modules = ["odetoode", "odetoode.modelfile", "service"] + [
+        f"service.{m.name}"
+        for m in pkgutil.iter_modules(service.__path__)
+        if not m.name.startswith("_") and m.name not in ("__main__", "demo")
+    ]
+    code = (
+        "import sys, importlib\n"
+        "sys.modules['torch'] = None  # any import of torch now raises ImportError\n"
+        f"for m in {modules!r}: importlib.import_module(m)\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_readme_commands_are_make_targets() -> None:
+    readme = (ROOT / "README.md").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    for target in set(re.findall(r"^\s*make ([a-z-]+)", readme, flags=re.M)):
+        assert re.search(rf"^{re.escape(target)}:", makefile, flags=re.M), f"README mentions make {target}"
+    assert "make test" in (ROOT / ".ci" / "run").read_text()

@@ -1,0 +1,191 @@
+"""Every architecture: the definitions of the paper checked against independent float64 computations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from trainer.manifolds import orthogonality_error, skew
+from trainer.models import ARCHITECTURES, FlowModel, GatedODEtoODE, IsoODEtoODE, build_model
+from trainer.models.gates import gate_outputs
+from trainer.program import Dense, Residual
+
+
+def small(arch: str, **config: object) -> FlowModel:
+    config.setdefault("hidden", 6)
+    config.setdefault("steps", 5)
+    return build_model(arch, 5, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64, **config)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_forward_shape_and_unroll_agree(arch: str) -> None:
+    model = build_model(arch, 17, 6, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(8, 17)
+    y = model(x)
+    assert y.shape == (8, 6)
+    assert y.dtype == torch.float32
+    unrolled = model.unroll()
+    assert unrolled.dense_layers()[0].weight.dtype == torch.float64
+    assert torch.allclose(unrolled(x.double()), y.double(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_population_evaluation_equals_member_by_member(arch: str) -> None:
+    """A stacked population of parameter sets is evaluated in one program, as evolution strategies need."""
+    models = [small(arch) for _ in range(3)]
+    for i, m in enumerate(models):  # distinct members
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(0.01 * i * torch.randn_like(p))
+    stacked = {name: torch.stack([m.parameter_dict()[name] for m in models]) for name in models[0].parameter_dict()}
+    x = torch.randn(3, 4, 5, dtype=torch.float64)
+    together = models[0].program(stacked)(x)
+    assert together.shape == (3, 4, 3)
+    for i, m in enumerate(models):
+        assert torch.allclose(together[i], m(x[i]), atol=1e-12)
+
+
+def expm_flow_oracle(w0: np.ndarray, q: np.ndarray, n: np.ndarray, steps: int) -> list[np.ndarray]:
+    """Eq. 6 in numpy/scipy float64: W_i = W_{i-1} expm((1/N)(W^T Q W N - N W^T Q W))."""
+    out, w = [], w0
+    for _ in range(steps):
+        h = w.T @ q @ w
+        w = w @ scipy.linalg.expm((h @ n - n @ h) / steps)
+        out.append(w)
+    return out
+
+
+@pytest.mark.parametrize("steps", [25, 100, 1000])
+def test_iso_flow_is_equation_6_and_orthogonal(steps: int) -> None:
+    model = build_model("iso-odetoode", 17, 6, hidden=16, steps=steps, dtype=torch.float64)
+    p = {k: v.detach() for k, v in model.parameter_dict().items()}
+    ws = model.flow_matrices(p)
+    assert len(ws) == steps
+    assert max(float(orthogonality_error(w)) for w in ws) < 1e-10
+    oracle = expm_flow_oracle(p["w0"].numpy(), p["q"].numpy(), p["n"].numpy(), steps)
+    for i in (0, steps // 2, steps - 1):
+        assert np.allclose(ws[i].numpy(), oracle[i], atol=1e-10)
+
+
+def test_iso_main_flow_is_equation_5() -> None:
+    model = small("iso-odetoode")
+    p = {k: v.detach().numpy() for k, v in model.parameter_dict().items()}
+    s = np.random.default_rng(0).normal(size=5)
+    x = p["omega1"] @ s
+    for w in expm_flow_oracle(p["w0"], p["q"], p["n"], model.steps):
+        x = x + np.abs(w @ x + p["b"]) / model.steps
+    expected = p["omega2"] @ x
+    assert np.allclose(model(torch.from_numpy(s)[None])[0].detach().numpy(), expected, atol=1e-12)
+
+
+def test_iso_uses_only_the_symmetric_parts_of_q_and_n() -> None:
+    """An antisymmetric perturbation of Q or N (as ES may draw) changes nothing and keeps the flow orthogonal."""
+    model = small("iso-odetoode")
+    x = torch.randn(4, 5, dtype=torch.float64)
+    before = model(x)
+    with torch.no_grad():
+        model.q.add_(skew(torch.randn(6, 6, dtype=torch.float64)))
+        model.n.add_(skew(torch.randn(6, 6, dtype=torch.float64)))
+    assert torch.allclose(model(x), before, atol=1e-12)
+
+
+@pytest.mark.parametrize("gates", [1, 2, 4])
+@pytest.mark.parametrize("weight_input", [False, True])
+def test_gated_flow_is_exp_of_a_gated_skew_sum(gates: int, weight_input: bool) -> None:
+    model = small("gated-odetoode", gates=gates, weight_input=weight_input)
+    assert isinstance(model, GatedODEtoODE)
+    p = {k: v.detach() for k, v in model.parameter_dict().items()}
+    ws = model.flow_matrices(p)
+    w_prev = p["w0"]
+    for i, w in enumerate(ws):
+        f = gate_outputs(p, i * model.step_size, w_prev, model.hidden, weight_input)
+        b_psi = sum(p["gate_a"][j] * (f[j] - f[j].T) for j in range(gates))
+        expected = w_prev.numpy() @ scipy.linalg.expm(model.step_size * b_psi.numpy())
+        assert np.allclose(w.numpy(), expected, atol=1e-12)
+        assert float(orthogonality_error(w)) < 1e-12
+        w_prev = w
+
+
+def test_hypernet_flow_is_unconstrained_euler() -> None:
+    model = small("hypernet", gates=2)
+    p = {k: v.detach() for k, v in model.parameter_dict().items()}
+    ws = model.flow_matrices(p)  # type: ignore[attr-defined]
+    f = gate_outputs(p, 0.0, p["w0"], model.hidden, True)
+    expected = p["w0"] + model.step_size * (p["gate_a"][0] * f[0] + p["gate_a"][1] * f[1])
+    assert torch.allclose(ws[0], expected)
+    assert float(orthogonality_error(ws[-1])) > 1e-6  # nothing keeps it orthogonal
+
+
+def test_nanode_weights_are_trigonometric_polynomials() -> None:
+    model = small("nanode", degree=2, horizon=2.0)
+    c = model.coefficients.detach()  # type: ignore[union-attr]
+    layers = model.flow_layers(model.parameter_dict())
+    for i, layer in enumerate(layers, start=1):
+        t = i * model.step_size
+        expected = c[0].clone()
+        for j in (1, 2):
+            expected += c[2 * j - 1] * math.cos(math.pi * j * t) + c[2 * j] * math.sin(math.pi * j * t)
+        assert isinstance(layer, Residual)
+        assert torch.allclose(layer.body[0].weight, expected)  # type: ignore[union-attr]
+
+
+def test_baseode_is_a_two_hidden_layer_field_shared_over_time() -> None:
+    model = small("baseode")
+    layers = model.flow_layers(model.parameter_dict())
+    assert len(layers) == model.steps
+    first, last = layers[0], layers[-1]
+    assert isinstance(first, Residual) and isinstance(last, Residual)
+    assert [type(b) for b in first.body] == [Dense, Dense, Dense]
+    assert first.body[0].weight is last.body[0].weight  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("arch", "depth"), [("deepnet", 25), ("dense", 1), ("dense", 10), ("deepresnet", 25)])
+def test_discrete_baselines_have_the_papers_depth(arch: str, depth: int) -> None:
+    """DeepNet/DeepResNet: 25 hidden layers (the paper); Dense-k: k hidden layers; then a linear read-out."""
+    program = build_model(arch, 5, 3, depth=depth).unroll()
+    if arch == "deepresnet":
+        hidden = [layer for layer in program.layers if isinstance(layer, Residual)]
+    else:
+        hidden = [layer for layer in program.dense_layers() if layer.activation is not None]
+    assert len(hidden) == depth
+    assert isinstance(program.layers[-1], Dense) and program.layers[-1].activation is None
+
+
+def test_stiefel_projections_have_unit_spectral_norm() -> None:
+    model = build_model("iso-odetoode", 17, 6)
+    dense = model.unroll().dense_layers()
+    assert float(torch.linalg.matrix_norm(dense[0].weight, ord=2)) == pytest.approx(1.0, abs=1e-6)
+    assert float(torch.linalg.matrix_norm(dense[-1].weight, ord=2)) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_lipschitz_certificate_is_lemma_1_for_orthogonal_flows() -> None:
+    for steps in (10, 25):
+        bound = build_model("iso-odetoode", 17, 6, steps=steps).unroll().lipschitz_bound()
+        assert bound == pytest.approx((1 + 1 / steps) ** steps, rel=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["iso-odetoode", "gated-odetoode"])
+def test_gradcheck_float64(arch: str) -> None:
+    """Autograd through the matrix flow (matrix_exp, gates) against finite differences, w.r.t. every input."""
+    model = build_model(arch, 3, 2, hidden=4, steps=3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    names = list(model.parameter_dict())
+    params = tuple(model.parameter_dict()[n].detach().clone().requires_grad_() for n in names)
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+
+    def f(x: torch.Tensor, *values: torch.Tensor) -> torch.Tensor:
+        return model.program(dict(zip(names, values, strict=True)))(x)
+
+    assert torch.autograd.gradcheck(f, (x, *params))
+
+
+def test_unknown_architecture_and_bad_sizes_are_rejected() -> None:
+    with pytest.raises(ValueError, match=r"unknown architecture 'resnet50'"):
+        build_model("resnet50", 3, 2)
+    with pytest.raises(ValueError, match=r"hidden and steps must be >= 1"):
+        build_model("iso-odetoode", 3, 2, steps=0)
+    with pytest.raises(ValueError, match=r"expected inputs with 3 features"):
+        IsoODEtoODE(3, 2)(torch.zeros(1, 4))

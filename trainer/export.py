@@ -1,0 +1,315 @@
+"""Export: a trained model -> a self-describing ONNX file with its flow unrolled, checked, in a model repository.
+
+Steps (``export_policy`` / ``export_classifier``):
+
+1. ``model.unroll()``: every constant of the flow computed in float64 (``W_1..W_N`` by exact matrix exponentials);
+2. the ONNX graph, with normalization and action clipping baked in for policies (``trainer.onnx_graph``);
+3. golden input/output pairs from the float64 torch reference, which the service re-checks at load;
+4. parity: ONNX Runtime must reproduce the reference within ``PARITY_RTOL`` at batch 1 and 256, or export fails;
+5. ``metadata_props`` per ``odetoode.modelfile`` (kind, arch, spaces, normalization, Lipschitz bound, provenance).
+
+``write_to_repository`` then places ``<name>/<version>/model.onnx`` and a model card atomically, so a server
+polling the repository never sees half a version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+import yaml
+
+from odetoode.modelfile import IMAGE_SHAPE, Box, Golden, ModelDescription, Normalization
+from trainer.models import FlowModel
+from trainer.onnx_graph import OPSET, classifier_graph, policy_graph
+from trainer.program import Program
+
+PARITY_RTOL = 1e-5
+"""Max-norm relative error allowed between ONNX Runtime (float32) and the float64 torch reference."""
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+"""Model names the repository accepts: no path separators, no leading dot, at most 64 characters."""
+
+ORTHOGONAL_ARCHS = ("iso-odetoode", "gated-odetoode")
+
+
+class ExportError(RuntimeError):
+    """The exported graph failed a check (parity, shapes); nothing was written."""
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """What a policy graph needs beyond the network: its spaces and the observation normalization to bake in."""
+
+    observation_space: Box
+    action_space: Box
+    normalization: Normalization
+    env_id: str | None = None
+
+
+@dataclass
+class ExportedModel:
+    """An exported model in memory: the ONNX proto, its description, and the parity it reached."""
+
+    proto: onnx.ModelProto
+    description: ModelDescription
+    parity: dict[str, float]
+    parameters: int
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: str | Path) -> None:
+        onnx.save_model(self.proto, str(path))
+
+    def card(self, name: str, version: int) -> str:
+        return model_card(self, name, version)
+
+
+def max_relative_error(actual: np.ndarray, reference: np.ndarray) -> float:
+    """``max |actual - reference| / max |reference|`` (max-norm relative error; robust to entries near zero)."""
+    scale = max(float(np.max(np.abs(reference))), 1e-12)
+    return float(np.max(np.abs(actual.astype(np.float64) - reference)) / scale)
+
+
+def policy_reference(program: Program, spec: PolicySpec, observations: np.ndarray) -> np.ndarray:
+    """The float64 torch evaluation of the exported policy: normalize, clip, program, clip to the action bounds."""
+    obs = torch.as_tensor(observations, dtype=torch.float64)
+    mean = torch.tensor(spec.normalization.mean, dtype=torch.float64)
+    std = torch.tensor(spec.normalization.std, dtype=torch.float64)
+    z = ((obs - mean) / std).clamp(-spec.normalization.clip, spec.normalization.clip)
+    action = program(z)
+    low = torch.tensor(spec.action_space.low, dtype=torch.float64)
+    high = torch.tensor(spec.action_space.high, dtype=torch.float64)
+    return torch.maximum(torch.minimum(action, high), low).numpy()
+
+
+def classifier_reference(program: Program, images: np.ndarray) -> np.ndarray:
+    """Float64 logits of ``images: [batch, 1, 28, 28]``."""
+    x = torch.as_tensor(images, dtype=torch.float64).reshape(images.shape[0], -1)
+    return program(x).numpy()
+
+
+def cpu_session(proto: onnx.ModelProto) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _parity(
+    session: ort.InferenceSession, input_name: str, reference: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray
+) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for batch in (1, 256):
+        x = inputs[:batch].astype(np.float32)
+        actual = session.run(None, {input_name: x})[0]
+        out[f"batch_{batch}"] = max_relative_error(actual, reference(x.astype(np.float64)))
+    worst = max(out.values())
+    if not worst <= PARITY_RTOL:
+        raise ExportError(f"ONNX Runtime differs from the torch reference by {worst:.3g} (> {PARITY_RTOL}): {out}")
+    return out
+
+
+def _golden(inputs: np.ndarray, outputs: np.ndarray) -> Golden:
+    # Tolerances scale with the outputs so a policy with actions ~1 and a classifier with logits ~20 are judged alike.
+    scale = max(1.0, float(np.max(np.abs(outputs))))
+    return Golden(
+        inputs=tuple(tuple(float(v) for v in row) for row in inputs.reshape(inputs.shape[0], -1)),
+        outputs=tuple(tuple(float(v) for v in row) for row in outputs.reshape(outputs.shape[0], -1)),
+        rtol=1e-4,
+        atol=1e-5 * scale,
+    )
+
+
+def _training_record(training: Mapping[str, Any] | None) -> dict[str, Any]:
+    record = dict(training or {})
+    json.dumps(record, allow_nan=False)  # fail here, not in the service, if provenance is not plain JSON
+    return record
+
+
+def export_policy(
+    model: FlowModel,
+    spec: PolicySpec,
+    *,
+    training: Mapping[str, Any] | None = None,
+    golden: int = 4,
+    seed: int = 0,
+) -> ExportedModel:
+    """Exports a policy ``observation -> action``; raises ``ExportError`` if ONNX Runtime disagrees with torch."""
+    program = model.unroll()
+    proto = policy_graph(program, spec.normalization, spec.action_space, name=f"{model.arch}-policy")
+    rng = np.random.default_rng(seed)
+    mean, std = np.asarray(spec.normalization.mean), np.asarray(spec.normalization.std)
+    # Observations spread over (and a little past) the normalization's clip range, in raw units.
+    inputs = mean + std * rng.normal(size=(256, model.in_features)) * 2.0
+
+    def reference(x: np.ndarray) -> np.ndarray:
+        return policy_reference(program, spec, x)
+
+    parity = _parity(cpu_session(proto), "observation", reference, inputs)
+    golden_inputs = inputs[:golden].astype(np.float32).astype(np.float64)  # what the service will feed, exactly
+    description = ModelDescription(
+        kind="policy",
+        arch=model.arch,
+        steps=model.steps,
+        hidden=model.hidden,
+        golden=_golden(golden_inputs, reference(golden_inputs)),
+        env_id=spec.env_id,
+        observation_space=spec.observation_space,
+        action_space=spec.action_space,
+        obs_normalization=spec.normalization,
+        lipschitz_bound=program.lipschitz_bound(),
+        training=_training_record(training),
+    )
+    onnx.helper.set_model_props(proto, description.to_metadata_props())
+    return ExportedModel(proto, description, parity, model.num_parameters(), dict(model.config))
+
+
+def export_classifier(
+    model: FlowModel,
+    *,
+    training: Mapping[str, Any] | None = None,
+    sample_images: np.ndarray | None = None,
+    golden: int = 4,
+    seed: int = 0,
+) -> ExportedModel:
+    """Exports a classifier ``image -> logits, probabilities``; ``sample_images`` (``[n, 1, 28, 28]`` in [0, 1])
+    become the golden inputs when given, uniform noise otherwise."""
+    program = model.unroll()
+    proto = classifier_graph(program, name=f"{model.arch}-classifier")
+    rng = np.random.default_rng(seed)
+    inputs = rng.uniform(0.0, 1.0, size=(256, *IMAGE_SHAPE))
+    if sample_images is not None:
+        sample = np.asarray(sample_images, dtype=np.float64).reshape(-1, *IMAGE_SHAPE)[:256]
+        inputs[: len(sample)] = sample
+
+    def reference(x: np.ndarray) -> np.ndarray:
+        return classifier_reference(program, x)
+
+    parity = _parity(cpu_session(proto), "image", reference, inputs)
+    golden_inputs = inputs[:golden].astype(np.float32).astype(np.float64)  # what the service will feed, exactly
+    description = ModelDescription(
+        kind="classifier",
+        arch=model.arch,
+        steps=model.steps,
+        hidden=model.hidden,
+        golden=_golden(golden_inputs, reference(golden_inputs)),
+        lipschitz_bound=program.lipschitz_bound(),
+        training=_training_record(training),
+    )
+    onnx.helper.set_model_props(proto, description.to_metadata_props())
+    return ExportedModel(proto, description, parity, model.num_parameters(), dict(model.config))
+
+
+def next_version(model_dir: Path) -> int:
+    versions = (
+        [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()] if model_dir.is_dir() else []
+    )
+    return max(versions, default=0) + 1
+
+
+def write_to_repository(
+    exported: ExportedModel,
+    repository: str | Path,
+    name: str,
+    version: int | None = None,
+    *,
+    serving_config: Mapping[str, Any] | None = None,
+) -> Path:
+    """Writes ``<repository>/<name>/<version>/{model.onnx, README.md}`` atomically; returns the version directory.
+
+    ``version`` defaults to one past the highest existing version. ``serving_config`` (if given) replaces
+    ``<name>/config.yaml``. An existing version is never overwritten.
+    """
+    if not MODEL_NAME.match(name):
+        raise ValueError(f"model name {name!r} must match {MODEL_NAME.pattern}")
+    model_dir = Path(repository) / name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    version = next_version(model_dir) if version is None else version
+    if version < 1:
+        raise ValueError(f"version must be >= 1, got {version}")
+    target = model_dir / str(version)
+    if target.exists():
+        raise FileExistsError(f"{target} already exists; versions are immutable, export a new one")
+    staging = Path(tempfile.mkdtemp(dir=model_dir, prefix=".staging-"))
+    staging.chmod(0o755)  # mkdtemp makes it private; a server running as another user must read it
+    try:
+        exported.save(staging / "model.onnx")
+        (staging / "README.md").write_text(exported.card(name, version))
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if serving_config is not None:
+        config_path = model_dir / "config.yaml"
+        tmp = config_path.with_name(".config.yaml.tmp")
+        tmp.write_text(yaml.safe_dump(dict(serving_config), sort_keys=False))
+        os.replace(tmp, config_path)
+    return target
+
+
+def _fmt_box(box: Box | None) -> str:
+    if box is None:
+        return "-"
+    lo, hi = min(box.low), max(box.high)
+    return f"shape {list(box.shape)}, values in [{lo:g}, {hi:g}]"
+
+
+def model_card(exported: ExportedModel, name: str, version: int) -> str:
+    """A markdown model card: what the model is, how it was made, how well it does, how to call it."""
+    d = exported.description
+    training = dict(d.training)
+    metrics = training.pop("metrics", {}) or {}
+    lines = [
+        f"# {name} (version {version})",
+        "",
+        f"{'An' if d.arch[0] in 'aeiou' else 'A'} **{d.arch}** {d.kind} exported by odetoode "
+        f"(ONNX opset {OPSET}, flow unrolled into constant matrices).",
+        "",
+        "| property | value |",
+        "|---|---|",
+        f"| kind | {d.kind} |",
+        f"| architecture | {d.arch} |",
+        f"| hidden size h / steps N | {d.hidden} / {d.steps} |",
+        f"| parameters (trained) | {exported.parameters} |",
+    ]
+    if d.kind == "policy":
+        lines += [
+            f"| environment | {d.env_id or '-'} |",
+            f"| observation | `observation` float32, {_fmt_box(d.observation_space)} |",
+            f"| action | `action` float32, {_fmt_box(d.action_space)} (clipped in the graph) |",
+            f"| normalization | mean/std baked in, clip +-{d.obs_normalization.clip:g} |"
+            if d.obs_normalization
+            else "| normalization | none |",
+        ]
+    else:
+        lines += [
+            "| input | `image` float32 [batch, 1, 28, 28], pixels in [0, 1] |",
+            "| outputs | `logits`, `probabilities` float32 [batch, classes] |",
+        ]
+    if d.lipschitz_bound is not None:
+        units = "normalized-observation units" if d.kind == "policy" else "pixel units"
+        note = " (Lemma 1: (1+1/N)^N for an orthogonal flow)" if d.arch in ORTHOGONAL_ARCHS else ""
+        lines.append(f"| certified Lipschitz bound | {d.lipschitz_bound:.6g} in {units}{note} |")
+    parity = ", ".join(f"{k.replace('_', ' ')}: {v:.2e}" for k, v in exported.parity.items())
+    lines += [f"| ONNX Runtime vs float64 torch (max rel. error) | {parity} |", ""]
+    lines += ["## Provenance", ""]
+    if training:
+        lines += [f"- **{k}**: `{json.dumps(v)}`" for k, v in training.items()]
+    else:
+        lines.append("- no training record")
+    lines += ["", "## Metrics", ""]
+    if metrics:
+        lines += [f"- **{k}**: {v}" for k, v in metrics.items()]
+    else:
+        lines.append("- none recorded")
+    lines += ["", "## Configuration", "", "```json", json.dumps(exported.config, indent=2, sort_keys=True), "```", ""]
+    return "\n".join(lines)

@@ -1,0 +1,192 @@
+"""The paper's baselines (Sec. 5.1.2 and 5.2.2), on the same projections and main flow as ODEtoODE.
+
+Where the paper leaves a detail open, the baselines reuse ODEtoODE's main flow ``x <- x + (1/N) f(W_t x + b)`` so
+that only the *weight* flow differs between architectures -- the comparison the paper is about:
+
+* DeepNet / Dense: ``depth`` hidden layers ``x <- f(W_l x + b_l)`` (the first one is the input projection);
+* DeepResNet: ``depth`` residual layers ``x <- x + f(W_l x + b_l)``;
+* BaseODE (NODE): ``dx/dt = MLP(x)``, two hidden layers of size ``h``, time-independent weights;
+* NANODE: ``W_t`` a trigonometric polynomial of degree ``d`` in ``t`` with learnable matrix coefficients;
+* HyperNet: ``W_t`` the state of an unconstrained weight ODE ``dW/dt = sum_j a_j F_j(t, W)`` driven by the same gate
+  networks as gated-ODEtoODE (the paper's RL HyperNet is ``gates = 1`` with the gates reading ``vec(W)``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+
+from trainer.manifolds import Euclidean, haar_orthogonal
+from trainer.models.base import FlowModel, Params, uniform_init
+from trainer.models.gates import combine_gates, gate_manifolds, gate_outputs
+from trainer.program import Dense, Layer, Residual
+
+
+class DeepNet(FlowModel):
+    """A plain feed-forward network with ``depth`` hidden layers of width ``hidden`` (the paper: 25).
+
+    ``steps`` is ignored; ``depth`` counts hidden layers including the input projection's, so ``depth = k`` is the
+    paper's Dense-k.
+    """
+
+    arch: ClassVar[str] = "deepnet"
+    input_activation: ClassVar[bool] = True
+
+    def __init__(self, in_features: int, out_features: int, *, depth: int = 25, **kwargs: Any) -> None:
+        kwargs.setdefault("steps", depth)
+        super().__init__(in_features, out_features, **kwargs)
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        self.depth = depth
+        self.config.update(depth=depth)
+        h = self.hidden
+        if depth > 1:
+            self.add_parameter("weights", Euclidean((depth - 1, h, h)), fan_in=h)
+            self.add_parameter("biases", Euclidean((depth - 1, h)), fan_in=h)
+
+    def flow_layers(self, p: Params) -> tuple[Layer, ...]:
+        return tuple(
+            Dense(p["weights"][..., layer, :, :], p["biases"][..., layer, :], self.activation)
+            for layer in range(self.depth - 1)
+        )
+
+
+class DenseK(DeepNet):
+    """Dense-k of the supervised tables: ``DeepNet`` with ``depth = k`` (default 1) and ReLU."""
+
+    arch: ClassVar[str] = "dense"
+
+    def __init__(self, in_features: int, out_features: int, *, depth: int = 1, **kwargs: Any) -> None:
+        kwargs.setdefault("activation", "relu")
+        super().__init__(in_features, out_features, depth=depth, **kwargs)
+
+
+class DeepResNet(FlowModel):
+    """``depth`` residual layers ``x <- x + f(W_l x + b_l)`` of width ``hidden`` (the paper: 25)."""
+
+    arch: ClassVar[str] = "deepresnet"
+
+    def __init__(self, in_features: int, out_features: int, *, depth: int = 25, **kwargs: Any) -> None:
+        kwargs.setdefault("steps", depth)
+        super().__init__(in_features, out_features, **kwargs)
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        self.depth = depth
+        self.config.update(depth=depth)
+        h = self.hidden
+        # Residual branches start scaled by 1/sqrt(depth) (as in Fixup-style inits): with the default scale a
+        # 25-block ResNet's output grows by ~1e7 at initialization and ES starts from saturated actions.
+        shrink = 1.0 / math.sqrt(depth)
+        self.add_parameter(
+            "weights", Euclidean((depth, h, h)), value=uniform_init((depth, h, h), h, self._generator) * shrink
+        )
+        self.add_parameter("biases", Euclidean((depth, h)), fan_in=h)
+
+    def flow_layers(self, p: Params) -> tuple[Layer, ...]:
+        return tuple(
+            Residual(1.0, (Dense(p["weights"][..., layer, :, :], p["biases"][..., layer, :], self.activation),))
+            for layer in range(self.depth)
+        )
+
+
+class BaseODE(FlowModel):
+    """A standard neural ODE ``dx/dt = g(x)``, ``g`` fully connected with two hidden layers of size ``hidden``."""
+
+    arch: ClassVar[str] = "baseode"
+
+    def __init__(self, in_features: int, out_features: int, **kwargs: Any) -> None:
+        super().__init__(in_features, out_features, **kwargs)
+        h = self.hidden
+        for i in (1, 2, 3):
+            self.add_parameter(f"f{i}_w", Euclidean((h, h)), fan_in=h)
+            self.add_parameter(f"f{i}_b", Euclidean((h,)), fan_in=h)
+
+    def flow_layers(self, p: Params) -> tuple[Layer, ...]:
+        field = (
+            Dense(p["f1_w"], p["f1_b"], self.activation),
+            Dense(p["f2_w"], p["f2_b"], self.activation),
+            Dense(p["f3_w"], p["f3_b"]),
+        )
+        return tuple(Residual(self.step_size, field) for _ in range(self.steps))
+
+
+class NANODE(FlowModel):
+    """Non-autonomous neural ODE: ``W(t) = C_0 + sum_{j=1..d} C_j cos(2 pi j t / T) + S_j sin(2 pi j t / T)``."""
+
+    arch: ClassVar[str] = "nanode"
+
+    def __init__(self, in_features: int, out_features: int, *, degree: int = 5, **kwargs: Any) -> None:
+        super().__init__(in_features, out_features, **kwargs)
+        if degree < 0:
+            raise ValueError(f"degree must be >= 0, got {degree}")
+        self.degree = degree
+        self.config.update(degree=degree)
+        h = self.hidden
+        terms = 2 * degree + 1
+        # Scale so that W(t) starts with the variance of one default-initialized layer whatever the degree.
+        value = uniform_init((terms, h, h), h, self._generator) / math.sqrt(terms)
+        self.add_parameter("coefficients", Euclidean((terms, h, h)), value=value)
+        self.add_parameter("b", Euclidean((h,)), fan_in=h)
+
+    def basis(self, t: float) -> list[float]:
+        """``[1, cos(2 pi t/T), sin(2 pi t/T), ..., cos(2 pi d t/T), sin(2 pi d t/T)]``."""
+        values = [1.0]
+        for j in range(1, self.degree + 1):
+            angle = 2 * math.pi * j * t / self.horizon
+            values += [math.cos(angle), math.sin(angle)]
+        return values
+
+    def flow_layers(self, p: Params) -> tuple[Layer, ...]:
+        c = p["coefficients"]
+        layers: list[Layer] = []
+        for i in range(1, self.steps + 1):
+            phi = torch.tensor(self.basis(i * self.step_size), dtype=c.dtype, device=c.device)
+            w = torch.einsum("m,...mij->...ij", phi, c)
+            layers.append(Residual(self.step_size, (Dense(w, p["b"], self.activation),)))
+        return tuple(layers)
+
+
+class HyperNet(FlowModel):
+    """Unconstrained hypernetwork flow ``W_i = W_{i-1} + (1/N) sum_j a_j F_j(t_{i-1}, W_{i-1})`` (no orthogonality).
+
+    Args (beyond ``FlowModel``'s): ``gates``, ``gate_width`` (the paper: 16) and ``weight_input`` (the paper's RL
+    hypernetwork reads ``vec(W)``: default ``True``).
+    """
+
+    arch: ClassVar[str] = "hypernet"
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        gates: int = 1,
+        gate_width: int = 16,
+        weight_input: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(in_features, out_features, **kwargs)
+        if gates < 1 or gate_width < 1:
+            raise ValueError(f"gates and gate_width must be >= 1, got {gates}, {gate_width}")
+        self.gates, self.gate_width, self.weight_input = gates, gate_width, weight_input
+        self.config.update(gates=gates, gate_width=gate_width, weight_input=weight_input)
+        h = self.hidden
+        # Starts from an orthogonal W_0 like ODEtoODE, so any difference comes from the unconstrained flow.
+        self.add_parameter("w0", Euclidean((h, h)), value=haar_orthogonal(h, generator=self._generator))
+        self.add_parameter("b", Euclidean((h,)), fan_in=h)
+        for name, (manifold, fan_in) in gate_manifolds(gates, gate_width, h, weight_input).items():
+            self.add_parameter(name, manifold, fan_in=fan_in)
+
+    def flow_matrices(self, p: Params) -> list[torch.Tensor]:
+        w = p["w0"]
+        out = []
+        for i in range(self.steps):
+            f = gate_outputs(p, i * self.step_size, w, self.hidden, self.weight_input)
+            w = w + self.step_size * combine_gates(p["gate_a"], f)
+            out.append(w)
+        return out
+
+    def flow_layers(self, p: Params) -> tuple[Layer, ...]:
+        return tuple(Residual(self.step_size, (Dense(w, p["b"], self.activation),)) for w in self.flow_matrices(p))

@@ -1,0 +1,53 @@
+"""Gate networks: the small networks of time (and optionally of the current weights) that drive a weight flow.
+
+Shared by gated-ODEtoODE (whose flow uses their skew-symmetric part, Sec. 3.1) and HyperNet (which uses them raw, as
+the paper's unconstrained hypernetwork baseline), so the two differ only in the constraint, as in the paper's tables.
+
+Gate ``j`` is ``F_j(t, W) = L3 tanh(L2 tanh(L1 z + c1) + c2) + c3`` reshaped to ``h x h``, with ``z = [t]`` or
+``z = [t, vec(W)]``; the flow's velocity combines the gates with learnable coefficients ``a_j``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from trainer.manifolds import Euclidean
+
+GATE_PARAMETERS = ("gate_a", "gate_w1", "gate_b1", "gate_w2", "gate_b2", "gate_w3", "gate_b3")
+
+
+def gate_manifolds(gates: int, width: int, hidden: int, weight_input: bool) -> dict[str, tuple[Euclidean, int]]:
+    """Each gate parameter's (unconstrained) manifold and the fan-in of its initialization."""
+    z = 1 + (hidden * hidden if weight_input else 0)
+    hh = hidden * hidden
+    return {
+        "gate_a": (Euclidean((gates,)), 1),
+        "gate_w1": (Euclidean((gates, width, z)), z),
+        "gate_b1": (Euclidean((gates, width)), z),
+        "gate_w2": (Euclidean((gates, width, width)), width),
+        "gate_b2": (Euclidean((gates, width)), width),
+        "gate_w3": (Euclidean((gates, hh, width)), width),
+        "gate_b3": (Euclidean((gates, hh)), width),
+    }
+
+
+def gate_outputs(
+    params: Mapping[str, torch.Tensor], t: float, weights: torch.Tensor, hidden: int, weight_input: bool
+) -> torch.Tensor:
+    """All gates evaluated at time ``t``: ``[..., gates, hidden, hidden]`` (``...``: population dims)."""
+    a = params["gate_a"]
+    lead = a.shape[:-1]
+    z = torch.full((*lead, 1, 1), t, dtype=a.dtype, device=a.device)
+    if weight_input:
+        z = torch.cat([z, weights.flatten(-2).unsqueeze(-2)], dim=-1)
+    z1 = torch.tanh((params["gate_w1"] @ z.unsqueeze(-1)).squeeze(-1) + params["gate_b1"])
+    z2 = torch.tanh((params["gate_w2"] @ z1.unsqueeze(-1)).squeeze(-1) + params["gate_b2"])
+    out = (params["gate_w3"] @ z2.unsqueeze(-1)).squeeze(-1) + params["gate_b3"]
+    return out.unflatten(-1, (hidden, hidden))
+
+
+def combine_gates(a: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+    """``sum_j a_j G_j`` over the gate axis: ``a: [..., k]``, ``gates: [..., k, h, h]`` -> ``[..., h, h]``."""
+    return torch.einsum("...k,...kij->...ij", a, gates)

@@ -1,0 +1,100 @@
+"""ISO-ODEtoODE and gated-ODEtoODE (Sec. 3.1 and Eq. 5-6 of the paper).
+
+Both are nested flows: the main flow ``x_i = x_{i-1} + (1/N) f(W_i x_{i-1} + b)`` runs on weights ``W_i`` that
+evolve on the orthogonal group by the exact exponential map ``W_i = W_{i-1} exp(eta b_psi(t_{i-1}, W_{i-1}))``,
+``b_psi`` skew-symmetric. Because ``b_psi`` never sees ``x``, the weights are constants of the model (``unroll``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from trainer.manifolds import Euclidean, Orthogonal, Symmetric, sym
+from trainer.models.base import FlowModel, Params, Projection
+from trainer.models.gates import combine_gates, gate_manifolds, gate_outputs
+from trainer.program import Dense, Layer, Residual
+
+
+class IsoODEtoODE(FlowModel):
+    """ISO-ODEtoODE: the isospectral double-bracket flow on ``O(h)``.
+
+    ``b_iso(W) = [W^T Q W, N] = W^T Q W N - N W^T Q W`` with learnable symmetric ``Q, N``, learnable ``W_0`` in
+    ``O(h)``, bias ``b`` in ``R^h``, and Stiefel projections ``Omega_1 in ST(h, d)``, ``Omega_2 in ST(m, h)`` (Eq. 5-6;
+    the paper's ``G_{i-1}`` in Eq. 6 is ``W_{i-1}``). ``Q`` and ``N`` enter through their symmetric parts, so a
+    perturbation that breaks their symmetry (ES explores the ambient space) still yields a skew generator and an
+    orthogonal flow.
+    """
+
+    arch: ClassVar[str] = "iso-odetoode"
+    default_projection: ClassVar[Projection] = "stiefel"
+
+    def __init__(self, in_features: int, out_features: int, **kwargs: Any) -> None:
+        super().__init__(in_features, out_features, **kwargs)
+        h = self.hidden
+        self.add_parameter("w0", Orthogonal(h))
+        self.add_parameter("q", Symmetric(h), fan_in=h)
+        self.add_parameter("n", Symmetric(h), fan_in=h)
+        self.add_parameter("b", Euclidean((h,)), fan_in=h)
+
+    def flow_matrices(self, p: Params) -> list[torch.Tensor]:
+        """``W_1..W_N`` for parameters ``p`` (each ``[..., h, h]``)."""
+        w = p["w0"]
+        q, n = sym(p["q"]), sym(p["n"])
+        out = []
+        for _ in range(self.steps):
+            h = w.mT @ q @ w
+            w = w @ torch.linalg.matrix_exp(self.step_size * (h @ n - n @ h))
+            out.append(w)
+        return out
+
+    def flow_layers(self, p: Params) -> tuple[Layer, ...]:
+        return tuple(Residual(self.step_size, (Dense(w, p["b"], self.activation),)) for w in self.flow_matrices(p))
+
+
+class GatedODEtoODE(FlowModel):
+    """gated-ODEtoODE: ``b_psi(t, W) = sum_j a_j (F_j - F_j^T)`` with ``F_j`` small networks of ``t`` (and ``W``).
+
+    Args (beyond ``FlowModel``'s):
+        gates: number of gates ``k`` (the paper's ODEtoODE-1/-2/-4/-10).
+        gate_width: hidden width of each gate network (two hidden layers).
+        weight_input: whether the gates also read ``vec(W_t)`` (``h^2`` more inputs per gate).
+    """
+
+    arch: ClassVar[str] = "gated-odetoode"
+    default_projection: ClassVar[Projection] = "stiefel"
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        gates: int = 1,
+        gate_width: int = 8,
+        weight_input: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(in_features, out_features, **kwargs)
+        if gates < 1 or gate_width < 1:
+            raise ValueError(f"gates and gate_width must be >= 1, got {gates}, {gate_width}")
+        self.gates, self.gate_width, self.weight_input = gates, gate_width, weight_input
+        self.config.update(gates=gates, gate_width=gate_width, weight_input=weight_input)
+        h = self.hidden
+        self.add_parameter("w0", Orthogonal(h))
+        self.add_parameter("b", Euclidean((h,)), fan_in=h)
+        for name, (manifold, fan_in) in gate_manifolds(gates, gate_width, h, weight_input).items():
+            self.add_parameter(name, manifold, fan_in=fan_in)
+
+    def flow_matrices(self, p: Params) -> list[torch.Tensor]:
+        w = p["w0"]
+        out = []
+        for i in range(self.steps):
+            f = gate_outputs(p, i * self.step_size, w, self.hidden, self.weight_input)
+            b_psi = combine_gates(p["gate_a"], f - f.mT)
+            w = w @ torch.linalg.matrix_exp(self.step_size * b_psi)
+            out.append(w)
+        return out
+
+    def flow_layers(self, p: Params) -> tuple[Layer, ...]:
+        return tuple(Residual(self.step_size, (Dense(w, p["b"], self.activation),)) for w in self.flow_matrices(p))
