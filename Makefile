@@ -5,13 +5,14 @@ BIN    := $(VENV)/bin
 EXTRAS ?= serve,train,dev
 STAMP  := $(VENV)/.installed
 
-.PHONY: help serve test test-slow lint typecheck bench clean
+.PHONY: help serve test test-slow lint typecheck bench proto clean
 
 help:
 	@echo "make serve      serve the bundled models in models/ (HTTP :8000, gRPC :8001, metrics :8002)"
 	@echo "make test       create .venv if needed, lint, type-check and run the test suite"
 	@echo "make test-slow  the suite plus opt-in slow tests"
 	@echo "make bench      run the benchmarks in benchmarks/"
+	@echo "make proto      regenerate the gRPC stubs in service/_proto/ from proto/"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +24,6 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	@touch $@
 
 serve: $(STAMP)
-	@$(BIN)/python -c "import service.server" 2>/dev/null || { \
-		echo "make serve: the server (service/) is not built yet; nothing to serve." >&2; exit 2; }
 	$(BIN)/python -m service --repository models
 
 lint: $(STAMP)
@@ -42,6 +41,9 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+proto: $(STAMP)
+	$(BIN)/python proto/generate.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

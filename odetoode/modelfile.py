@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -32,6 +33,11 @@ ARCHS: tuple[str, ...] = (
     "hypernet",
     "dense",
 )
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+"""Model names a repository may hold: no path separators, no leading dot, at most 64 characters."""
+VERSION_NAME = re.compile(r"^[1-9][0-9]{0,8}$")
+"""Version directory names: positive integers without leading zeros."""
 
 POLICY_INPUT, POLICY_OUTPUT = "observation", "action"
 CLASSIFIER_INPUT, CLASSIFIER_OUTPUTS = "image", ("logits", "probabilities")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
@@ -30,16 +29,13 @@ import onnxruntime as ort
 import torch
 import yaml
 
-from odetoode.modelfile import IMAGE_SHAPE, Box, Golden, ModelDescription, Normalization
+from odetoode.modelfile import IMAGE_SHAPE, MODEL_NAME, Box, Golden, ModelDescription, Normalization
 from trainer.models import FlowModel
 from trainer.onnx_graph import OPSET, classifier_graph, policy_graph
 from trainer.program import Program
 
 PARITY_RTOL = 1e-5
 """Max-norm relative error allowed between ONNX Runtime (float32) and the float64 torch reference."""
-
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-"""Model names the repository accepts: no path separators, no leading dot, at most 64 characters."""
 
 ORTHOGONAL_ARCHS = ("iso-odetoode", "gated-odetoode")
 
@@ -230,7 +226,7 @@ def write_to_repository(
     ``version`` defaults to one past the highest existing version. ``serving_config`` (if given) replaces
     ``<name>/config.yaml``. An existing version is never overwritten.
     """
-    if not MODEL_NAME.match(name):
+    if not MODEL_NAME.fullmatch(name):
         raise ValueError(f"model name {name!r} must match {MODEL_NAME.pattern}")
     model_dir = Path(repository) / name
     model_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,232 @@
+"""Dynamic batching: requests for one model version are grouped, computed together, and answered in order.
+
+A batch closes when it holds ``max_batch_size`` rows or when its first request has waited ``max_queue_delay_us``.
+Requests are only grouped when they ask for the same outputs with the same per-row shapes. A request whose deadline
+has passed when its batch is formed is answered ``DeadlineExceeded`` and never computed; a cancelled one is skipped.
+The queue is bounded: beyond ``max_queue_size`` waiting requests, ``submit`` fails at once with ``QueueFull``.
+
+Two execution modes, chosen per model at load time:
+
+* *inline*: tiny models (a policy takes ~25 us) run on the event loop itself -- handing them to a thread would
+  cost more than computing them -- and an idle batcher with no batching delay runs a request immediately;
+* *pooled*: larger models run in a thread pool (ONNX Runtime releases the GIL), ``workers`` batches at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.errors import DeadlineExceeded, ModelNotReady, QueueFull
+
+RunFn = Callable[[dict[str, np.ndarray], Sequence[str]], list[np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Where one request's time went inside the batcher (nanoseconds) and the size of the batch it joined."""
+
+    queue_ns: int
+    compute_ns: int
+    batch_size: int
+
+
+@dataclass
+class _Pending:
+    feeds: dict[str, np.ndarray]
+    outputs: tuple[str, ...]
+    rows: int
+    future: asyncio.Future[tuple[list[np.ndarray], Timing]]
+    enqueued_ns: int
+    deadline_ns: int | None
+
+    def key(self) -> tuple[object, ...]:
+        return (self.outputs, tuple((k, v.shape[1:], v.dtype) for k, v in sorted(self.feeds.items())))
+
+
+class Batcher:
+    """The request queue of one model version."""
+
+    def __init__(
+        self,
+        run: RunFn,
+        *,
+        max_batch_size: int,
+        max_queue_delay_us: int,
+        max_queue_size: int,
+        inline: bool,
+        executor: Executor | None = None,
+        workers: int = 1,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        if not inline and executor is None:
+            raise ValueError("a pooled batcher needs an executor")
+        self._run = run
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_ns = max_queue_delay_us * 1000
+        self.max_queue_size = max_queue_size
+        self.inline = inline
+        self._executor = executor
+        self._workers = 1 if inline else max(1, workers)
+        self._on_batch = on_batch
+        self._queue: deque[_Pending] = deque()
+        self._arrived = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._busy = 0
+        self._closed = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    async def submit(
+        self, feeds: dict[str, np.ndarray], outputs: Sequence[str], deadline_ns: int | None = None
+    ) -> tuple[list[np.ndarray], Timing]:
+        """Computes ``outputs`` for ``feeds`` (a batch of one or more rows); ``deadline_ns`` is ``monotonic_ns``."""
+        if self._closed:
+            raise ModelNotReady("this model version is being unloaded; retry to reach its successor")
+        now = time.monotonic_ns()
+        if deadline_ns is not None and now >= deadline_ns:
+            raise DeadlineExceeded("the deadline passed before the request was queued")
+        rows = int(next(iter(feeds.values())).shape[0])
+        if self.inline and self.max_queue_delay_ns == 0 and not self._queue and self._busy == 0:
+            # Nothing is waiting ahead of this request and the event loop is ours: compute it right here.
+            self._busy += 1
+            self._idle.clear()
+            try:
+                start = time.monotonic_ns()
+                result = self._run(feeds, outputs)
+                compute = time.monotonic_ns() - start
+            finally:
+                self._release()
+            if self._on_batch is not None:
+                self._on_batch(rows)
+            return result, Timing(start - now, compute, rows)
+        if len(self._queue) >= self.max_queue_size:
+            raise QueueFull(f"the model's queue holds {self.max_queue_size} requests; retry later")
+        future: asyncio.Future[tuple[list[np.ndarray], Timing]] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(feeds, tuple(outputs), rows, future, now, deadline_ns))
+        self._idle.clear()
+        self._arrived.set()
+        self._ensure_workers()
+        return await future
+
+    def _ensure_workers(self) -> None:
+        self._tasks = [t for t in self._tasks if not t.done()]
+        while len(self._tasks) < self._workers:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._work()))
+
+    def _release(self) -> None:
+        self._busy -= 1
+        if self._busy == 0 and not self._queue:
+            self._idle.set()
+
+    async def _work(self) -> None:
+        while True:
+            while not self._queue:
+                self._arrived.clear()
+                await self._arrived.wait()
+            await self._wait_for_batch()
+            batch = self._take_batch()
+            if not batch:
+                if not self._queue and self._busy == 0:
+                    self._idle.set()
+                continue
+            self._busy += 1
+            try:
+                await self._execute(batch)
+            finally:
+                self._release()
+
+    async def _wait_for_batch(self) -> None:
+        """Holds the first request up to the queue delay while the batch is not full."""
+        if self.max_queue_delay_ns == 0:
+            return
+        first = self._queue[0]
+        close_at = first.enqueued_ns + self.max_queue_delay_ns
+        while sum(p.rows for p in self._queue) < self.max_batch_size:
+            remaining = close_at - time.monotonic_ns()
+            if remaining <= 0:
+                return
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining / 1e9)
+            except TimeoutError:
+                return
+
+    def _take_batch(self) -> list[_Pending]:
+        """Pops the longest compatible FIFO prefix within ``max_batch_size`` rows, dropping expired requests."""
+        batch: list[_Pending] = []
+        rows = 0
+        now = time.monotonic_ns()
+        key = None
+        while self._queue:
+            p = self._queue[0]
+            if p.future.done():  # cancelled by its client
+                self._queue.popleft()
+                continue
+            if p.deadline_ns is not None and now >= p.deadline_ns:
+                self._queue.popleft()
+                p.future.set_exception(DeadlineExceeded("the deadline passed while the request was queued"))
+                continue
+            if batch and (p.key() != key or rows + p.rows > self.max_batch_size):
+                break
+            key = p.key()
+            batch.append(self._queue.popleft())
+            rows += p.rows
+        return batch
+
+    async def _execute(self, batch: list[_Pending]) -> None:
+        dispatched = time.monotonic_ns()
+        outputs = batch[0].outputs
+        if len(batch) == 1:
+            feeds = batch[0].feeds
+        else:
+            feeds = {name: np.concatenate([p.feeds[name] for p in batch]) for name in batch[0].feeds}
+        rows = sum(p.rows for p in batch)
+        try:
+            start = time.monotonic_ns()
+            if self.inline:
+                results = self._run(feeds, outputs)
+            else:
+                loop = asyncio.get_running_loop()
+                results = await loop.run_in_executor(self._executor, self._run, feeds, outputs)
+            compute = time.monotonic_ns() - start
+        except Exception as exc:
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(exc)
+            return
+        if self._on_batch is not None:
+            self._on_batch(rows)
+        offset = 0
+        for p in batch:
+            part = [r[offset : offset + p.rows] for r in results] if len(batch) > 1 else results
+            offset += p.rows
+            if not p.future.done():
+                p.future.set_result((part, Timing(dispatched - p.enqueued_ns, compute, rows)))
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Refuses new requests, lets queued and running ones finish (up to ``timeout`` s), stops the workers."""
+        self._closed = True
+        if self._queue or self._busy:
+            self._ensure_workers()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), timeout)
+        while self._queue:
+            p = self._queue.popleft()
+            if not p.future.done():
+                p.future.set_exception(ModelNotReady("this model version was unloaded before the request ran"))
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []

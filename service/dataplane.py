@@ -1,0 +1,227 @@
+"""The transport-free core: every REST route and gRPC method is a thin conversion around a call here.
+
+All logic that must be identical across transports lives in this module -- model resolution, input validation, the
+draining state, timing and metrics -- so REST and gRPC cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from odetoode import __version__
+from service.batching import Timing
+from service.errors import (
+    InternalError,
+    ModelNotFound,
+    ModelNotReady,
+    PermissionDenied,
+    ServingError,
+    Unavailable,
+)
+from service.metrics import ServerMetrics
+from service.repository import IndexEntry, ModelRepository, ServedVersion
+from service.settings import ServerSettings
+from service.tensors import Tensor, TensorSpec, bind_inputs, check_requested_outputs, datatype_of
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "odetoode"
+PLATFORM = "onnxruntime_onnx"
+EXTENSIONS = ("binary_tensor_data", "model_repository", "model_configuration", "schedule_policy")
+
+
+@dataclass
+class InferRequest:
+    """A transport-neutral inference request; ``deadline_ns`` is on the ``time.monotonic_ns`` clock."""
+
+    model: str
+    inputs: list[Tensor]
+    version: str | None = None
+    id: str | None = None
+    outputs: list[str] = field(default_factory=list)
+    parameters: dict[str, Any] = field(default_factory=dict)
+    deadline_ns: int | None = None
+    protocol: str = "rest"
+
+
+@dataclass
+class InferResponse:
+    model: str
+    version: str
+    outputs: list[Tensor]
+    timing: Timing
+    total_ns: int
+    id: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+
+class DataPlane:
+    """Health, metadata, inference and repository operations, independent of any wire format."""
+
+    def __init__(self, repository: ModelRepository, metrics: ServerMetrics, settings: ServerSettings) -> None:
+        self.repository = repository
+        self.metrics = metrics
+        self.settings = settings
+        self._draining = False
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- health and metadata ---------------------------------------------------------------------------------------
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        """Ready when not draining and at least one model version is ready (never "ready" with nothing to serve)."""
+        return not self._draining and self.repository.ready_count() > 0
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
+
+    def model_metadata(self, name: str, version: str | None = None) -> ModelMetadata:
+        served = self.repository.resolve(name, version)
+        versions = [str(sv.version) for sv in self.repository.served_versions(name)]
+        return ModelMetadata(name, versions, PLATFORM, served.runtime.inputs, served.runtime.outputs)
+
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        try:
+            self.repository.resolve(name, version)
+        except ModelNotReady:
+            return False
+        return True
+
+    def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """Triton's model-configuration extension, plus what the model file says about itself."""
+        sv = self.repository.resolve(name, version)
+        d = sv.runtime.description
+        return {
+            "name": name,
+            "version": str(sv.version),
+            "platform": PLATFORM,
+            "backend": "onnxruntime",
+            "max_batch_size": sv.config.max_batch_size,
+            "input": [_spec_json(s) for s in sv.runtime.inputs],
+            "output": [_spec_json(s) for s in sv.runtime.outputs],
+            "dynamic_batching": {
+                "max_queue_delay_microseconds": sv.config.max_queue_delay_us,
+                "max_queue_size": sv.config.max_queue_size,
+            },
+            "execution_providers": sv.runtime.providers,
+            "execution": "inline" if sv.batcher.inline else "thread pool",
+            "odetoode": {k.removeprefix("odetoode."): v for k, v in d.to_metadata_props().items()},
+        }
+
+    # -- inference -------------------------------------------------------------------------------------------------
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """Resolves the model, validates inputs, computes through the batcher, and records metrics."""
+        if self._draining:
+            raise Unavailable("the server is shutting down and accepts no new requests")
+        start = time.monotonic_ns()
+        self._inflight += 1
+        self._idle.clear()
+        inflight = self.metrics.inflight.labels(request.protocol)
+        inflight.inc()
+        # Label series by names the repository knows only: arbitrary client-chosen names must not create series.
+        model_label = request.model if self.repository.known(request.model) else "_unknown"
+        version_label = request.version or ""
+        try:
+            served = self.repository.resolve(request.model, request.version)
+            version_label = str(served.version)
+            response = await self._compute(served, request, start)
+        except ServingError as exc:
+            self.metrics.failures.labels(model_label, version_label, request.protocol, type(exc).__name__).inc()
+            raise
+        except Exception as exc:
+            log.exception("inference on %s failed", request.model)
+            self.metrics.failures.labels(model_label, version_label, request.protocol, "InternalError").inc()
+            raise InternalError("inference failed inside the server; the details are in its log") from exc
+        finally:
+            inflight.dec()
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+        labels = (request.model, version_label, request.protocol)
+        self.metrics.requests.labels(*labels).inc()
+        self.metrics.request_seconds.labels(*labels).observe(response.total_ns / 1e9)
+        self.metrics.queue_seconds.labels(*labels).observe(response.timing.queue_ns / 1e9)
+        self.metrics.compute_seconds.labels(*labels).observe(response.timing.compute_ns / 1e9)
+        return response
+
+    async def _compute(self, served: ServedVersion, request: InferRequest, start: int) -> InferResponse:
+        runtime = served.runtime
+        feeds = bind_inputs(request.inputs, runtime.inputs, allow_non_finite=served.config.allow_non_finite)
+        names = check_requested_outputs(request.outputs, runtime.outputs)
+        results, timing = await served.batcher.submit(feeds, names, request.deadline_ns)
+        outputs = [Tensor(name, datatype_of(array), array) for name, array in zip(names, results, strict=True)]
+        return InferResponse(
+            model=request.model,
+            version=str(served.version),
+            outputs=outputs,
+            timing=timing,
+            total_ns=time.monotonic_ns() - start,
+            id=request.id,
+        )
+
+    # -- repository ------------------------------------------------------------------------------------------------
+
+    def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:
+        return self.repository.index(ready_only)
+
+    async def load(self, name: str) -> None:
+        self._require_repository_api("load")
+        await self.repository.load(name)
+
+    async def unload(self, name: str) -> None:
+        self._require_repository_api("unload")
+        if not self.repository.known(name):
+            raise ModelNotFound(f"unknown model {name!r}")
+        await self.repository.unload(name)
+
+    def _require_repository_api(self, operation: str) -> None:
+        if not self.settings.repository_api:
+            raise PermissionDenied(
+                f"repository {operation} is disabled; start the server with --repository-api true to allow it"
+            )
+
+    # -- shutdown --------------------------------------------------------------------------------------------------
+
+    def start_drain(self) -> None:
+        """Readiness turns false and new requests are refused; those already accepted run to completion."""
+        self._draining = True
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Waits until no request is in flight (or ``timeout`` s); returns whether it got there."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
+def _spec_json(spec: TensorSpec) -> dict[str, Any]:
+    return {
+        "name": spec.name,
+        "data_type": f"TYPE_{_TRITON_TYPES.get(spec.datatype, spec.datatype)}",
+        "dims": list(spec.shape[1:]),
+    }
+
+
+_TRITON_TYPES = {"BYTES": "STRING"}  # every other OIP datatype keeps its name after TYPE_

@@ -1,0 +1,222 @@
+"""gRPC transport (grpc.aio): the OIP ``inference.GRPCInferenceService``, ``grpc.health.v1`` and server reflection.
+
+Each method converts (``service.converters``) and calls the data plane. Errors are mapped to status codes in ONE
+place, ``ErrorInterceptor``, which also turns undecodable request bytes into INVALID_ARGUMENT (grpc would report them
+as INTERNAL).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from service import converters
+from service._proto._pool import reflection_pool
+from service._proto.inference import grpc_service_pb2 as pb
+from service._proto.inference import grpc_service_pb2_grpc as pb_grpc
+from service.dataplane import DataPlane
+from service.errors import InvalidArgument, ServingError, client_message, status_of
+from service.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+
+
+class _Undecodable:
+    """Stands in for a request whose bytes did not parse, so the method wrapper can answer INVALID_ARGUMENT."""
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _safe(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except (DecodeError, ValueError, RuntimeWarning) as exc:
+            return _Undecodable(f"request: not a valid protobuf message ({exc})")
+
+    return parse
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: BaseException) -> None:
+    if not isinstance(error, ServingError):
+        log.exception("unhandled error in a gRPC method", exc_info=error)
+    await context.abort(status_of(error)[1], client_message(error))
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Maps ``ServingError`` (and anything unexpected) to the gRPC status in ``service.errors.ERROR_TABLE``."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        deserialize, serialize = _safe(handler.request_deserializer), handler.response_serializer
+        if handler.unary_unary is not None:
+            unary = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    if isinstance(request, _Undecodable):
+                        raise InvalidArgument(request.error)
+                    return await unary(request, context)
+                except (ServingError, Exception) as exc:
+                    if isinstance(exc, grpc.aio.AbortError):
+                        raise
+                    await _abort(context, exc)
+
+            return grpc.unary_unary_rpc_method_handler(unary_unary, deserialize, serialize)
+        if handler.stream_stream is not None:
+            stream = handler.stream_stream
+
+            async def checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+                async for request in requests:
+                    if isinstance(request, _Undecodable):
+                        raise InvalidArgument(request.error)
+                    yield request
+
+            async def stream_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    async for response in stream(checked(requests), context):
+                        yield response
+                except (ServingError, Exception) as exc:
+                    if isinstance(exc, grpc.aio.AbortError):
+                        raise
+                    await _abort(context, exc)
+
+            return grpc.stream_stream_rpc_method_handler(stream_stream, deserialize, serialize)
+        return handler  # unary-stream / stream-unary: none of ours; health's Watch keeps its own handling
+
+
+def deadline_ns(context: grpc.aio.ServicerContext) -> int | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic_ns() + int(remaining * 1e9)
+
+
+class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
+    """``inference.GRPCInferenceService`` over the data plane."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+        self.max_elements = plane.settings.max_request_bytes
+
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:  # noqa: N802
+        return pb.ServerLiveResponse(live=self.plane.live())
+
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:  # noqa: N802
+        return pb.ServerReadyResponse(ready=self.plane.ready())
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:  # noqa: N802
+        return pb.ModelReadyResponse(ready=self.plane.model_ready(request.name, request.version or None))
+
+    async def ServerMetadata(self, request: Any, context: Any) -> pb.ServerMetadataResponse:  # noqa: N802
+        m = self.plane.server_metadata()
+        return pb.ServerMetadataResponse(name=m["name"], version=m["version"], extensions=m["extensions"])
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:  # noqa: N802
+        return converters.metadata_to_proto(self.plane.model_metadata(request.name, request.version or None))
+
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:  # noqa: N802
+        return converters.config_to_proto(self.plane.model_config(request.name, request.version or None))
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:  # noqa: N802
+        req = converters.infer_request_from_proto(request, self.max_elements)
+        req.deadline_ns = deadline_ns(context)
+        return converters.infer_response_to_proto(await self.plane.infer(req))
+
+    async def ModelStreamInfer(  # noqa: N802
+        self, requests: AsyncIterator[pb.ModelInferRequest], context: Any
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Answers each request in order; a failed request yields ``error_message`` and the stream goes on."""
+        async for request in requests:
+            try:
+                req = converters.infer_request_from_proto(request, self.max_elements)
+                req.deadline_ns = deadline_ns(context)
+                response = converters.infer_response_to_proto(await self.plane.infer(req))
+            except ServingError as exc:
+                yield pb.ModelStreamInferResponse(error_message=str(exc))
+                continue
+            yield pb.ModelStreamInferResponse(infer_response=response)
+
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:  # noqa: N802
+        return converters.index_to_proto(self.plane.repository_index(request.ready))
+
+    async def RepositoryModelLoad(  # noqa: N802
+        self, request: pb.RepositoryModelLoadRequest, context: Any
+    ) -> pb.RepositoryModelLoadResponse:
+        await self.plane.load(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(  # noqa: N802
+        self, request: pb.RepositoryModelUnloadRequest, context: Any
+    ) -> pb.RepositoryModelUnloadResponse:
+        await self.plane.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+
+class Health:
+    """``grpc.health.v1``: the server (service ``""`` and the OIP service name) and one service name per model."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+        self.servicer = health_aio.HealthServicer()
+        self._models: set[str] = set()
+
+    async def update(self) -> None:
+        serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+        server = serving if self.plane.ready() else not_serving
+        await self.servicer.set("", server)
+        await self.servicer.set(SERVICE_NAME, server)
+        names = {e.name for e in self.plane.repository_index()}
+        for name in names | self._models:
+            try:
+                ok = name in names and not self.plane.draining and self.plane.model_ready(name)
+            except ServingError:
+                ok = False
+            await self.servicer.set(name, serving if ok else not_serving)
+        self._models = names
+
+
+def grpc_options(settings: ServerSettings) -> list[tuple[str, Any]]:
+    """Message limits and a keepalive policy that accepts the pings well-behaved clients send."""
+    return [
+        ("grpc.max_receive_message_length", settings.max_request_bytes),
+        ("grpc.max_send_message_length", settings.max_request_bytes),
+        ("grpc.keepalive_time_ms", int(settings.grpc_keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(settings.grpc_keepalive_timeout_s * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", int(settings.grpc_min_client_ping_interval_s * 1000)),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def build_grpc_server(
+    plane: DataPlane, health: Health, extra_services: list[Callable[[grpc.aio.Server], str]] | None = None
+) -> grpc.aio.Server:
+    """An unstarted grpc.aio server with the OIP service, health and reflection (plus ``extra_services``)."""
+    server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=grpc_options(plane.settings))
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(plane), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
+    names = [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+    for add in extra_services or []:
+        names.append(add(server))
+    reflection.enable_server_reflection(names, server, pool=reflection_pool())
+    return server

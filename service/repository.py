@@ -1,0 +1,384 @@
+"""The model repository: what is on disk, what is served, and the moves between the two.
+
+Layout: ``<root>/<name>/<version>/model.onnx`` with an optional ``<root>/<name>/config.yaml``. A reconcile pass
+compares disk with what is served and, per model:
+
+1. loads every version the version policy selects that is not served yet (or whose file or config changed): ONNX
+   Runtime session, warm-up, golden self-check -- all in a loader thread, off the event loop;
+2. only then swaps the new versions in, and drains and releases the versions that left, so there is never a moment
+   without a ready version when one existed before (load before unload);
+3. records failures (state FAILED with the reason, a metric, a log line) without touching any other model or the
+   versions still being served -- a corrupt new file never takes down the old one.
+
+``poll`` mode reconciles every ``poll_interval_s``; ``explicit`` mode only for models loaded through the repository
+API (or listed at start-up); ``none`` once at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from odetoode.modelfile import MODEL_NAME, VERSION_NAME
+from service.batching import Batcher
+from service.errors import InvalidArgument, ModelLoadError, ModelNotFound, ModelNotReady, ServingError
+from service.metrics import ServerMetrics
+from service.model_config import CONFIG_FILE, ResolvedConfig, load_serving_config, resolve
+from service.runtime import ORT_PROVIDERS, ModelRuntime, available_cpus
+from service.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+MODEL_FILE = "model.onnx"
+Fingerprint = tuple[int, int, int]
+
+
+class State(StrEnum):
+    LOADING = "LOADING"
+    READY = "READY"
+    UNAVAILABLE = "UNAVAILABLE"
+    UNLOADING = "UNLOADING"
+    FAILED = "FAILED"
+
+
+@dataclass
+class ServedVersion:
+    """A version that takes traffic: its runtime, its request queue and its effective settings."""
+
+    name: str
+    version: int
+    runtime: ModelRuntime
+    batcher: Batcher
+    config: ResolvedConfig
+    fingerprint: Fingerprint
+    loaded_at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    name: str
+    version: str
+    state: str
+    reason: str = ""
+
+
+@dataclass
+class _Status:
+    state: State
+    reason: str = ""
+    fingerprint: Fingerprint | None = None
+
+
+def _fingerprint(model_file: Path, config_file: Path) -> Fingerprint:
+    st = model_file.stat()
+    try:
+        config_mtime = config_file.stat().st_mtime_ns
+    except FileNotFoundError:
+        config_mtime = 0
+    return (st.st_mtime_ns, st.st_size, config_mtime)
+
+
+def scan_model(model_dir: Path) -> dict[int, Path]:
+    """The versions of one model on disk: numeric directories holding a ``model.onnx``."""
+    versions: dict[int, Path] = {}
+    try:
+        entries = list(model_dir.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return versions
+    for entry in entries:
+        if VERSION_NAME.fullmatch(entry.name) and (entry / MODEL_FILE).is_file():
+            versions[int(entry.name)] = entry / MODEL_FILE
+    return versions
+
+
+def scan_names(root: Path) -> list[str]:
+    """Model directories under ``root`` whose names are valid (hidden and staging directories are skipped)."""
+    try:
+        return sorted(p.name for p in root.iterdir() if p.is_dir() and MODEL_NAME.fullmatch(p.name))
+    except FileNotFoundError:
+        return []
+
+
+class ModelRepository:
+    """Owns every served model version; all state changes happen on the event loop."""
+
+    def __init__(self, settings: ServerSettings, metrics: ServerMetrics, executor: Executor) -> None:
+        self.settings = settings
+        self.root = settings.repository
+        self.metrics = metrics
+        self._executor = executor
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
+        self._served: dict[str, dict[int, ServedVersion]] = {}
+        self._status: dict[str, dict[int, _Status]] = {}
+        self._config_errors: dict[str, str] = {}
+        self._wanted: set[str] | None = None  # None: every model on disk (poll/none modes)
+        self._lock = asyncio.Lock()
+        self._poller: asyncio.Task[None] | None = None
+        self.on_change: list[Callable[[], Awaitable[None]]] = []
+        """Called after every reconcile pass (health status, for one)."""
+
+    # -- lifecycle ------------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Loads the initial models and, in poll mode, starts watching the repository."""
+        if not self.root.is_dir():
+            log.warning("model repository %s does not exist; serving nothing until it does", self.root)
+        if self.settings.model_control_mode == "explicit":
+            self._wanted = set(self.settings.startup_models or scan_names(self.root))
+        await self.reconcile()
+        if self.settings.model_control_mode == "poll":
+            self._poller = asyncio.get_running_loop().create_task(self._poll_forever())
+
+    async def _poll_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.poll_interval_s)
+            try:
+                await self.reconcile()
+            except Exception:  # a scan must never kill the poller
+                log.exception("repository scan failed")
+
+    async def close(self) -> None:
+        """Stops polling and unloads every version, letting queued requests finish."""
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
+        async with self._lock:
+            for name in list(self._served):
+                await self._release(name, list(self._served[name].values()))
+        self._loader.shutdown(wait=False, cancel_futures=True)
+
+    # -- queries --------------------------------------------------------------------------------------------------
+
+    def ready_count(self) -> int:
+        return sum(len(v) for v in self._served.values())
+
+    def known(self, name: str) -> bool:
+        return name in self._served or name in self._status
+
+    def served_versions(self, name: str) -> list[ServedVersion]:
+        return [self._served[name][v] for v in sorted(self._served.get(name, {}))]
+
+    def resolve(self, name: str, version: str | None = None) -> ServedVersion:
+        """The version that answers a request: the given one, or the highest ready one."""
+        if not self.known(name):
+            raise ModelNotFound(f"unknown model {name!r}")
+        served = self._served.get(name, {})
+        if version:
+            if not VERSION_NAME.fullmatch(version):
+                raise InvalidArgument(f"model_version: {version!r} is not a version number")
+            v = int(version)
+            if v in served:
+                return served[v]
+            status = self._status.get(name, {}).get(v)
+            if status is None:
+                raise ModelNotFound(f"model {name!r} has no version {v}")
+            reason = f": {status.reason}" if status.reason else ""
+            raise ModelNotReady(f"version {v} of model {name!r} is {status.state.value}{reason}")
+        if served:
+            return served[max(served)]
+        reasons = "; ".join(
+            f"v{v} {s.state.value}{': ' + s.reason if s.reason else ''}"
+            for v, s in sorted(self._status.get(name, {}).items())
+        )
+        raise ModelNotReady(f"model {name!r} has no ready version" + (f" ({reasons})" if reasons else ""))
+
+    def index(self, ready_only: bool = False) -> list[IndexEntry]:
+        """Triton's repository index: every known model version with its state and, when not ready, why."""
+        entries: list[IndexEntry] = []
+        for name in sorted(set(self._served) | set(self._status) | set(scan_names(self.root))):
+            statuses = self._status.get(name, {})
+            if not statuses and name not in self._served:
+                if not ready_only:
+                    entries.append(IndexEntry(name, "", State.UNAVAILABLE.value, self._config_errors.get(name, "")))
+                continue
+            for v in sorted(set(statuses) | set(self._served.get(name, {}))):
+                status = statuses.get(v, _Status(State.READY))
+                if ready_only and status.state != State.READY:
+                    continue
+                entries.append(IndexEntry(name, str(v), status.state.value, status.reason))
+        return entries
+
+    # -- changes --------------------------------------------------------------------------------------------------
+
+    async def load(self, name: str) -> None:
+        """Repository API ``load``: (re)load ``name`` from disk now; raises ``ModelLoadError`` if nothing loads."""
+        if not MODEL_NAME.fullmatch(name):
+            raise InvalidArgument(f"model name {name!r} must match {MODEL_NAME.pattern}")
+        if not scan_model(self.root / name):
+            raise ModelNotFound(f"model {name!r} has no version in the repository")
+        if self._wanted is not None:
+            self._wanted.add(name)
+        await self.reconcile([name], force=True)
+        if not self._served.get(name):
+            statuses = self._status.get(name, {})
+            reasons = "; ".join(f"v{v}: {s.reason}" for v, s in sorted(statuses.items()) if s.reason)
+            raise ModelLoadError(f"model {name!r} did not load" + (f" ({reasons})" if reasons else ""))
+
+    async def unload(self, name: str) -> None:
+        """Repository API ``unload``: stop serving every version of ``name`` (queued requests still finish)."""
+        if not self.known(name):
+            raise ModelNotFound(f"unknown model {name!r}")
+        if self._wanted is None:
+            self._wanted = set(scan_names(self.root))
+        self._wanted.discard(name)
+        await self.reconcile([name])
+
+    async def reconcile(self, names: Iterable[str] | None = None, *, force: bool = False) -> None:
+        """Brings the served set in line with disk for ``names`` (default: every model known or on disk)."""
+        async with self._lock:
+            targets = set(names) if names is not None else set(scan_names(self.root)) | set(self._served)
+            for name in sorted(targets):
+                try:
+                    await self._reconcile_model(name, force)
+                except Exception:  # one model's trouble never stops the others
+                    log.exception("reconciling model %s failed", name)
+        for callback in self.on_change:
+            await callback()
+
+    async def _reconcile_model(self, name: str, force: bool) -> None:
+        model_dir = self.root / name
+        on_disk = scan_model(model_dir) if (self._wanted is None or name in self._wanted) else {}
+        statuses = self._status.setdefault(name, {})
+        served = self._served.setdefault(name, {})
+        try:
+            serving_config = load_serving_config(model_dir)
+            self._config_errors.pop(name, None)
+        except ModelLoadError as exc:
+            # Keep serving what already runs; report the broken config for everything that would have loaded.
+            self._config_errors[name] = str(exc)
+            log.error("%s", exc)
+            for v in on_disk:
+                if v not in served:
+                    self._set(name, v, State.FAILED, str(exc))
+            return
+        config = resolve(serving_config, self.settings)
+        wanted = config.version_policy.select(list(on_disk))
+        # 1. load what is new or changed
+        for v in wanted:
+            fp = _fingerprint(on_disk[v], model_dir / CONFIG_FILE)
+            current = served.get(v)
+            previous = statuses.get(v)
+            if current is not None and current.fingerprint == fp and not force:
+                continue
+            if (
+                current is None
+                and previous is not None
+                and previous.state == State.FAILED
+                and previous.fingerprint == fp
+                and not force
+            ):
+                continue  # unchanged and known bad: do not retry every poll
+            loaded = await self._load_version(name, v, on_disk[v], config, fp, replacing=current is not None)
+            if loaded is not None:
+                served[v] = loaded
+                self._set(name, v, State.READY)
+                self.metrics.model_provider.labels(name, str(v), loaded.runtime.providers[0]).set(1)
+                if current is not None:
+                    await self._release(name, [current], forget=False)
+        # 2. release what left
+        leaving = [sv for v, sv in served.items() if v not in wanted]
+        for sv in leaving:
+            del served[sv.version]
+        await self._release(name, leaving)
+        for v in list(statuses):
+            if v not in on_disk:
+                del statuses[v]
+                self.metrics.forget_model(name, str(v))
+            elif v not in wanted and statuses[v].state != State.FAILED:
+                self._set(
+                    name,
+                    v,
+                    State.UNAVAILABLE,
+                    "not selected by the version policy"
+                    if self._wanted is None or name in self._wanted
+                    else "unloaded",
+                )
+        if not served:
+            del self._served[name]
+        if not statuses and not on_disk and not model_dir.is_dir():
+            del self._status[name]
+
+    async def _load_version(
+        self, name: str, version: int, path: Path, config: ResolvedConfig, fp: Fingerprint, *, replacing: bool
+    ) -> ServedVersion | None:
+        if not replacing:
+            self._set(name, version, State.LOADING)
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            runtime = await loop.run_in_executor(self._loader, _open_and_check, path, config)
+        except ServingError as exc:
+            self._failed(name, version, fp, str(exc), replacing)
+            return None
+        except Exception as exc:
+            log.exception("loading %s v%d crashed", name, version)
+            self._failed(name, version, fp, f"unexpected error: {type(exc).__name__}: {exc}", replacing)
+            return None
+        if ORT_PROVIDERS["cpu"] == runtime.providers[0] and any(p != "cpu" for p in config.providers):
+            self.metrics.provider_fallbacks.labels(name, str(version)).inc()
+        inline = (
+            not runtime.on_gpu
+            and self.settings.inline_threshold_us > 0
+            and runtime.compute_us_batch1 < self.settings.inline_threshold_us
+        )
+        labels = self.metrics.batch_size.labels(name, str(version))
+        batcher = Batcher(
+            runtime.run,
+            max_batch_size=config.max_batch_size,
+            max_queue_delay_us=config.max_queue_delay_us,
+            max_queue_size=config.max_queue_size,
+            inline=inline,
+            executor=self._executor,
+            workers=available_cpus(),
+            on_batch=labels.observe,
+        )
+        log.info(
+            "loaded %s v%d in %.0f ms on %s (batch-1 compute %.0f us, %s)",
+            name, version, (time.perf_counter() - started) * 1e3, runtime.providers[0], runtime.compute_us_batch1,
+            "inline" if inline else "thread pool",
+        )  # fmt: skip
+        self._status.setdefault(name, {})[version] = _Status(State.READY, "", fp)
+        return ServedVersion(name, version, runtime, batcher, config, fp)
+
+    def _failed(self, name: str, version: int, fp: Fingerprint, reason: str, replacing: bool) -> None:
+        """Records a failed load: FAILED for a new version; for a reload, the old file keeps serving."""
+        self.metrics.load_failures.labels(name, str(version)).inc()
+        if replacing:
+            reason = f"reload failed, still serving the previous file: {reason}"
+            log.error("%s v%d: %s", name, version, reason)
+            status = self._status[name][version]
+            status.reason, status.fingerprint = reason, fp
+            return
+        log.error("%s v%d failed to load: %s", name, version, reason)
+        self._set(name, version, State.FAILED, reason, fp)
+
+    async def _release(self, name: str, versions: list[ServedVersion], *, forget: bool = True) -> None:
+        for sv in versions:
+            if forget:
+                self._set(name, sv.version, State.UNLOADING)
+            await sv.batcher.close(timeout=self.settings.drain_grace_s)
+            if forget:
+                self._set(name, sv.version, State.UNAVAILABLE, "unloaded")
+                for provider in sv.runtime.providers[:1]:
+                    with contextlib.suppress(KeyError):
+                        self.metrics.model_provider.remove(name, str(sv.version), provider)
+            log.info("released %s v%d", name, sv.version)
+
+    def _set(self, name: str, version: int, state: State, reason: str = "", fp: Fingerprint | None = None) -> None:
+        status = self._status.setdefault(name, {}).setdefault(version, _Status(state))
+        status.state, status.reason = state, reason
+        if fp is not None:
+            status.fingerprint = fp
+        self.metrics.set_model_state(name, str(version), state.value)
+
+
+def _open_and_check(path: Path, config: ResolvedConfig) -> ModelRuntime:
+    runtime = ModelRuntime(path, config)
+    runtime.check()
+    return runtime

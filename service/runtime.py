@@ -1,0 +1,203 @@
+"""One ONNX Runtime session per model version: provider choice, thread sizing, IO binding, warm-up, self-check.
+
+Loading is where a model proves itself: the file must be ONNX with odetoode metadata, the requested execution
+providers must really be active (ONNX Runtime silently falls back to CPU when CUDA cannot start; we check the
+session's providers and fail loudly unless the model allows the fallback), and the golden input/output pairs recorded
+at export must be reproduced before the version takes traffic.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from odetoode.modelfile import ModelDescription, ModelFormatError
+from service.errors import ModelLoadError
+from service.model_config import Provider, ResolvedConfig
+from service.tensors import TensorSpec, datatype_of_onnx
+
+log = logging.getLogger(__name__)
+
+ORT_PROVIDERS: dict[str, str] = {
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+GPU_PROVIDERS = ("cuda", "tensorrt")
+MAX_MODEL_BYTES = 512 * 1024 * 1024
+
+
+def available_cpus() -> int:
+    """CPUs this process may actually use: its affinity mask, capped by a cgroup v2 CPU quota (containers).
+
+    ONNX Runtime sizes its default pools from the host's cores, which oversubscribes a container limited to a few.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
+def choose_providers(requested: Sequence[Provider], allow_cpu_fallback: bool, available: Sequence[str]) -> list[str]:
+    """The ONNX Runtime provider list for ``requested`` (in order), given the providers this build has.
+
+    A requested GPU provider that this build lacks fails the load, unless ``allow_cpu_fallback`` -- then it is
+    dropped and CPU is appended (with a warning).
+    """
+    chosen: list[str] = []
+    missing = []
+    for name in requested:
+        ort_name = ORT_PROVIDERS[name]
+        if ort_name in available:
+            chosen.append(ort_name)
+        else:
+            missing.append(name)
+    if missing and any(m in GPU_PROVIDERS for m in missing):
+        if not allow_cpu_fallback:
+            raise ModelLoadError(
+                f"execution provider(s) {missing} requested but this ONNX Runtime build has only {list(available)}; "
+                "install odetoode[gpu] on a GPU host, or set allow_cpu_fallback: true to serve on CPU"
+            )
+        log.warning("providers %s unavailable (have %s); falling back to CPU", missing, list(available))
+    if ORT_PROVIDERS["cpu"] not in chosen:  # ONNX Runtime adds it anyway, for ops a GPU provider lacks
+        chosen.append(ORT_PROVIDERS["cpu"])
+    return chosen
+
+
+@dataclass(frozen=True)
+class SelfCheck:
+    """What the golden self-check found: the worst absolute error and whether it is within the file's tolerance."""
+
+    pairs: int
+    max_abs_error: float
+    passed: bool
+
+
+class ModelRuntime:
+    """A loaded, checked ONNX Runtime session for one model version. ``run`` is thread-safe."""
+
+    def __init__(self, path: Path, config: ResolvedConfig) -> None:
+        self.path = path
+        self.config = config
+        size = path.stat().st_size
+        if size > MAX_MODEL_BYTES:
+            raise ModelLoadError(f"{path.name}: {size} bytes is larger than the {MAX_MODEL_BYTES}-byte limit")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = min(config.intra_op_threads, available_cpus())
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Only the graph in the file: no custom-op libraries are ever registered from a repository.
+        providers = choose_providers(config.providers, config.allow_cpu_fallback, ort.get_available_providers())
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # ORT raises several unrelated exception types for a bad file
+            raise ModelLoadError(f"{path.name}: ONNX Runtime cannot load it ({_first_line(exc)})") from None
+        active = self.session.get_providers()
+        dropped = [p for p in providers if p != ORT_PROVIDERS["cpu"] and p not in active]
+        if dropped and not config.allow_cpu_fallback:
+            raise ModelLoadError(
+                f"{path.name}: {dropped} could not start (ONNX Runtime fell back to {active}); "
+                "set allow_cpu_fallback: true to accept CPU"
+            )
+        self.providers: list[str] = list(active)
+        self.on_gpu = active[0] in (ORT_PROVIDERS["cuda"], ORT_PROVIDERS["tensorrt"])
+        try:
+            props = dict(self.session.get_modelmeta().custom_metadata_map)
+            self.description = ModelDescription.from_metadata_props(props)
+        except ModelFormatError as exc:
+            raise ModelLoadError(f"{path.name}: {exc}") from None
+        self.inputs = [TensorSpec(i.name, datatype_of_onnx(i.type), _dims(i.shape)) for i in self.session.get_inputs()]
+        self.outputs = [
+            TensorSpec(o.name, datatype_of_onnx(o.type), _dims(o.shape)) for o in self.session.get_outputs()
+        ]
+        expected = (self.description.input_name,)
+        if [i.name for i in self.inputs] != list(expected):
+            raise ModelLoadError(f"{path.name}: a {self.description.kind} must have the single input {expected[0]!r}")
+        if [o.name for o in self.outputs] != list(self.description.output_names):
+            raise ModelLoadError(
+                f"{path.name}: a {self.description.kind} must have outputs {list(self.description.output_names)}"
+            )
+        self.compute_us_batch1 = float("nan")
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.outputs]
+
+    def run(self, feeds: dict[str, np.ndarray], output_names: Sequence[str] | None = None) -> list[np.ndarray]:
+        """Computes ``output_names`` (default: all) for ``feeds``; on CUDA through IO binding."""
+        names = list(output_names or self.output_names)
+        if not self.on_gpu:
+            return self.session.run(names, feeds)
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name in names:
+            binding.bind_output(name, "cpu")
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
+
+    def self_check(self) -> SelfCheck:
+        """Runs the golden inputs recorded at export and compares with the recorded outputs (first output)."""
+        golden = self.description.golden
+        spec = self.inputs[0]
+        x = np.asarray(golden.inputs, dtype=np.float32).reshape(len(golden.inputs), *_concrete(spec.shape[1:]))
+        expected = np.asarray(golden.outputs, dtype=np.float64)
+        actual = self.run({spec.name: x}, [self.outputs[0].name])[0].reshape(expected.shape).astype(np.float64)
+        error = float(np.max(np.abs(actual - expected)))
+        passed = bool(np.allclose(actual, expected, rtol=golden.rtol, atol=golden.atol))
+        return SelfCheck(len(golden.inputs), error, passed)
+
+    def warm_up(self) -> None:
+        """Runs batch 1 and the largest batch once (allocations, kernel choice), then times batch 1."""
+        spec = self.inputs[0]
+        item_shape = _concrete(spec.shape[1:])
+        for batch in (1, self.config.max_batch_size):
+            self.run({spec.name: np.zeros((batch, *item_shape), dtype=np.float32)})
+        one = {spec.name: np.zeros((1, *item_shape), dtype=np.float32)}
+        samples = []
+        for _ in range(20):
+            start = time.perf_counter()
+            self.run(one)
+            samples.append(time.perf_counter() - start)
+        self.compute_us_batch1 = float(np.median(samples) * 1e6)
+
+    def check(self) -> None:
+        """Warm-up and golden self-check; raises ``ModelLoadError`` if the outputs differ from the recorded ones."""
+        self.warm_up()
+        result = self.self_check()
+        if not result.passed:
+            raise ModelLoadError(
+                f"{self.path.name}: golden self-check failed (max abs error {result.max_abs_error:.3g} over "
+                f"{result.pairs} recorded pairs): the file does not compute what was exported"
+            )
+
+
+def _dims(shape: Sequence[Any]) -> tuple[int, ...]:
+    return tuple(d if isinstance(d, int) and d >= 0 else -1 for d in shape)
+
+
+def _concrete(shape: Sequence[int]) -> tuple[int, ...]:
+    if any(d < 0 for d in shape):
+        raise ModelLoadError(f"only the batch dimension may be variable, got {list(shape)}")
+    return tuple(shape)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__

@@ -1,0 +1,104 @@
+"""Server settings: environment variables ``ODETOODE_<FIELD>``, command-line flags ``--<field-name>``, or code.
+
+Nothing here reads ``argv`` at import time; ``service.__main__`` asks for command-line parsing explicitly.
+Per-model settings live in ``models/<name>/config.yaml`` (``service.model_config``) and override the defaults here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.model_config import Provider
+
+
+class ServerSettings(BaseSettings):
+    """How the server listens, which models it serves and how it runs them."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ODETOODE_",
+        use_attribute_docstrings=True,
+        extra="forbid",
+        cli_kebab_case=True,
+        cli_prog_name="python -m service",
+    )
+
+    repository: Path = Path("models")
+    """Root of the model repository: ``<repository>/<name>/<version>/model.onnx`` (+ ``<name>/config.yaml``)."""
+
+    host: str = "0.0.0.0"
+    """Address every listener binds to."""
+
+    http_port: int = Field(8000, ge=0, le=65535)
+    """REST port (Open Inference Protocol v2, KServe V1, OpenAPI docs). 0 picks a free port."""
+
+    grpc_port: int = Field(8001, ge=0, le=65535)
+    """gRPC port (Open Inference Protocol v2, health, reflection). 0 picks a free port."""
+
+    metrics_port: int | None = Field(8002, ge=0, le=65535)
+    """Prometheus port; ``None`` disables it (metrics stay on the REST ``/metrics``). 0 picks a free port."""
+
+    model_control_mode: Literal["none", "poll", "explicit"] = "poll"
+    """``none``: load everything once at start; ``poll``: also rescan the repository every ``poll_interval_s``
+    (new versions are loaded, removed ones unloaded); ``explicit``: load only ``startup_models`` and what the
+    repository API asks for."""
+
+    poll_interval_s: float = Field(2.0, gt=0)
+    """Seconds between repository scans in ``poll`` mode."""
+
+    startup_models: list[str] | None = None
+    """In ``explicit`` mode, the models to load at start (``None``: all of them)."""
+
+    repository_api: bool = False
+    """Allow ``load``/``unload`` through the repository extension. Off by default: it changes what is served."""
+
+    providers: list[Provider] = ["cpu"]
+    """Default execution providers in order of preference (``cuda``, ``tensorrt``, ``cpu``); a model's
+    ``config.yaml`` may override them."""
+
+    allow_cpu_fallback: bool = False
+    """Default for models: if a requested GPU provider is unavailable, serve on CPU (with a warning and a metric)
+    instead of failing the load."""
+
+    intra_op_threads: int | None = Field(None, ge=1)
+    """ONNX Runtime intra-op threads per session. ``None``: 1, the fastest for the small graphs served here (more
+    threads add scheduling jitter to p99); requests still run in parallel across cores."""
+
+    inline_threshold_us: float = Field(200.0, ge=0)
+    """Models whose warm batch-1 CPU compute is below this run on the event loop itself: a thread hop would cost
+    more than the computation. 0 disables inline execution."""
+
+    max_batch_size: int = Field(256, ge=1)
+    """Default largest batch the dynamic batcher forms from queued requests (single requests may be larger)."""
+
+    max_queue_delay_us: int = Field(0, ge=0)
+    """Default time the batcher may hold the first request of a batch waiting for more (0: never wait)."""
+
+    max_queue_size: int = Field(1024, ge=1)
+    """Default bound on queued requests per model version; beyond it requests fail with RESOURCE_EXHAUSTED."""
+
+    max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    """Largest request body (REST) or message (gRPC) accepted, and largest gRPC message sent."""
+
+    grpc_keepalive_time_s: float = Field(60.0, gt=0)
+    """Server-initiated keepalive ping interval on idle connections."""
+
+    grpc_keepalive_timeout_s: float = Field(20.0, gt=0)
+    """Time to wait for a keepalive ping acknowledgement before closing the connection."""
+
+    grpc_min_client_ping_interval_s: float = Field(5.0, gt=0)
+    """Clients may ping this often (even without active calls) without a GOAWAY "too_many_pings"; the robot
+    client SDK pings every 10 s."""
+
+    drain_grace_s: float = Field(10.0, ge=0)
+    """On SIGTERM: readiness turns false, new requests are refused, and in-flight requests get this long to
+    finish before the process exits."""
+
+    log_format: Literal["text", "json"] = "text"
+    """``json`` writes one JSON object per log line (for log shippers)."""
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Root log level."""

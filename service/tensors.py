@@ -1,0 +1,294 @@
+"""Open Inference Protocol tensors <-> numpy, with every validation of client data in this one module.
+
+Transports decode their wire format (JSON, the binary-data extension, protobuf typed or raw contents) with the
+``decode_*`` functions, and the data plane checks the result against the model's signature with ``bind_inputs``.
+Every error is an ``InvalidArgument``/``PayloadTooLarge`` whose message names the offending field, e.g.
+``inputs[0].shape``.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from service.errors import InvalidArgument, PayloadTooLarge
+
+DATATYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(np.object_),
+}
+_DATATYPE_OF = {dtype: name for name, dtype in DATATYPES.items()}
+_ONNX_TYPES = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+MAX_RANK = 16
+
+
+@dataclass
+class Tensor:
+    """A named tensor as it travels: OIP datatype, shape, and the data as a numpy array of that shape."""
+
+    name: str
+    datatype: str
+    data: np.ndarray
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.data.shape)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output of a model's signature; ``-1`` marks a variable dimension (the batch)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+def datatype_of(array: np.ndarray) -> str:
+    try:
+        return _DATATYPE_OF[array.dtype]
+    except KeyError:
+        raise InvalidArgument(f"numpy dtype {array.dtype} has no Open Inference Protocol datatype") from None
+
+
+def datatype_of_onnx(onnx_type: str) -> str:
+    try:
+        return _ONNX_TYPES[onnx_type]
+    except KeyError:
+        raise InvalidArgument(f"ONNX type {onnx_type} is not servable over the Open Inference Protocol") from None
+
+
+def check_datatype(datatype: Any, where: str) -> np.dtype[Any]:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
+        raise InvalidArgument(f"{where}.datatype: {datatype!r} is not one of {', '.join(DATATYPES)}")
+    return DATATYPES[datatype]
+
+
+def check_shape(shape: Any, where: str, max_elements: int) -> tuple[int, ...]:
+    """A list of non-negative integers whose product is at most ``max_elements``."""
+    if not isinstance(shape, (list, tuple)) or len(shape) > MAX_RANK:
+        raise InvalidArgument(f"{where}.shape: expected a list of at most {MAX_RANK} non-negative integers")
+    dims = []
+    for d in shape:
+        if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 0:
+            raise InvalidArgument(f"{where}.shape: dimensions must be non-negative integers, got {list(shape)}")
+        dims.append(int(d))
+    elements = math.prod(dims)
+    if elements > max_elements:
+        raise PayloadTooLarge(
+            f"{where}.shape: {list(dims)} has {elements} elements, more than the limit {max_elements}"
+        )
+    return tuple(dims)
+
+
+def _flatten_json(data: Any, where: str) -> list[Any]:
+    """Row-major flattening of nested JSON lists (OIP allows both flat and nested ``data``)."""
+    if not isinstance(data, list):
+        return [data]
+    if not data or not isinstance(data[0], list):
+        if any(isinstance(x, list) for x in data):
+            raise InvalidArgument(f"{where}.data: nested lists must be regular")
+        return data
+    out: list[Any] = []
+    for row in data:
+        if not isinstance(row, list):
+            raise InvalidArgument(f"{where}.data: nested lists must be regular")
+        out.extend(_flatten_json(row, where))
+    return out
+
+
+def decode_json(datatype: Any, shape: Any, data: Any, where: str, max_elements: int) -> np.ndarray:
+    """The ``data`` member of a JSON tensor (flat or nested, row-major) as an array of ``shape``."""
+    dtype = check_datatype(datatype, where)
+    dims = check_shape(shape, where, max_elements)
+    values = _flatten_json(data, where)
+    expected = math.prod(dims)
+    if len(values) != expected:
+        raise InvalidArgument(f"{where}.data: {len(values)} values for shape {list(dims)}, expected {expected}")
+    if datatype == "BYTES":
+        if not all(isinstance(v, (str, bytes)) for v in values):
+            raise InvalidArgument(f"{where}.data: BYTES tensors take strings")
+        array = np.empty(expected, dtype=object)
+        array[:] = [v.encode() if isinstance(v, str) else v for v in values]
+        return array.reshape(dims)
+    if datatype == "BOOL":
+        if not all(isinstance(v, bool) for v in values):
+            raise InvalidArgument(f"{where}.data: BOOL tensors take true/false")
+    elif not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise InvalidArgument(f"{where}.data: {datatype} tensors take numbers")
+    try:
+        with np.errstate(over="raise", invalid="raise"):
+            array = np.asarray(values, dtype=dtype)
+    except (OverflowError, FloatingPointError, ValueError):
+        raise InvalidArgument(f"{where}.data: values do not fit {datatype}") from None
+    return array.reshape(dims)
+
+
+def decode_raw(datatype: Any, shape: Any, raw: bytes, where: str, max_elements: int) -> np.ndarray:
+    """Raw little-endian row-major bytes (gRPC ``raw_input_contents``, the REST binary extension)."""
+    dtype = check_datatype(datatype, where)
+    dims = check_shape(shape, where, max_elements)
+    expected = math.prod(dims)
+    if datatype == "BYTES":
+        return _decode_bytes_elements(raw, expected, where).reshape(dims)
+    if len(raw) != expected * dtype.itemsize:
+        raise InvalidArgument(
+            f"{where}: {len(raw)} bytes of raw data for shape {list(dims)} {datatype}, "
+            f"expected {expected * dtype.itemsize}"
+        )
+    return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False).reshape(dims)
+
+
+def decode_typed(datatype: Any, shape: Any, values: Sequence[Any], where: str, max_elements: int) -> np.ndarray:
+    """gRPC typed contents (``fp32_contents`` etc., already the right Python types) as an array of ``shape``."""
+    dtype = check_datatype(datatype, where)
+    dims = check_shape(shape, where, max_elements)
+    expected = math.prod(dims)
+    if len(values) != expected:
+        raise InvalidArgument(f"{where}.contents: {len(values)} values for shape {list(dims)}, expected {expected}")
+    if datatype == "BYTES":
+        array = np.empty(expected, dtype=object)
+        array[:] = list(values)
+        return array.reshape(dims)
+    try:
+        with np.errstate(over="raise", invalid="raise"):
+            return np.asarray(values, dtype=dtype).reshape(dims)
+    except (OverflowError, FloatingPointError, ValueError):
+        raise InvalidArgument(f"{where}.contents: values do not fit {datatype}") from None
+
+
+def _decode_bytes_elements(raw: bytes, count: int, where: str) -> np.ndarray:
+    """BYTES wire form: each element is a 4-byte little-endian length followed by that many bytes."""
+    out = np.empty(count, dtype=object)
+    offset = 0
+    for i in range(count):
+        if offset + 4 > len(raw):
+            raise InvalidArgument(f"{where}: BYTES data ends inside element {i}")
+        (length,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise InvalidArgument(f"{where}: BYTES element {i} runs past the end of the data")
+        out[i] = bytes(raw[offset : offset + length])
+        offset += length
+    if offset != len(raw):
+        raise InvalidArgument(f"{where}: {len(raw) - offset} bytes left over after {count} BYTES elements")
+    return out
+
+
+def encode_raw(array: np.ndarray) -> bytes:
+    """The raw wire form of ``array`` (row-major, little-endian; length-prefixed elements for BYTES)."""
+    if array.dtype == object:
+        parts = []
+        for item in array.reshape(-1):
+            b = item if isinstance(item, bytes) else str(item).encode()
+            parts.append(struct.pack("<I", len(b)) + b)
+        return b"".join(parts)
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+def encode_json(array: np.ndarray) -> list[Any]:
+    """Flat row-major JSON values; BYTES as UTF-8 strings (lossy bytes are replaced, as Triton does)."""
+    flat = array.reshape(-1)
+    if array.dtype == object:
+        return [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in flat]
+    return flat.tolist()
+
+
+def bind_inputs(
+    tensors: Sequence[Tensor], specs: Sequence[TensorSpec], *, allow_non_finite: bool = False
+) -> dict[str, np.ndarray]:
+    """Checks request tensors against a model's inputs and returns ONNX Runtime feeds.
+
+    Checks: every input given exactly once and no unknown ones, datatype, rank, fixed dimensions, a batch of at
+    least one shared by all inputs, and (unless the model allows it) finite values.
+    """
+    by_name = {spec.name: spec for spec in specs}
+    feeds: dict[str, np.ndarray] = {}
+    batch: int | None = None
+    for index, tensor in enumerate(tensors):
+        where = f"inputs[{index}]"
+        spec = by_name.get(tensor.name)
+        if spec is None:
+            raise InvalidArgument(
+                f"{where}.name: unknown input {tensor.name!r}; the model's inputs are {sorted(by_name)}"
+            )
+        if tensor.name in feeds:
+            raise InvalidArgument(f"{where}.name: input {tensor.name!r} is given more than once")
+        if tensor.datatype != spec.datatype:
+            raise InvalidArgument(f"{where}.datatype: input {tensor.name!r} is {spec.datatype}, got {tensor.datatype}")
+        shape = tensor.shape
+        if len(shape) != len(spec.shape) or any(e != -1 and e != d for e, d in zip(spec.shape, shape, strict=False)):
+            raise InvalidArgument(
+                f"{where}.shape: input {tensor.name!r} expects {list(spec.shape)} (-1: any), got {list(shape)}"
+            )
+        if spec.shape and spec.shape[0] == -1:
+            if shape[0] < 1:
+                raise InvalidArgument(f"{where}.shape: the batch dimension must be at least 1, got {list(shape)}")
+            if batch is not None and shape[0] != batch:
+                raise InvalidArgument(f"{where}.shape: batch {shape[0]} differs from the other inputs' {batch}")
+            batch = shape[0]
+        if not allow_non_finite and tensor.data.dtype.kind == "f" and not np.isfinite(tensor.data).all():
+            raise InvalidArgument(f"{where}.data: input {tensor.name!r} contains NaN or infinity")
+        feeds[tensor.name] = tensor.data
+    missing = sorted(set(by_name) - set(feeds))
+    if missing:
+        raise InvalidArgument(f"inputs: missing {missing}; the model's inputs are {sorted(by_name)}")
+    return feeds
+
+
+def check_requested_outputs(names: Sequence[str], specs: Sequence[TensorSpec]) -> list[str]:
+    """The output names to compute: all of them when ``names`` is empty."""
+    known = [spec.name for spec in specs]
+    if not names:
+        return known
+    seen = set()
+    for index, name in enumerate(names):
+        if name not in known:
+            raise InvalidArgument(f"outputs[{index}].name: unknown output {name!r}; the model's outputs are {known}")
+        if name in seen:
+            raise InvalidArgument(f"outputs[{index}].name: output {name!r} is requested more than once")
+        seen.add(name)
+    return list(names)
+
+
+def parameters_of(value: Any, where: str) -> dict[str, Any]:
+    """A JSON ``parameters`` object: string keys, scalar values."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidArgument(f"{where}: expected an object")
+    for key, v in value.items():
+        if not isinstance(v, (str, int, float, bool)):
+            raise InvalidArgument(f"{where}.{key}: parameters take strings, numbers or booleans")
+    return dict(value)
