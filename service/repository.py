@@ -290,15 +290,11 @@ class ModelRepository:
             if v not in on_disk:
                 del statuses[v]
                 self.metrics.forget_model(name, str(v))
-            elif v not in wanted and statuses[v].state != State.FAILED:
-                self._set(
-                    name,
-                    v,
-                    State.UNAVAILABLE,
-                    "not selected by the version policy"
-                    if self._wanted is None or name in self._wanted
-                    else "unloaded",
-                )
+        reason = "not selected by the version policy" if self._wanted is None or name in self._wanted else "unloaded"
+        for v in on_disk:
+            status = statuses.get(v)
+            if v not in wanted and (status is None or status.state != State.FAILED):
+                self._set(name, v, State.UNAVAILABLE, reason)
         if not served:
             del self._served[name]
         if not statuses and not on_disk and not model_dir.is_dir():

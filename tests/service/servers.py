@@ -160,3 +160,4 @@ def server_process(repository: Path, *args: str, env: dict[str, str] | None = No
             proc.kill()
             proc.wait(10)
         reader.join(5)
+        proc.stdout.close()
