@@ -37,19 +37,6 @@ def parameter_value(p: pb.InferParameter) -> Any:
     return None if choice is None else getattr(p, choice)
 
 
-def set_parameter(target: Any, key: str, value: Any) -> None:
-    """Sets ``target[key]`` (a map of ``InferParameter``) from a Python scalar."""
-    p = target[key]
-    if isinstance(value, bool):
-        p.bool_param = value
-    elif isinstance(value, int):
-        p.int64_param = value
-    elif isinstance(value, float):
-        p.double_param = value
-    else:
-        p.string_param = str(value)
-
-
 def infer_request_from_proto(msg: pb.ModelInferRequest, max_elements: int, protocol: str = "grpc") -> InferRequest:
     raw = msg.raw_input_contents
     if raw and len(raw) != len(msg.inputs):
@@ -69,7 +56,7 @@ def infer_request_from_proto(msg: pb.ModelInferRequest, max_elements: int, proto
                     raise InvalidArgument(f"{where}.contents: FP16 tensors travel in raw_input_contents only")
                 raise InvalidArgument(f"{where}.datatype: {t.datatype!r} is not a known datatype")
             data = decode_typed(t.datatype, shape, getattr(t.contents, field_name), where, max_elements)
-        params = {k: parameter_value(v) for k, v in t.parameters.items()}
+        params = {k: parameter_value(v) for k, v in t.parameters.items()} if t.parameters else {}
         tensors.append(Tensor(t.name, t.datatype, data, params))
     if not tensors:
         raise InvalidArgument("inputs: expected at least one tensor")
@@ -79,7 +66,7 @@ def infer_request_from_proto(msg: pb.ModelInferRequest, max_elements: int, proto
         version=msg.model_version or None,
         id=msg.id or None,
         outputs=[o.name for o in msg.outputs],
-        parameters={k: parameter_value(v) for k, v in msg.parameters.items()},
+        parameters={k: parameter_value(v) for k, v in msg.parameters.items()} if msg.parameters else {},
         protocol=protocol,
     )
 
@@ -89,8 +76,6 @@ def infer_response_to_proto(response: InferResponse) -> pb.ModelInferResponse:
     for t in response.outputs:
         msg.outputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
         msg.raw_output_contents.append(encode_raw(t.data))
-    set_parameter(msg.parameters, "queue_ns", response.timing.queue_ns)
-    set_parameter(msg.parameters, "compute_ns", response.timing.compute_ns)
     return msg
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,7 @@ from odetoode import __version__
 from service.batching import Timing
 from service.errors import (
     InternalError,
+    InvalidArgument,
     ModelNotFound,
     ModelNotReady,
     PermissionDenied,
@@ -133,7 +135,7 @@ class DataPlane:
         start = time.monotonic_ns()
         self._inflight += 1
         self._idle.clear()
-        inflight = self.metrics.inflight.labels(request.protocol)
+        inflight = self.metrics.inflight_for(request.protocol)
         inflight.inc()
         # Label series by names the repository knows only: arbitrary client-chosen names must not create series.
         model_label = request.model if self.repository.known(request.model) else "_unknown"
@@ -154,11 +156,8 @@ class DataPlane:
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
-        labels = (request.model, version_label, request.protocol)
-        self.metrics.requests.labels(*labels).inc()
-        self.metrics.request_seconds.labels(*labels).observe(response.total_ns / 1e9)
-        self.metrics.queue_seconds.labels(*labels).observe(response.timing.queue_ns / 1e9)
-        self.metrics.compute_seconds.labels(*labels).observe(response.timing.compute_ns / 1e9)
+        series = self.metrics.series(request.model, version_label, request.protocol)
+        series.success(response.total_ns, response.timing.queue_ns, response.timing.compute_ns)
         return response
 
     async def _compute(self, served: ServedVersion, request: InferRequest, start: int) -> InferResponse:
@@ -181,12 +180,16 @@ class DataPlane:
     def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:
         return self.repository.index(ready_only)
 
-    async def load(self, name: str) -> None:
+    async def load(self, name: str, parameters: Mapping[str, Any] | None = None) -> None:
+        """Repository load. Triton's ``config`` and ``file:`` parameters (a model sent by the client) are refused:
+        this server loads only what is in its repository."""
         self._require_repository_api("load")
+        _refuse_parameters(parameters, allowed=())
         await self.repository.load(name)
 
-    async def unload(self, name: str) -> None:
+    async def unload(self, name: str, parameters: Mapping[str, Any] | None = None) -> None:
         self._require_repository_api("unload")
+        _refuse_parameters(parameters, allowed=("unload_dependents",))  # no ensembles here: nothing depends
         if not self.repository.known(name):
             raise ModelNotFound(f"unknown model {name!r}")
         await self.repository.unload(name)
@@ -214,6 +217,12 @@ class DataPlane:
         except TimeoutError:
             return False
         return True
+
+
+def _refuse_parameters(parameters: Mapping[str, Any] | None, allowed: tuple[str, ...]) -> None:
+    for key in parameters or {}:
+        if key not in allowed:
+            raise InvalidArgument(f"parameters.{key}: not supported; only models already in the repository load")
 
 
 def _spec_json(spec: TensorSpec) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from service._proto._pool import reflection_pool
 from service._proto.inference import grpc_service_pb2 as pb
 from service._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from service.dataplane import DataPlane
-from service.errors import InvalidArgument, ServingError, client_message, status_of
+from service.errors import InvalidArgument, ModelNotFound, ServingError, client_message, status_of
 from service.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -58,16 +58,30 @@ async def _abort(context: grpc.aio.ServicerContext, error: BaseException) -> Non
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps ``ServingError`` (and anything unexpected) to the gRPC status in ``service.errors.ERROR_TABLE``."""
+    """Maps ``ServingError`` (and anything unexpected) to the gRPC status in ``service.errors.ERROR_TABLE``.
+
+    The wrapped handler of each method is built once and reused (the registered handlers never change).
+    """
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
+        method = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            handler = await continuation(handler_call_details)
+            if handler is None:
+                return None
+            wrapped = self._wrapped[method] = self._wrap(handler)
+        return wrapped
+
+    @staticmethod
+    def _wrap(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         deserialize, serialize = _safe(handler.request_deserializer), handler.response_serializer
         if handler.unary_unary is not None:
             unary = handler.unary_unary
@@ -124,7 +138,11 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerReadyResponse(ready=self.plane.ready())
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:  # noqa: N802
-        return pb.ModelReadyResponse(ready=self.plane.model_ready(request.name, request.version or None))
+        # As Triton's gRPC endpoint: an unknown model or version is simply not ready (tritonclient expects a bool).
+        try:
+            return pb.ModelReadyResponse(ready=self.plane.model_ready(request.name, request.version or None))
+        except ModelNotFound:
+            return pb.ModelReadyResponse(ready=False)
 
     async def ServerMetadata(self, request: Any, context: Any) -> pb.ServerMetadataResponse:  # noqa: N802
         m = self.plane.server_metadata()
@@ -161,13 +179,13 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(  # noqa: N802
         self, request: pb.RepositoryModelLoadRequest, context: Any
     ) -> pb.RepositoryModelLoadResponse:
-        await self.plane.load(request.model_name)
+        await self.plane.load(request.model_name, dict(request.parameters))
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(  # noqa: N802
         self, request: pb.RepositoryModelUnloadRequest, context: Any
     ) -> pb.RepositoryModelUnloadResponse:
-        await self.plane.unload(request.model_name)
+        await self.plane.unload(request.model_name, dict(request.parameters))
         return pb.RepositoryModelUnloadResponse()
 
 

@@ -8,6 +8,8 @@ summaries) so p50/p99 can be aggregated across replicas.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -17,6 +19,23 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 MODEL_STATES = ("LOADING", "READY", "UNAVAILABLE", "UNLOADING", "FAILED")
+
+
+@dataclass(frozen=True)
+class RequestSeries:
+    """The labelled children of one (model, version, protocol), looked up once: ``labels()`` costs about a
+    microsecond per call, which matters next to a 25 us policy."""
+
+    requests: Any
+    request_seconds: Any
+    queue_seconds: Any
+    compute_seconds: Any
+
+    def success(self, total_ns: int, queue_ns: int, compute_ns: int) -> None:
+        self.requests.inc()
+        self.request_seconds.observe(total_ns / 1e9)
+        self.queue_seconds.observe(queue_ns / 1e9)
+        self.compute_seconds.observe(compute_ns / 1e9)
 
 
 class ServerMetrics:
@@ -79,6 +98,27 @@ class ServerMetrics:
             ("model", "version"),
             registry=r,
         )
+
+        self._series: dict[tuple[str, str, str], RequestSeries] = {}
+        self._inflight: dict[str, Any] = {}
+
+    def series(self, model: str, version: str, protocol: str) -> RequestSeries:
+        key = (model, version, protocol)
+        found = self._series.get(key)
+        if found is None:
+            found = self._series[key] = RequestSeries(
+                self.requests.labels(*key),
+                self.request_seconds.labels(*key),
+                self.queue_seconds.labels(*key),
+                self.compute_seconds.labels(*key),
+            )
+        return found
+
+    def inflight_for(self, protocol: str) -> Any:
+        found = self._inflight.get(protocol)
+        if found is None:
+            found = self._inflight[protocol] = self.inflight.labels(protocol)
+        return found
 
     def set_model_state(self, model: str, version: str, state: str) -> None:
         for s in MODEL_STATES:

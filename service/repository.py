@@ -243,62 +243,63 @@ class ModelRepository:
 
     async def _reconcile_model(self, name: str, force: bool) -> None:
         model_dir = self.root / name
-        on_disk = scan_model(model_dir) if (self._wanted is None or name in self._wanted) else {}
+        present = scan_model(model_dir)
+        selected = self._wanted is None or name in self._wanted  # explicit mode: loaded through the API
         statuses = self._status.setdefault(name, {})
         served = self._served.setdefault(name, {})
-        try:
-            serving_config = load_serving_config(model_dir)
-            self._config_errors.pop(name, None)
-        except ModelLoadError as exc:
-            # Keep serving what already runs; report the broken config for everything that would have loaded.
-            self._config_errors[name] = str(exc)
-            log.error("%s", exc)
-            for v in on_disk:
-                if v not in served:
-                    self._set(name, v, State.FAILED, str(exc))
-            return
-        config = resolve(serving_config, self.settings)
-        wanted = config.version_policy.select(list(on_disk))
-        # 1. load what is new or changed
+        wanted: list[int] = []
+        if selected:
+            try:
+                config = resolve(load_serving_config(model_dir), self.settings)
+                self._config_errors.pop(name, None)
+            except ModelLoadError as exc:
+                # Keep serving what already runs; report the broken config for everything that would have loaded.
+                self._config_errors[name] = str(exc)
+                log.error("%s", exc)
+                for v in present:
+                    if v not in served:
+                        self._set(name, v, State.FAILED, str(exc))
+                return
+            wanted = config.version_policy.select(list(present))
+            await self._load_new(name, model_dir, present, wanted, config, force)
+        # release what left (after the new versions are in: load before unload)
+        leaving = [sv for v, sv in served.items() if v not in wanted]
+        for sv in leaving:
+            del served[sv.version]
+        await self._release(name, leaving)
+        for v in list(statuses):
+            if v not in present:
+                del statuses[v]
+                self.metrics.forget_model(name, str(v))
+        reason = "not selected by the version policy" if selected else "unloaded"
+        for v in present:
+            status = statuses.get(v)
+            if v not in wanted and (status is None or status.state != State.FAILED or not selected):
+                self._set(name, v, State.UNAVAILABLE, reason)
+        if not served:
+            del self._served[name]
+        if not statuses and not present and not model_dir.is_dir():
+            del self._status[name]
+
+    async def _load_new(self, name: str, model_dir: Path, present: dict[int, Path], wanted: list[int],
+                        config: ResolvedConfig, force: bool) -> None:  # fmt: skip
+        """Loads every wanted version that is not served yet, or whose file or config changed."""
+        statuses, served = self._status[name], self._served[name]
         for v in wanted:
-            fp = _fingerprint(on_disk[v], model_dir / CONFIG_FILE)
-            current = served.get(v)
-            previous = statuses.get(v)
+            fp = _fingerprint(present[v], model_dir / CONFIG_FILE)
+            current, previous = served.get(v), statuses.get(v)
             if current is not None and current.fingerprint == fp and not force:
                 continue
-            if (
-                current is None
-                and previous is not None
-                and previous.state == State.FAILED
-                and previous.fingerprint == fp
-                and not force
-            ):
+            known_bad = previous is not None and previous.state == State.FAILED and previous.fingerprint == fp
+            if current is None and known_bad and not force:
                 continue  # unchanged and known bad: do not retry every poll
-            loaded = await self._load_version(name, v, on_disk[v], config, fp, replacing=current is not None)
+            loaded = await self._load_version(name, v, present[v], config, fp, replacing=current is not None)
             if loaded is not None:
                 served[v] = loaded
                 self._set(name, v, State.READY)
                 self.metrics.model_provider.labels(name, str(v), loaded.runtime.providers[0]).set(1)
                 if current is not None:
                     await self._release(name, [current], forget=False)
-        # 2. release what left
-        leaving = [sv for v, sv in served.items() if v not in wanted]
-        for sv in leaving:
-            del served[sv.version]
-        await self._release(name, leaving)
-        for v in list(statuses):
-            if v not in on_disk:
-                del statuses[v]
-                self.metrics.forget_model(name, str(v))
-        reason = "not selected by the version policy" if self._wanted is None or name in self._wanted else "unloaded"
-        for v in on_disk:
-            status = statuses.get(v)
-            if v not in wanted and (status is None or status.state != State.FAILED):
-                self._set(name, v, State.UNAVAILABLE, reason)
-        if not served:
-            del self._served[name]
-        if not statuses and not on_disk and not model_dir.is_dir():
-            del self._status[name]
 
     async def _load_version(
         self, name: str, version: int, path: Path, config: ResolvedConfig, fp: Fingerprint, *, replacing: bool

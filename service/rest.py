@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import logging
 import time
+import zlib
 from typing import Any
 
 import numpy as np
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -36,10 +37,8 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 
-class JSON(Response):
+class JSON(JSONResponse):
     """orjson rendering: numpy arrays serialize natively (no ``tolist``), NaN becomes null."""
-
-    media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content, option=_JSON_OPTIONS)
@@ -54,7 +53,11 @@ def error_response(error: BaseException) -> JSON:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) anything over ``limit`` bytes without reading it all into memory."""
+    """The request body, refusing (413) anything over ``limit`` bytes without reading it all into memory.
+
+    ``Content-Encoding: gzip`` / ``deflate`` bodies (tritonclient's ``request_compression_algorithm``) are
+    decompressed incrementally, and the limit applies to the decompressed size too (no decompression bombs).
+    """
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -62,13 +65,30 @@ async def read_body(request: Request, limit: int) -> bytes:
                 raise PayloadTooLarge(f"request body of {declared} bytes exceeds the {limit}-byte limit")
         except ValueError:
             raise InvalidArgument("Content-Length: not an integer") from None
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("identity", "gzip", "deflate"):
+        raise InvalidArgument(f"Content-Encoding: {encoding!r} is not supported (use gzip or deflate)")
+    inflate = (
+        None
+        if encoding == "identity"
+        else zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
+    )
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            if inflate is not None:
+                chunk = inflate.decompress(chunk, limit + 1 - size)
+                if inflate.unconsumed_tail:
+                    raise PayloadTooLarge(f"decompressed request body exceeds the {limit}-byte limit")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
+            chunks.append(chunk)
+        if inflate is not None and not inflate.eof:
+            raise InvalidArgument(f"request body: truncated {encoding} data")
+    except zlib.error as exc:
+        raise InvalidArgument(f"request body: not valid {encoding} data ({exc})") from None
     return b"".join(chunks)
 
 
@@ -229,6 +249,10 @@ INFER_BODY = {
         }
     },
 }
+INFER_PARAMETERS = [
+    {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}},
+    {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}},
+]
 PREDICT_BODY = {
     "required": True,
     "content": {
@@ -244,6 +268,9 @@ PREDICT_BODY = {
 _ERROR = {"description": "error", "content": {"application/json": {"schema": {
     "type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}}}}  # fmt: skip
 ERRORS: dict[int | str, dict[str, Any]] = {400: _ERROR, 404: _ERROR, 413: _ERROR, 503: _ERROR}
+_NOT_READY = {"description": "not ready", "content": {"application/json": {"schema": {
+    "type": "object", "required": ["ready"],
+    "properties": {"ready": {"type": "boolean"}, "name": {"type": "string"}}}}}}  # fmt: skip
 
 
 def create_app(plane: DataPlane) -> FastAPI:
@@ -276,13 +303,29 @@ def create_app(plane: DataPlane) -> FastAPI:
         log.exception("unhandled error in a REST route")
         return error_response(exc)
 
+    # Inference first: routes are matched in order, and these are the hot ones. The endpoint reads its path
+    # parameters itself (they are declared for OpenAPI in INFER_PARAMETERS): FastAPI's per-request parameter
+    # validation would cost more than computing a policy.
+    @app.post("/v2/models/{model}/infer", tags=["inference"], responses=ERRORS,
+              openapi_extra={"requestBody": INFER_BODY, "parameters": INFER_PARAMETERS[:1]})  # fmt: skip
+    @app.post("/v2/models/{model}/versions/{version}/infer", tags=["inference"], responses=ERRORS,
+              openapi_extra={"requestBody": INFER_BODY, "parameters": INFER_PARAMETERS})  # fmt: skip
+    async def infer(request: Request) -> Response:
+        path = request.path_params
+        body = await read_body(request, max_bytes)
+        parsed, binary = parse_infer_request(
+            body, request.headers.get(HEADER_LENGTH), path["model"], path.get("version"), max_bytes
+        )
+        parsed.deadline_ns = _deadline(request)
+        return render_infer_response(await plane.infer(parsed), binary)
+
     # -- health and metadata --------------------------------------------------------------------------------------
 
     @app.get("/v2/health/live", tags=["health"])
     async def live() -> Response:
         return JSON({"live": plane.live()})
 
-    @app.get("/v2/health/ready", tags=["health"], responses={503: {"description": "not ready"}})
+    @app.get("/v2/health/ready", tags=["health"], responses={503: _NOT_READY})
     async def ready() -> Response:
         ok = plane.ready()
         return JSON({"ready": ok}, status_code=200 if ok else 503)
@@ -296,8 +339,8 @@ def create_app(plane: DataPlane) -> FastAPI:
     async def model_metadata(model: str, version: str | None = None) -> Response:
         return JSON(metadata_json(plane.model_metadata(model, version)))
 
-    @app.get("/v2/models/{model}/ready", tags=["health"], responses=ERRORS)
-    @app.get("/v2/models/{model}/versions/{version}/ready", tags=["health"], responses=ERRORS)
+    @app.get("/v2/models/{model}/ready", tags=["health"], responses={**ERRORS, 503: _NOT_READY})
+    @app.get("/v2/models/{model}/versions/{version}/ready", tags=["health"], responses={**ERRORS, 503: _NOT_READY})
     async def model_ready(model: str, version: str | None = None) -> Response:
         ok = plane.model_ready(model, version)
         return JSON({"name": model, "ready": ok}, status_code=200 if ok else 503)
@@ -306,18 +349,6 @@ def create_app(plane: DataPlane) -> FastAPI:
     @app.get("/v2/models/{model}/versions/{version}/config", tags=["metadata"], responses=ERRORS)
     async def model_config(model: str, version: str | None = None) -> Response:
         return JSON(plane.model_config(model, version))
-
-    # -- inference ------------------------------------------------------------------------------------------------
-
-    @app.post("/v2/models/{model}/infer", tags=["inference"], openapi_extra={"requestBody": INFER_BODY},
-              responses=ERRORS)  # fmt: skip
-    @app.post("/v2/models/{model}/versions/{version}/infer", tags=["inference"],
-              openapi_extra={"requestBody": INFER_BODY}, responses=ERRORS)  # fmt: skip
-    async def infer(request: Request, model: str, version: str | None = None) -> Response:
-        body = await read_body(request, max_bytes)
-        parsed, binary = parse_infer_request(body, request.headers.get(HEADER_LENGTH), model, version, max_bytes)
-        parsed.deadline_ns = _deadline(request)
-        return render_infer_response(await plane.infer(parsed), binary)
 
     @app.get("/v1/models/{model}", tags=["kserve v1"], responses=ERRORS)
     async def v1_status(model: str) -> Response:
@@ -357,14 +388,14 @@ def create_app(plane: DataPlane) -> FastAPI:
 
     @app.post("/v2/repository/models/{model}/load", tags=["repository"], responses={**ERRORS, 403: _ERROR})
     async def repository_load(request: Request, model: str) -> Response:
-        _json_object(await read_body(request, max_bytes), "request body")
-        await plane.load(model)
+        obj = _json_object(await read_body(request, max_bytes), "request body")
+        await plane.load(model, parameters_of(obj.get("parameters"), "parameters"))
         return JSON({})
 
     @app.post("/v2/repository/models/{model}/unload", tags=["repository"], responses={**ERRORS, 403: _ERROR})
     async def repository_unload(request: Request, model: str) -> Response:
-        _json_object(await read_body(request, max_bytes), "request body")
-        await plane.unload(model)
+        obj = _json_object(await read_body(request, max_bytes), "request body")
+        await plane.unload(model, parameters_of(obj.get("parameters"), "parameters"))
         return JSON({})
 
     @app.get("/metrics", tags=["metrics"], response_class=Response)

@@ -34,6 +34,8 @@ DATATYPES: dict[str, np.dtype[Any]] = {
     "BYTES": np.dtype(np.object_),
 }
 _DATATYPE_OF = {dtype: name for name, dtype in DATATYPES.items()}
+# The wire is little-endian: these views decode raw bytes on any host without a per-request newbyteorder().
+_WIRE_DTYPES = {name: dtype.newbyteorder("<") for name, dtype in DATATYPES.items() if name != "BYTES"}
 _ONNX_TYPES = {
     "tensor(bool)": "BOOL",
     "tensor(uint8)": "UINT8",
@@ -167,7 +169,7 @@ def decode_raw(datatype: Any, shape: Any, raw: bytes, where: str, max_elements: 
             f"{where}: {len(raw)} bytes of raw data for shape {list(dims)} {datatype}, "
             f"expected {expected * dtype.itemsize}"
         )
-    return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False).reshape(dims)
+    return np.frombuffer(raw, dtype=_WIRE_DTYPES[datatype]).astype(dtype, copy=False).reshape(dims)
 
 
 def decode_typed(datatype: Any, shape: Any, values: Sequence[Any], where: str, max_elements: int) -> np.ndarray:

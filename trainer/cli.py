@@ -5,14 +5,19 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import torch
+import tyro
 
 from odetoode.modelfile import Box, Normalization
 from trainer.checkpoint import Checkpoint
+from trainer.es_training import ESConfig, ESRun, export_run
 from trainer.export import ExportedModel, PolicySpec, export_classifier, export_policy, write_to_repository
 from trainer.models import ARCHITECTURES, build_model
+from trainer.plots import plot_learning_curves
 
 
 def _export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -87,9 +92,66 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclass
+class ESCommand:
+    """Train a policy with evolution strategies (the paper's Sec. 4.2/5.1).
+
+    Example: python -m trainer es --env HalfCheetah-v5 --arch iso-odetoode --iterations 100 --out runs/cheetah
+    """
+
+    config: Annotated[ESConfig, tyro.conf.arg(name="")]
+    out: Path = Path("runs/es")
+    """Run directory: log.jsonl, config.json, checkpoint.pt (latest), best.pt (best evaluated)."""
+    resume: bool = False
+    """Continue the run in --out from its checkpoint. The saved configuration defines the experiment; only
+    --iterations, --time-budget-s, --backend, --workers and --ray-address are taken from the command line."""
+    export: str | None = None
+    """After training, export best.pt into --repository under this model name."""
+    repository: Path = Path("models")
+    """Model repository for --export."""
+    export_episodes: int = 20
+    """Episodes of the ONNX Runtime evaluation recorded in the exported model card."""
+
+
+def _run_es(argv: Sequence[str]) -> int:
+    cmd = tyro.cli(ESCommand, args=list(argv), prog="python -m trainer es",
+                   config=(tyro.conf.FlagConversionOff,))  # fmt: skip
+    if cmd.resume and (cmd.out / "checkpoint.pt").is_file():
+        run = ESRun.resume(cmd.out, overrides=cmd.config)
+        print(f"resuming {cmd.out} at iteration {run.state.iteration}")
+    else:
+        run = ESRun(cmd.config, cmd.out)
+    state = run.train()
+    print(f"done: {state.iteration} iterations, {state.env_steps} env steps, {state.wall_s:.0f} s, "
+          f"best evaluation return {state.best_reward:.1f}")  # fmt: skip
+    if cmd.export:
+        target = export_run(cmd.out, cmd.export, cmd.repository, episodes=cmd.export_episodes)
+        print(f"exported {target / 'model.onnx'}")
+    return 0
+
+
+def _plot_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("plot", help="draw learning curves (mean +- std over seeds) of ES runs to a PNG")
+    p.add_argument("runs", nargs="+", type=Path, help="run directories (each with log.jsonl and config.json)")
+    p.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    p.add_argument("--x", default="env_steps", help="x axis: env_steps, wall_s or iteration")
+    p.add_argument("--y", default="eval_return", help="y axis: eval_return or reward_mean")
+
+    def run(args: argparse.Namespace) -> int:
+        print(f"wrote {plot_learning_curves(args.runs, args.out, x=args.x, y=args.y)}")
+        return 0
+
+    p.set_defaults(run=run)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["es"]:
+        sys.exit(_run_es(argv[1:]))
     parser = argparse.ArgumentParser(prog="python -m trainer", description="odetoode trainer")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    sub.add_parser("es", help="train a policy with evolution strategies (see: python -m trainer es --help)")
     _export_parser(sub)
+    _plot_parser(sub)
     args = parser.parse_args(argv)
     sys.exit(args.run(args))

@@ -14,6 +14,7 @@ polling the repository never sees half a version.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -63,12 +64,23 @@ class ExportedModel:
     parity: dict[str, float]
     parameters: int
     config: dict[str, Any] = field(default_factory=dict)
+    card_sections: list[str] = field(default_factory=list)
+    """Extra markdown appended to the model card (an evaluation, a figure)."""
 
     def save(self, path: str | Path) -> None:
         onnx.save_model(self.proto, str(path))
 
     def card(self, name: str, version: int) -> str:
         return model_card(self, name, version)
+
+    def with_training(self, training: Mapping[str, Any]) -> ExportedModel:
+        """The same model with its ``odetoode.training`` record replaced (e.g. to add an evaluation)."""
+        description = dataclasses.replace(self.description, training=_training_record(training))
+        proto = onnx.ModelProto()
+        proto.CopyFrom(self.proto)
+        del proto.metadata_props[:]
+        onnx.helper.set_model_props(proto, description.to_metadata_props())
+        return dataclasses.replace(self, proto=proto, description=description)
 
 
 def max_relative_error(actual: np.ndarray, reference: np.ndarray) -> float:
@@ -220,11 +232,13 @@ def write_to_repository(
     version: int | None = None,
     *,
     serving_config: Mapping[str, Any] | None = None,
+    extra_files: Mapping[str, bytes] | None = None,
 ) -> Path:
     """Writes ``<repository>/<name>/<version>/{model.onnx, README.md}`` atomically; returns the version directory.
 
     ``version`` defaults to one past the highest existing version. ``serving_config`` (if given) replaces
-    ``<name>/config.yaml``. An existing version is never overwritten.
+    ``<name>/config.yaml``; ``extra_files`` (plain names, e.g. a learning-curve PNG) go beside the model. An existing
+    version is never overwritten.
     """
     if not MODEL_NAME.fullmatch(name):
         raise ValueError(f"model name {name!r} must match {MODEL_NAME.pattern}")
@@ -241,6 +255,10 @@ def write_to_repository(
     try:
         exported.save(staging / "model.onnx")
         (staging / "README.md").write_text(exported.card(name, version))
+        for filename, content in (extra_files or {}).items():
+            if "/" in filename or filename.startswith(".") or filename in ("model.onnx", "README.md"):
+                raise ValueError(f"extra file name {filename!r} is not a plain, free name")
+            (staging / filename).write_bytes(content)
         os.replace(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -307,5 +325,6 @@ def model_card(exported: ExportedModel, name: str, version: int) -> str:
         lines += [f"- **{k}**: {v}" for k, v in metrics.items()]
     else:
         lines.append("- none recorded")
+    lines += ["", *exported.card_sections] if exported.card_sections else []
     lines += ["", "## Configuration", "", "```json", json.dumps(exported.config, indent=2, sort_keys=True), "```", ""]
     return "\n".join(lines)

@@ -92,8 +92,8 @@ def test_metadata_config_and_readiness(server: RunningServer) -> None:
         assert list(m.versions) == ["1", "2"] and m.platform == "onnxruntime_onnx"
         assert (m.inputs[0].name, m.inputs[0].datatype, list(m.inputs[0].shape)) == ("observation", "FP32", [-1, 17])
         assert s.ModelReady(pb.ModelReadyRequest(name="digits", version="1")).ready
-        with pytest.raises(Exception, match="NOT_FOUND"):
-            s.ModelReady(pb.ModelReadyRequest(name="policy", version="7"))
+        assert not s.ModelReady(pb.ModelReadyRequest(name="policy", version="7")).ready  # as Triton: no error
+        assert not s.ModelReady(pb.ModelReadyRequest(name="nosuch")).ready
         config = s.ModelConfig(pb.ModelConfigRequest(name="policy")).config
         assert config.name == "policy" and config.max_batch_size == 256 and list(config.input[0].dims) == [17]
         assert float(config.parameters["odetoode.lipschitz_bound"].string_value) == pytest.approx(1.04**25, rel=1e-5)

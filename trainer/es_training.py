@@ -1,0 +1,336 @@
+"""``python -m trainer es``: train a policy with evolution strategies, checkpoint it, log it, export it.
+
+The loop is the paper's (Sec. 4.2, 5.1): antithetic perturbations of every parameter, one episode each, fitness
+shaping, and a Riemannian step for the Stiefel/orthogonal parameters. A run directory holds ``log.jsonl`` (one line
+per iteration), ``checkpoint.pt`` (the latest state, for ``--resume``) and ``best.pt`` (the best evaluated policy,
+with the normalization it was evaluated with), which ``--export`` writes into the model repository.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from odetoode.modelfile import Box, Normalization
+from trainer.checkpoint import Checkpoint
+from trainer.envs import EnvSpec, env_spec, make_env
+from trainer.es import (
+    Params,
+    RunningStats,
+    ascend,
+    estimate_gradient,
+    on_manifolds,
+    population,
+    sample_directions,
+    shape_fitness,
+    step_size,
+)
+from trainer.evaluate import EVALUATION_SEED_BASE
+from trainer.models import FlowModel, build_model
+from trainer.rollouts import Backend, RolloutRequest, make_backend
+
+
+@dataclass
+class ESConfig:
+    """Everything that defines an ES run; saved in every checkpoint so a run can be resumed or reproduced."""
+
+    env: str = "HalfCheetah-v5"
+    """Environment id: a Gymnasium id or ``dmc:<domain>/<task>``."""
+    arch: str = "iso-odetoode"
+    """Policy architecture (see ``trainer.models.ARCHITECTURES``)."""
+    hidden: int = 16
+    """Hidden size ``h`` (the paper: 16; 64 for Humanoid)."""
+    steps: int = 25
+    """Euler steps ``N`` of the flow (the paper: eta = 0.04, so N = 25)."""
+    model_options: dict[str, Any] = field(default_factory=dict)
+    """Extra architecture arguments, e.g. ``{"depth": 25}`` or ``{"degree": 5}``."""
+    directions: int = 100
+    """Antithetic pairs per iteration; the paper's k = 200 perturbations is 100 pairs."""
+    sigma: float = 0.1
+    """Perturbation standard deviation (the paper: 0.1)."""
+    step_size: float = 0.01
+    """Step size alpha (the paper: 0.01)."""
+    step_decay: Literal["constant", "sqrt"] = "constant"
+    """``sqrt``: alpha / sqrt(t), the schedule of Theorem 1."""
+    shaping: Literal["centered-ranks", "top-b"] = "centered-ranks"
+    """Fitness shaping: centered ranks (OpenAI ES) or ARS's best ``top_b`` directions."""
+    top_b: int | None = None
+    """How many directions ``top-b`` keeps (default: all)."""
+    normalize: bool = True
+    """Normalize observations with running statistics (frozen within an iteration), baked into the export."""
+    obs_clip: float = 5.0
+    """Normalized observations are clipped to +-obs_clip."""
+    survival_bonus: float | None = None
+    """Per-step reward subtracted during training; None: the task's default (1 for Hopper, 5 for Humanoid...)."""
+    iterations: int = 100
+    """Number of ES iterations."""
+    time_budget_s: float | None = None
+    """Stop after this much wall time (the run is still checkpointed and exportable)."""
+    eval_every: int = 1
+    """Evaluate the current (unperturbed) policy every this many iterations, in the same batch."""
+    eval_episodes: int = 5
+    """Episodes per evaluation."""
+    max_episode_steps: int | None = None
+    """Cap on episode length (default: the task's own limit)."""
+    seed: int = 0
+    """Seeds parameters, directions and episode seeds."""
+    backend: Literal["local", "ray", "inline"] = "local"
+    """Where rollouts run: local worker processes, a Ray cluster, or this process."""
+    workers: int = 2
+    """Worker processes (local) or actors (ray)."""
+    ray_address: str | None = None
+    """Ray cluster address (``auto``, ``ray://host:port``); None starts a local Ray instance."""
+
+
+def _load_into(model: FlowModel, params: Params) -> FlowModel:
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(params[name].to(p.dtype))
+    return model
+
+
+def _observation_box(env_id: str) -> Box:
+    env = make_env(env_id)
+    try:
+        space: Any = env.observation_space
+        low = np.broadcast_to(space.low, space.shape).ravel()
+        high = np.broadcast_to(space.high, space.shape).ravel()
+        return Box((low.size,), tuple(float(v) for v in low), tuple(float(v) for v in high))
+    finally:
+        env.close()
+
+
+@dataclass
+class RunState:
+    """What a resumed run needs beyond the parameters."""
+
+    iteration: int = 0
+    env_steps: int = 0
+    wall_s: float = 0.0
+    best_reward: float = -math.inf
+    rng_state: dict[str, Any] | None = None
+    stats: dict[str, Any] | None = None
+
+
+class ESRun:
+    """One training run in ``out``: ``train()`` runs (or resumes) it; ``best_checkpoint()`` is what gets exported."""
+
+    def __init__(self, config: ESConfig, out: Path, *, command: str | None = None) -> None:
+        self.config = config
+        self.out = out
+        self.command = command or "python -m trainer " + " ".join(sys.argv[1:])
+        self.spec: EnvSpec = env_spec(config.env)
+        self.bonus = self.spec.survival_bonus if config.survival_bonus is None else config.survival_bonus
+        generator = torch.Generator().manual_seed(config.seed)
+        self.model = build_model(
+            config.arch, self.spec.obs_dim, self.spec.act_dim, hidden=config.hidden, steps=config.steps,
+            generator=generator, dtype=torch.float64, **config.model_options,
+        )  # fmt: skip
+        self.params: Params = {n: p.detach().clone() for n, p in self.model.named_parameters()}
+        self.stats = RunningStats(self.spec.obs_dim)
+        self.state = RunState()
+        self.rng = np.random.default_rng(config.seed)
+
+    # -- persistence ----------------------------------------------------------------------------------------------
+
+    def _checkpoint(self, params: Params, mean: np.ndarray, std: np.ndarray, metrics: dict[str, Any]) -> Checkpoint:
+        model = _load_into(self.model, params)
+        return Checkpoint.from_model(
+            model,
+            "policy",
+            env_id=self.config.env,
+            observation_space=_observation_box(self.config.env),
+            action_space=Box((self.spec.act_dim,), self.spec.action_low, self.spec.action_high),
+            normalization=Normalization(tuple(mean.tolist()), tuple(std.tolist()), self.config.obs_clip),
+            training={
+                "command": self.command,
+                "seed": self.config.seed,
+                "iterations": self.state.iteration,
+                "env_steps": self.state.env_steps,
+                "wall_s": round(self.state.wall_s, 1),
+                "metrics": metrics,
+            },
+            extra={
+                "es_config": dataclasses.asdict(self.config),
+                "run_state": dataclasses.asdict(self.state),
+            },
+        )
+
+    def _normalization(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self.config.normalize:
+            return np.zeros(self.spec.obs_dim), np.ones(self.spec.obs_dim)
+        return self.stats.mean.copy(), self.stats.std()
+
+    def save(self) -> None:
+        self.state.rng_state = dict(self.rng.bit_generator.state)
+        self.state.stats = self.stats.state()
+        mean, std = self._normalization()
+        self._checkpoint(self.params, mean, std, {"best_eval_return": self.state.best_reward}).save(
+            self.out / "checkpoint.pt"
+        )
+
+    RESUMABLE = ("iterations", "time_budget_s", "backend", "workers", "ray_address")
+    """Settings a resumed run takes from the new command line: how long and where, not what."""
+
+    @classmethod
+    def resume(cls, out: Path, overrides: ESConfig | None = None) -> ESRun:
+        ckpt = Checkpoint.load(out / "checkpoint.pt")
+        config = ESConfig(**ckpt.extra["es_config"])
+        if overrides is not None:
+            config = dataclasses.replace(config, **{k: getattr(overrides, k) for k in cls.RESUMABLE})
+        run = cls(config, out, command=ckpt.training.get("command"))
+        run.params = {n: v.to(torch.float64) for n, v in ckpt.state_dict.items()}
+        run.state = RunState(**ckpt.extra["run_state"])
+        if run.state.stats is not None:
+            run.stats = RunningStats.from_state(run.state.stats)
+        if run.state.rng_state is not None:
+            run.rng.bit_generator.state = run.state.rng_state
+        return run
+
+    def best_checkpoint(self) -> Checkpoint:
+        return Checkpoint.load(self.out / "best.pt")
+
+    # -- training -------------------------------------------------------------------------------------------------
+
+    def iterate(self, backend: Backend) -> dict[str, Any]:
+        """One ES iteration; returns its log record."""
+        c = self.config
+        started = time.perf_counter()
+        evaluate = c.eval_every > 0 and self.state.iteration % c.eval_every == 0
+        copies = c.eval_episodes if evaluate else 0
+        directions = sample_directions(self.params, c.directions, self.rng)
+        members = population(self.params, directions, c.sigma, copies)
+        with torch.no_grad():
+            program = self.model.program(members).map(lambda t: t.to(torch.float32).contiguous())
+        # Both members of a pair see the same episode (common random numbers); evaluations get their own seeds.
+        pair_seeds = self.rng.integers(0, EVALUATION_SEED_BASE, size=c.directions)
+        seeds = [int(s) for s in np.repeat(pair_seeds, 2)] + [
+            int(s) for s in self.rng.integers(0, EVALUATION_SEED_BASE, size=copies)
+        ]
+        mean, std = self._normalization()
+        result = backend.evaluate(
+            RolloutRequest(
+                env_id=c.env, program=program, seeds=tuple(seeds), obs_mean=mean, obs_std=std, obs_clip=c.obs_clip,
+                action_low=np.asarray(self.spec.action_low), action_high=np.asarray(self.spec.action_high),
+                survival_bonus=self.bonus, max_steps=c.max_episode_steps,
+            )
+        )  # fmt: skip
+        n = 2 * c.directions
+        shaped = shape_fitness(result.returns[0:n:2], result.returns[1:n:2], c.sigma, c.shaping, c.top_b)
+        alpha = step_size(c.step_size, self.state.iteration, c.step_decay)
+        evaluated_params = self.params
+        self.params = ascend(self.params, estimate_gradient(directions, shaped), self.model.manifolds, alpha)
+        if c.normalize:
+            self.stats.merge(result.obs_count, result.obs_sum, result.obs_sumsq)
+        elapsed = time.perf_counter() - started
+        self.state.iteration += 1
+        self.state.env_steps += result.steps
+        self.state.wall_s += elapsed
+        record: dict[str, Any] = {
+            "iteration": self.state.iteration,
+            "env_steps": self.state.env_steps,
+            "wall_s": round(self.state.wall_s, 2),
+            "reward_mean": float(result.raw_returns[:n].mean()),
+            "reward_max": float(result.raw_returns[:n].max()),
+            "steps_per_s": round(result.steps / elapsed, 1),
+            "step_size": alpha,
+        }
+        if evaluate:
+            eval_reward = float(result.raw_returns[n:].mean())
+            record["eval_return"] = eval_reward
+            if eval_reward > self.state.best_reward:
+                self.state.best_reward = eval_reward
+                metrics = {"eval_return": eval_reward, "eval_episodes": copies, "iteration": self.state.iteration - 1}
+                self._checkpoint(evaluated_params, mean, std, metrics).save(self.out / "best.pt")
+        record["best_eval_return"] = self.state.best_reward
+        return record
+
+    def train(self, backend: Backend | None = None, progress: bool = True) -> RunState:
+        c = self.config
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.json").write_text(json.dumps(dataclasses.asdict(c), indent=2) + "\n")
+        own = backend is None
+        backend = backend or make_backend(c.backend, c.workers, c.ray_address)
+        bar = tqdm(total=c.iterations, initial=self.state.iteration, disable=not progress, unit="it",
+                   desc=f"{c.arch} {c.env}", dynamic_ncols=True)  # fmt: skip
+        started = time.perf_counter()
+        try:
+            with (self.out / "log.jsonl").open("a") as log:
+                while self.state.iteration < c.iterations:
+                    if c.time_budget_s is not None and time.perf_counter() - started > c.time_budget_s:
+                        break
+                    record = self.iterate(backend)
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
+                    self.save()
+                    bar.update(1)
+                    bar.set_postfix(
+                        reward=f"{record.get('eval_return', record['reward_mean']):.1f}",
+                        best=f"{self.state.best_reward:.1f}",
+                        steps_s=f"{record['steps_per_s']:.0f}",
+                    )
+        finally:
+            bar.close()
+            if own:
+                backend.close()
+        if not on_manifolds(self.params, self.model.manifolds):
+            raise RuntimeError("a Stiefel/orthogonal parameter left its manifold; this is a bug")
+        return self.state
+
+
+def export_run(run_dir: Path, name: str, repository: Path, *, episodes: int = 20, version: int | None = None) -> Path:
+    """Exports ``run_dir/best.pt`` into the repository with an ONNX Runtime evaluation and its learning curve.
+
+    The evaluation runs the exported file with ONNX Runtime alone on ``episodes`` episodes whose seeds training
+    never used, and is recorded in the file's metadata and in the model card.
+    """
+    import tempfile
+
+    from trainer.evaluate import evaluate_onnx
+    from trainer.export import PolicySpec, export_policy, write_to_repository
+    from trainer.plots import plot_learning_curves
+
+    ckpt = Checkpoint.load(run_dir / "best.pt")
+    assert ckpt.observation_space and ckpt.action_space and ckpt.normalization
+    spec = PolicySpec(ckpt.observation_space, ckpt.action_space, ckpt.normalization, ckpt.env_id)
+    exported = export_policy(ckpt.model(), spec, training=ckpt.training)
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = Path(tmp) / "model.onnx"
+        exported.save(onnx_path)
+        evaluation = evaluate_onnx(onnx_path, ckpt.env_id, episodes)
+        curve = plot_learning_curves([run_dir], Path(tmp) / "learning_curve.png", title=name)
+        png = curve.read_bytes()
+    training = dict(ckpt.training)
+    metrics = dict(training.get("metrics", {}))
+    metrics.update({
+        f"onnx_eval_return_{episodes}_episodes": round(evaluation.mean, 2),
+        f"onnx_eval_return_std_{episodes}_episodes": round(evaluation.std, 2),
+        "onnx_eval_seeds": f"{evaluation.seeds[0]}..{evaluation.seeds[-1]} (never used in training)",
+    })  # fmt: skip
+    training["metrics"] = metrics
+    exported = exported.with_training(training)
+    exported.card_sections = [
+        "## Evaluation",
+        "",
+        f"ONNX Runtime alone, {episodes} episodes of `{ckpt.env_id}` with seeds {evaluation.seeds[0]}.."
+        f"{evaluation.seeds[-1]} (training drew its episode seeds below {EVALUATION_SEED_BASE}): "
+        f"mean return **{evaluation.mean:.1f}** +- {evaluation.std:.1f} "
+        f"(min {min(evaluation.returns):.1f}, max {max(evaluation.returns):.1f}).",
+        "",
+        "Reproduce: `python -m trainer.evaluate model.onnx --episodes 20`",
+        "",
+        "## Learning curve",
+        "",
+        "![learning curve](learning_curve.png)",
+    ]
+    return write_to_repository(exported, repository, name, version, extra_files={"learning_curve.png": png})
