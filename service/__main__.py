@@ -1,17 +1,25 @@
-"""``python -m service``: serve a model repository. Flags mirror ``ServerSettings`` (``--help`` lists them)."""
+"""``python -m service``: serve a model repository (flags mirror ``ServerSettings``; ``--help`` lists them).
+
+``python -m service act|bench|info --policy NAME`` instead talks to a running server (see ``service.tools``).
+"""
 
 from __future__ import annotations
 
 import asyncio
-
-from pydantic_settings import CliApp
-
-from service.logs import configure
-from service.server import Server
-from service.settings import ServerSettings
+import sys
 
 
 def main() -> None:
+    if sys.argv[1:2] and sys.argv[1] in ("act", "bench", "info"):
+        from service.tools import main as tools
+
+        sys.exit(tools(sys.argv[1:]))
+    from pydantic_settings import CliApp
+
+    from service.logs import configure
+    from service.server import Server
+    from service.settings import ServerSettings
+
     settings = CliApp.run(ServerSettings)
     configure(settings.log_format, settings.log_level)
     asyncio.run(Server(settings).serve_forever())

@@ -13,7 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from odetoode import __version__
+from odetoode.modelfile import POLICY_INPUT, POLICY_OUTPUT
 from service.batching import Timing
 from service.errors import (
     InternalError,
@@ -174,6 +177,33 @@ class DataPlane:
             total_ns=time.monotonic_ns() - start,
             id=request.id,
         )
+
+    # -- policies (the robot API) ----------------------------------------------------------------------------------
+
+    def policy(self, name: str, version: str | None = None) -> ServedVersion:
+        """The served version of a policy; a classifier is refused with a message that says so."""
+        served = self.repository.resolve(name, version)
+        if served.runtime.description.kind != "policy":
+            raise InvalidArgument(f"policy: {name!r} is a {served.runtime.description.kind}, not a policy")
+        return served
+
+    async def act(
+        self, name: str, version: str | None, observation: np.ndarray, deadline_ns: int | None = None
+    ) -> InferResponse:
+        """One observation (flat float32) -> one action, through the same batcher, checks and metrics as OIP."""
+        served = self.policy(name, version)
+        expected = served.runtime.inputs[0].shape[1]
+        if observation.size != expected:
+            raise InvalidArgument(f"observation: {observation.size} values, policy {name!r} expects {expected}")
+        request = InferRequest(
+            model=name,
+            inputs=[Tensor(POLICY_INPUT, "FP32", observation.reshape(1, expected))],
+            version=str(served.version),
+            outputs=[POLICY_OUTPUT],
+            deadline_ns=deadline_ns,
+            protocol="policy",
+        )
+        return await self.infer(request)
 
     # -- repository ------------------------------------------------------------------------------------------------
 

@@ -24,6 +24,8 @@ from service._proto.inference import grpc_service_pb2 as pb
 from service._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from service.dataplane import DataPlane
 from service.errors import InvalidArgument, ModelNotFound, ServingError, client_message, status_of
+from service.policy_service import SERVICE_NAME as POLICY_SERVICE_NAME
+from service.policy_service import add_policy_service
 from service.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -190,7 +192,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
 
 class Health:
-    """``grpc.health.v1``: the server (service ``""`` and the OIP service name) and one service name per model."""
+    """``grpc.health.v1``: the server (service ``""``, the OIP and policy service names) and one name per model."""
 
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
@@ -202,6 +204,7 @@ class Health:
         server = serving if self.plane.ready() else not_serving
         await self.servicer.set("", server)
         await self.servicer.set(SERVICE_NAME, server)
+        await self.servicer.set(POLICY_SERVICE_NAME, server)
         names = {e.name for e in self.plane.repository_index()}
         for name in names | self._models:
             try:
@@ -233,7 +236,12 @@ def build_grpc_server(
     server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=grpc_options(plane.settings))
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(plane), server)
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
-    names = [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+    names = [
+        SERVICE_NAME,
+        add_policy_service(plane, server),
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        reflection.SERVICE_NAME,
+    ]
     for add in extra_services or []:
         names.append(add(server))
     reflection.enable_server_reflection(names, server, pool=reflection_pool())

@@ -36,3 +36,17 @@ def test_readme_commands_are_make_targets() -> None:
     for target in set(re.findall(r"^\s*make ([a-z-]+)", readme, flags=re.M)):
         assert re.search(rf"^{re.escape(target)}:", makefile, flags=re.M), f"README mentions make {target}"
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_robot_client_imports_without_the_server_stack() -> None:
+    """``pip install odetoode[client]`` on a robot: grpcio, protobuf, numpy (httpx for REST) -- nothing else."""
+    blocked = ["torch", "onnxruntime", "fastapi", "uvicorn", "prometheus_client", "pydantic", "onnx", "yaml"]
+    code = (
+        "import sys\n"
+        f"for m in {blocked!r}: sys.modules[m] = None\n"
+        "import service.client as c\n"
+        "assert c.PolicyClient and c.AsyncPolicyClient and c.RestClient\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr

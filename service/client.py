@@ -1,0 +1,497 @@
+"""Robot client SDK for ``odetoode.v1.PolicyService`` (sync and asyncio), plus a small REST prediction client.
+
+Needs only ``grpcio``, ``protobuf``, ``numpy`` (and ``httpx`` for REST): ``pip install odetoode[client]``.
+
+* one persistent channel per client, with keepalive pings every 10 s (the server accepts one every 5 s, so no
+  GOAWAY "too_many_pings") and gRPC's own retry policy: unary calls are retried with exponential back-off on
+  UNAVAILABLE (a server restarting, a connection being re-established);
+* a deadline on every call (``timeout``);
+* ``control_loop``: a fixed-rate loop over ``ActStream`` that survives server restarts (it reconnects with back-off,
+  counting the cycles it could not serve) and reports the achieved rate and latency percentiles.
+
+Example::
+
+    with PolicyClient("localhost:8001") as client:
+        info = client.get_policy("halfcheetah")
+        action = client.act("halfcheetah", observation)            # Action(values=..., sequence=0, ...)
+        report = client.control_loop("halfcheetah", hz=100, on_observation=lambda seq, act: read_sensors())
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import grpc
+import numpy as np
+
+from service._proto.odetoode.v1 import policy_pb2 as pb
+from service._proto.odetoode.v1 import policy_pb2_grpc as pb_grpc
+
+PolicyInfo = pb.PolicyInfo
+Overflow = Literal["queue", "latest"]
+_OVERFLOW = {"queue": pb.OVERFLOW_QUEUE, "latest": pb.OVERFLOW_LATEST_ONLY}
+_F32 = np.dtype("<f4")
+
+RETRY_POLICY = {
+    "methodConfig": [
+        {
+            "name": [
+                {"service": "odetoode.v1.PolicyService", "method": "Act"},
+                {"service": "odetoode.v1.PolicyService", "method": "GetPolicy"},
+            ],
+            "retryPolicy": {
+                "maxAttempts": 5,
+                "initialBackoff": "0.05s",
+                "maxBackoff": "1s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ]
+}
+
+
+def channel_options(max_message_bytes: int = 64 * 1024 * 1024) -> list[tuple[str, Any]]:
+    """Keepalive matched to the server's policy, retries on UNAVAILABLE, message limits."""
+    return [
+        ("grpc.keepalive_time_ms", 10_000),
+        ("grpc.keepalive_timeout_ms", 5_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.enable_retries", 1),
+        ("grpc.service_config", json.dumps(RETRY_POLICY)),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+
+
+@dataclass(frozen=True)
+class Action:
+    """An action and what answered it. ``latency_ns`` is the round trip seen by this client."""
+
+    values: np.ndarray
+    sequence: int
+    version: str
+    queue_ns: int
+    compute_ns: int
+    server_ns: int
+    batch_size: int
+    latency_ns: int
+
+
+@dataclass(frozen=True)
+class ActFailure:
+    """An observation the server answered without an action: an error, or ``dropped`` as superseded."""
+
+    sequence: int
+    code: grpc.StatusCode | None
+    message: str
+
+    @property
+    def dropped(self) -> bool:
+        return self.code is None
+
+
+def _request(
+    policy: str, observation: np.ndarray | Sequence[float], sequence: int, version: str | None
+) -> pb.ActRequest:
+    packed = np.ascontiguousarray(observation, dtype=_F32).tobytes()
+    return pb.ActRequest(policy=policy, version=version or "", sequence=sequence, observation=packed)
+
+
+def _action(msg: pb.ActResponse, sent_ns: int) -> Action:
+    values = (
+        np.frombuffer(msg.action, dtype=_F32).astype(np.float32)
+        if msg.action
+        else np.asarray(msg.action_values, np.float32)
+    )
+    t = msg.timing
+    return Action(values, msg.sequence, msg.version, t.queue_ns, t.compute_ns, t.total_ns, t.batch_size,
+                  time.monotonic_ns() - sent_ns)  # fmt: skip
+
+
+def _stream_result(msg: pb.ActStreamResponse, sent: dict[int, int]) -> Action | ActFailure:
+    kind = msg.WhichOneof("result")
+    if kind == "action":
+        return _action(msg.action, sent.pop(msg.action.sequence, time.monotonic_ns()))
+    if kind == "error":
+        sent.pop(msg.error.sequence, None)
+        return ActFailure(msg.error.sequence, _STATUS.get(msg.error.code, grpc.StatusCode.UNKNOWN), msg.error.message)
+    sent.pop(msg.dropped, None)
+    return ActFailure(msg.dropped, None, "dropped: a newer observation superseded it")
+
+
+_STATUS = {code.value[0]: code for code in grpc.StatusCode}
+
+
+@dataclass
+class LoopReport:
+    """What a control loop achieved. Latencies are client-measured round trips of answered cycles."""
+
+    cycles: int = 0
+    answered: int = 0
+    missed: int = 0
+    """Cycles whose action did not arrive within the cycle (late, dropped, failed, or the server unreachable)."""
+    errors: int = 0
+    reconnects: int = 0
+    overruns: int = 0
+    """(``realtime=False`` only) cycles whose action arrived after the cycle's tick."""
+    duration_s: float = 0.0
+    latencies_us: list[float] = field(default_factory=list, repr=False)
+
+    @property
+    def achieved_hz(self) -> float:
+        return self.cycles / self.duration_s if self.duration_s else 0.0
+
+    @property
+    def missed_fraction(self) -> float:
+        return self.missed / self.cycles if self.cycles else 0.0
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies_us, q)) if self.latencies_us else float("nan")
+
+    def summary(self) -> str:
+        return (
+            f"{self.cycles} cycles in {self.duration_s:.2f} s ({self.achieved_hz:.1f} Hz), answered {self.answered}, "
+            f"missed {self.missed} ({100 * self.missed_fraction:.3f}%), overruns {self.overruns}, "
+            f"reconnects {self.reconnects}; latency "
+            f"p50 {self.percentile(50):.0f} us, p90 {self.percentile(90):.0f} us, p99 {self.percentile(99):.0f} us"
+        )
+
+
+class ActionStream:
+    """One ``ActStream`` call driven from a thread: ``send`` observations, ``receive`` answers in order."""
+
+    def __init__(self, stub: pb_grpc.PolicyServiceStub, first: pb.ActRequest) -> None:
+        self._outbox: queue.Queue[pb.ActRequest | None] = queue.Queue()
+        self._inbox: queue.Queue[Action | ActFailure | grpc.RpcError | None] = queue.Queue()
+        self._sent: dict[int, int] = {}
+        self._first = first
+        self._call = stub.ActStream(self._requests())
+        self._reader = threading.Thread(target=self._read, daemon=True, name="act-stream-reader")
+        self._reader.start()
+
+    def _requests(self) -> Iterator[pb.ActRequest]:
+        while True:
+            item = self._outbox.get()
+            if item is None:
+                return
+            yield item
+
+    def _read(self) -> None:
+        try:
+            for msg in self._call:
+                self._inbox.put(_stream_result(msg, self._sent))
+            self._inbox.put(None)
+        except grpc.RpcError as exc:
+            self._inbox.put(exc)
+
+    def send(self, observation: np.ndarray | Sequence[float], sequence: int) -> None:
+        request = _request("", observation, sequence, None)
+        if self._first is not None:  # the first message carries the policy, version and options
+            self._first.observation, self._first.sequence = request.observation, sequence
+            request, self._first = self._first, None  # type: ignore[assignment]
+        self._sent[sequence] = time.monotonic_ns()
+        self._outbox.put(request)
+
+    def receive(self, timeout: float | None = None) -> Action | ActFailure | None:
+        """The next answer; ``None`` when the stream ended. Raises ``queue.Empty`` on timeout, ``grpc.RpcError``
+        if the stream failed."""
+        item = self._inbox.get(timeout=timeout)
+        if isinstance(item, grpc.RpcError):
+            self._inbox.put(item)  # stays failed
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._outbox.put(None)
+        self._call.cancel()
+        self._reader.join(5)
+
+
+class PolicyClient:
+    """Synchronous client; thread-safe for unary calls."""
+
+    def __init__(
+        self,
+        target: str = "localhost:8001",
+        *,
+        timeout: float = 1.0,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        opts = [*channel_options(), *options]
+        self.target = target
+        self.timeout = timeout
+        self._channel = (
+            grpc.secure_channel(target, credentials, options=opts)
+            if credentials is not None
+            else grpc.insecure_channel(target, options=opts)
+        )
+        self._stub = pb_grpc.PolicyServiceStub(self._channel)
+
+    def __enter__(self) -> PolicyClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        grpc.channel_ready_future(self._channel).result(timeout=timeout)
+
+    def act(self, policy: str, observation: np.ndarray | Sequence[float], *, version: str | None = None,
+            sequence: int = 0, timeout: float | None = None) -> Action:  # fmt: skip
+        """One action (retried on UNAVAILABLE within ``timeout``)."""
+        sent = time.monotonic_ns()
+        response = self._stub.Act(_request(policy, observation, sequence, version), timeout=timeout or self.timeout)
+        return _action(response, sent)
+
+    def get_policy(self, policy: str, version: str | None = None, *, timeout: float | None = None) -> PolicyInfo:
+        return self._stub.GetPolicy(pb.GetPolicyRequest(policy=policy, version=version or ""),
+                                    timeout=timeout or self.timeout)  # fmt: skip
+
+    def stream(self, policy: str, *, version: str | None = None, overflow: Overflow = "queue",
+               follow_latest: bool = False, max_pending: int = 0, deadline_us: int = 0) -> ActionStream:  # fmt: skip
+        options = pb.StreamOptions(overflow=_OVERFLOW[overflow], follow_latest=follow_latest,
+                                   max_pending=max_pending, deadline_us=deadline_us)  # fmt: skip
+        return ActionStream(self._stub, pb.ActRequest(policy=policy, version=version or "", options=options))
+
+    def control_loop(
+        self,
+        policy: str,
+        hz: float,
+        on_observation: Callable[[int, Action | None], np.ndarray | Sequence[float] | None],
+        *,
+        duration_s: float | None = None,
+        cycles: int | None = None,
+        version: str | None = None,
+        on_action: Callable[[Action], None] | None = None,
+        reconnect_backoff_s: float = 0.05,
+        realtime: bool = True,
+    ) -> LoopReport:
+        """Runs ``on_observation(sequence, previous_action)`` at ``hz`` and sends what it returns.
+
+        ``realtime`` (a robot): each cycle waits for its own action until the next tick; a late answer is
+        discarded (never applied to a later cycle) and the cycle counts as missed. ``realtime=False`` (a
+        simulation, where time is virtual): each cycle waits for its action however long it takes (up to the
+        client's timeout) and overruns are counted as missed deadlines. Stops when ``on_observation`` returns
+        ``None``, after ``duration_s`` or after ``cycles``."""
+        period = 1.0 / hz
+        report = LoopReport()
+        stream: ActionStream | None = None
+        backoff = reconnect_backoff_s
+        start = time.perf_counter()
+        tick = start
+        previous: Action | None = None
+        sequence = 0
+        try:
+            while True:
+                if cycles is not None and sequence >= cycles:
+                    break
+                if duration_s is not None and time.perf_counter() - start >= duration_s:
+                    break
+                observation = on_observation(sequence, previous)
+                if observation is None:
+                    break
+                report.cycles += 1
+                deadline = tick + period
+                previous = None
+                try:
+                    if stream is None:
+                        stream = self.stream(policy, version=version, overflow="latest" if realtime else "queue")
+                    stream.send(observation, sequence)
+                    wait_until = deadline if realtime else time.perf_counter() + max(self.timeout, period)
+                    previous = self._await(stream, sequence, wait_until, report)
+                    if previous is not None and not realtime and time.perf_counter() > deadline:
+                        report.overruns += 1
+                    backoff = reconnect_backoff_s
+                except grpc.RpcError:
+                    # The server went away (restart, network): count the cycle, reconnect with back-off.
+                    if stream is not None:
+                        stream.close()
+                        stream = None
+                        report.reconnects += 1
+                    time.sleep(min(backoff, period))
+                    backoff = min(backoff * 2, 1.0)
+                if previous is None:
+                    report.missed += 1
+                elif on_action is not None:
+                    on_action(previous)
+                sequence += 1
+                tick = deadline
+                now = time.perf_counter()
+                if realtime and now > tick + period:  # fell more than a cycle behind: skip, do not burst
+                    skipped = int((now - tick) / period)
+                    report.missed += skipped
+                    report.cycles += skipped
+                    tick += skipped * period
+                elif not realtime and now > tick:
+                    tick = now  # virtual time: no catching up after an overrun
+                _sleep_until(tick)
+        finally:
+            report.duration_s = time.perf_counter() - start
+            if stream is not None:
+                stream.close()
+        return report
+
+    @staticmethod
+    def _await(stream: ActionStream, sequence: int, deadline: float, report: LoopReport) -> Action | None:
+        while True:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return None
+            try:
+                result = stream.receive(timeout=remaining)
+            except queue.Empty:
+                return None
+            if result is None:
+                raise grpc.RpcError("stream ended")
+            if result.sequence != sequence:
+                continue  # a late answer to an earlier cycle: never applied now
+            if isinstance(result, ActFailure):
+                report.errors += 0 if result.dropped else 1
+                return None
+            report.answered += 1
+            report.latencies_us.append(result.latency_ns / 1e3)
+            return result
+
+
+def _sleep_until(t: float) -> None:
+    """Sleeps until ``perf_counter() >= t``: coarse sleep, then a short spin (sleep overshoots ~0.1 ms)."""
+    while True:
+        remaining = t - time.perf_counter()
+        if remaining <= 0:
+            return
+        if remaining > 3e-4:
+            time.sleep(remaining - 2e-4)
+
+
+class AsyncPolicyClient:
+    """asyncio client over ``grpc.aio`` with the same channel policy."""
+
+    def __init__(self, target: str = "localhost:8001", *, timeout: float = 1.0,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:  # fmt: skip
+        opts = channel_options()
+        self.timeout = timeout
+        self._channel = (
+            grpc.aio.secure_channel(target, credentials, options=opts)
+            if credentials is not None
+            else grpc.aio.insecure_channel(target, options=opts)
+        )
+        self._stub = pb_grpc.PolicyServiceStub(self._channel)
+
+    async def __aenter__(self) -> AsyncPolicyClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def act(self, policy: str, observation: np.ndarray | Sequence[float], *, version: str | None = None,
+                  sequence: int = 0, timeout: float | None = None) -> Action:  # fmt: skip
+        sent = time.monotonic_ns()
+        response = await self._stub.Act(_request(policy, observation, sequence, version),
+                                        timeout=timeout or self.timeout)  # fmt: skip
+        return _action(response, sent)
+
+    async def get_policy(self, policy: str, version: str | None = None) -> PolicyInfo:
+        return await self._stub.GetPolicy(pb.GetPolicyRequest(policy=policy, version=version or ""),
+                                          timeout=self.timeout)  # fmt: skip
+
+    async def act_stream(
+        self,
+        policy: str,
+        observations: AsyncIterator[tuple[int, np.ndarray]],
+        *,
+        version: str | None = None,
+        overflow: Overflow = "queue",
+        follow_latest: bool = False,
+    ) -> AsyncIterator[Action | ActFailure]:
+        """Streams ``(sequence, observation)`` pairs and yields the answers in order."""
+        sent: dict[int, int] = {}
+        options = pb.StreamOptions(overflow=_OVERFLOW[overflow], follow_latest=follow_latest)
+
+        async def requests() -> AsyncIterator[pb.ActRequest]:
+            first = True
+            async for sequence, observation in observations:
+                request = _request(policy if first else "", observation, sequence, version)
+                if first:
+                    request.options.CopyFrom(options)
+                    first = False
+                sent[sequence] = time.monotonic_ns()
+                yield request
+
+        async for msg in self._stub.ActStream(requests()):
+            yield _stream_result(msg, sent)
+
+
+class RestClient:
+    """Predictions over REST (KServe V1 and Open Inference Protocol v2 JSON) with ``httpx``."""
+
+    def __init__(self, base_url: str = "http://localhost:8000", *, timeout: float = 5.0) -> None:
+        import httpx
+
+        self._http = httpx.Client(base_url=base_url, timeout=timeout)
+
+    def __enter__(self) -> RestClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def predict(self, model: str, instances: Sequence[Any]) -> list[Any]:
+        """KServe V1 ``:predict``: ``instances`` in, ``predictions`` out."""
+        response = self._http.post(f"/v1/models/{model}:predict", json={"instances": _jsonable(instances)})
+        _raise_for(response)
+        return response.json()["predictions"]
+
+    def infer(self, model: str, inputs: dict[str, np.ndarray], *, version: str | None = None) -> dict[str, np.ndarray]:
+        """Open Inference Protocol v2 ``infer`` with JSON tensors; returns every output as an array."""
+        body = {"inputs": [{"name": n, "shape": list(a.shape), "datatype": _DATATYPES[a.dtype.str[1:]],
+                            "data": a.reshape(-1).tolist()} for n, a in inputs.items()]}  # fmt: skip
+        path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
+        response = self._http.post(path, json=body)
+        _raise_for(response)
+        return {
+            o["name"]: np.asarray(o["data"], dtype=np.float32).reshape(o["shape"]) for o in response.json()["outputs"]
+        }
+
+
+_DATATYPES = {"f4": "FP32", "f8": "FP64", "i8": "INT64", "i4": "INT32"}
+
+
+class RestError(RuntimeError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+
+
+def _raise_for(response: Any) -> None:
+    if response.status_code >= 400:
+        try:
+            message = response.json().get("error", response.text)
+        except ValueError:
+            message = response.text
+        raise RestError(response.status_code, message)
+
+
+def _jsonable(instances: Sequence[Any]) -> Any:
+    return np.asarray(instances).tolist() if isinstance(instances, np.ndarray) else instances
+
+
+__all__ = ["ActFailure", "Action", "ActionStream", "AsyncPolicyClient", "LoopReport", "PolicyClient", "PolicyInfo",
+           "RestClient", "RestError", "channel_options"]  # fmt: skip

@@ -1,0 +1,198 @@
+"""``odetoode.v1.PolicyService``: the robot API -- Act, ActStream, GetPolicy -- over the same data plane.
+
+ActStream answers a stream's observations strictly in order. A reader task takes observations off the wire as they
+arrive, so while one is being computed the next ones wait in the stream's own queue, where the overflow option
+decides their fate: ``QUEUE`` answers all of them (up to ``max_pending``), ``LATEST_ONLY`` answers only the newest
+and tells the client which ones it dropped. Every answer carries the sequence number of the observation it answers.
+A failure of one observation (bad values, a missed deadline) is answered as an ``ActError`` and the stream goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+
+from service._proto.odetoode.v1 import policy_pb2 as pb
+from service._proto.odetoode.v1 import policy_pb2_grpc as pb_grpc
+from service.dataplane import DataPlane, InferResponse
+from service.errors import InvalidArgument, QueueFull, ServingError, status_of
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PolicyService"].full_name
+DEFAULT_MAX_PENDING = 64
+_FLOAT32_LE = np.dtype("<f4")
+
+
+def observation_of(request: pb.ActRequest) -> np.ndarray:
+    """The observation of a request as float32; exactly one of ``observation`` / ``observation_values``."""
+    packed, values = request.observation, request.observation_values
+    if packed and values:
+        raise InvalidArgument("observation: give observation (packed) or observation_values, not both")
+    if packed:
+        if len(packed) % 4:
+            raise InvalidArgument(f"observation: {len(packed)} bytes is not a whole number of float32 values")
+        return np.frombuffer(packed, dtype=_FLOAT32_LE).astype(np.float32, copy=False)
+    if values:
+        return np.asarray(values, dtype=np.float32)
+    raise InvalidArgument("observation: empty; set observation (packed float32) or observation_values")
+
+
+def action_response(
+    response: InferResponse, policy: str, sequence: int, as_values: bool, arrived_ns: int
+) -> pb.ActResponse:
+    action = response.outputs[0].data.reshape(-1)
+    t = response.timing
+    msg = pb.ActResponse(
+        policy=policy,
+        version=response.version,
+        sequence=sequence,
+        timing=pb.Timing(
+            queue_ns=t.queue_ns,
+            compute_ns=t.compute_ns,
+            total_ns=time.monotonic_ns() - arrived_ns,
+            batch_size=t.batch_size,
+        ),
+    )
+    if as_values:
+        msg.action_values.extend(action.tolist())
+    else:
+        msg.action = action.astype(_FLOAT32_LE, copy=False).tobytes()
+    return msg
+
+
+def error_message(sequence: int, error: ServingError) -> pb.ActStreamResponse:
+    code = status_of(error)[1].value[0]
+    return pb.ActStreamResponse(error=pb.ActError(sequence=sequence, code=code, message=str(error)))
+
+
+@dataclass
+class _Pending:
+    request: pb.ActRequest
+    arrived_ns: int
+    rejected: ServingError | None = None
+
+
+class PolicyService(pb_grpc.PolicyServiceServicer):
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+
+    async def Act(self, request: pb.ActRequest, context: grpc.aio.ServicerContext) -> pb.ActResponse:  # noqa: N802
+        arrived = time.monotonic_ns()
+        if not request.policy:
+            raise InvalidArgument("policy: required")
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else arrived + int(remaining * 1e9)
+        response = await self.plane.act(request.policy, request.version or None, observation_of(request), deadline)
+        return action_response(response, request.policy, request.sequence, request.values, arrived)
+
+    async def ActStream(  # noqa: N802
+        self, requests: AsyncIterator[pb.ActRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ActStreamResponse]:
+        try:
+            first = await anext(requests)
+        except StopAsyncIteration:
+            return
+        if not first.policy:
+            raise InvalidArgument("policy: required on the first message of a stream")
+        policy, options = first.policy, first.options
+        # Pin the version at the start: a robot's episode should not switch policies under it.
+        pinned = str(self.plane.policy(policy, first.version or None).version)
+        latest_only = options.overflow == pb.OVERFLOW_LATEST_ONLY
+        max_pending = options.max_pending or DEFAULT_MAX_PENDING
+        budget_ns = options.deadline_us * 1000 if options.deadline_us else None
+        queue: deque[_Pending] = deque([_Pending(first, time.monotonic_ns())])
+        arrived = asyncio.Event()
+        arrived.set()
+        finished = False
+
+        async def read() -> None:
+            nonlocal finished
+            try:
+                async for request in requests:
+                    pending = _Pending(request, time.monotonic_ns())
+                    if not latest_only and len(queue) >= max_pending:
+                        pending.rejected = QueueFull(f"more than {max_pending} observations waiting on this stream")
+                    queue.append(pending)
+                    arrived.set()
+            finally:
+                finished = True
+                arrived.set()
+
+        reader = asyncio.get_running_loop().create_task(read())
+        try:
+            while True:
+                if not queue:
+                    if finished:
+                        break
+                    arrived.clear()
+                    await arrived.wait()
+                    continue
+                if latest_only:
+                    while len(queue) > 1:
+                        yield pb.ActStreamResponse(dropped=queue.popleft().request.sequence)
+                item = queue.popleft()
+                yield await self._answer(item, policy, None if options.follow_latest else pinned, budget_ns)
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+        if reader.done() and not reader.cancelled() and reader.exception() is not None:
+            raise reader.exception()  # type: ignore[misc]
+
+    async def _answer(
+        self, item: _Pending, policy: str, version: str | None, budget_ns: int | None
+    ) -> pb.ActStreamResponse:
+        request = item.request
+        try:
+            if item.rejected is not None:
+                raise item.rejected
+            deadline = None if budget_ns is None else item.arrived_ns + budget_ns
+            response = await self.plane.act(policy, version, observation_of(request), deadline)
+        except ServingError as exc:
+            return error_message(request.sequence, exc)
+        return pb.ActStreamResponse(
+            action=action_response(response, policy, request.sequence, request.values, item.arrived_ns)
+        )
+
+    async def GetPolicy(self, request: pb.GetPolicyRequest, context: grpc.aio.ServicerContext) -> pb.PolicyInfo:  # noqa: N802
+        if not request.policy:
+            raise InvalidArgument("policy: required")
+        served = self.plane.policy(request.policy, request.version or None)
+        d = served.runtime.description
+        return pb.PolicyInfo(
+            policy=request.policy,
+            version=str(served.version),
+            versions=[str(v.version) for v in self.plane.repository.served_versions(request.policy)],
+            env_id=d.env_id or "",
+            arch=d.arch,
+            steps=d.steps,
+            hidden=d.hidden,
+            observation_space=_space(d.observation_space),
+            action_space=_space(d.action_space),
+            normalization=pb.Normalization(
+                mean=d.obs_normalization.mean, std=d.obs_normalization.std, clip=d.obs_normalization.clip
+            )
+            if d.obs_normalization
+            else None,
+            control_rate_hz=served.config.control_rate_hz or 0.0,
+            lipschitz_bound=d.lipschitz_bound or 0.0,
+            training_json=json.dumps(dict(d.training)),
+            execution_provider=served.runtime.providers[0],
+        )
+
+
+def _space(box: Any) -> pb.Space | None:
+    if box is None:
+        return None
+    return pb.Space(shape=box.shape, low=box.low, high=box.high)
+
+
+def add_policy_service(plane: DataPlane, server: grpc.aio.Server) -> str:
+    pb_grpc.add_PolicyServiceServicer_to_server(PolicyService(plane), server)
+    return SERVICE_NAME
