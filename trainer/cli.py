@@ -104,7 +104,8 @@ class ESCommand:
     """Run directory: log.jsonl, config.json, checkpoint.pt (latest), best.pt (best evaluated)."""
     resume: bool = False
     """Continue the run in --out from its checkpoint. The saved configuration defines the experiment; only
-    --iterations, --time-budget-s, --backend, --workers and --ray-address are taken from the command line."""
+    --iterations, --time-budget-s, --backend, --workers, --ray-address and the step schedule (--sigma,
+    --step-size, --step-decay) are taken from the command line."""
     export: str | None = None
     """After training, export best.pt into --repository under this model name."""
     repository: Path = Path("models")
@@ -117,7 +118,7 @@ def _run_es(argv: Sequence[str]) -> int:
     cmd = tyro.cli(ESCommand, args=list(argv), prog="python -m trainer es",
                    config=(tyro.conf.FlagConversionOff,))  # fmt: skip
     if cmd.resume and (cmd.out / "checkpoint.pt").is_file():
-        run = ESRun.resume(cmd.out, overrides=cmd.config)
+        run = ESRun.resume(cmd.out, overrides=cmd.config, command="python -m trainer " + " ".join(sys.argv[1:]))
         print(f"resuming {cmd.out} at iteration {run.state.iteration}")
     else:
         run = ESRun(cmd.config, cmd.out)
@@ -144,6 +145,50 @@ def _plot_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.set_defaults(run=run)
 
 
+def _supervised_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("supervised", help="train one classifier on clean digits and test it on every corruption")
+    p.add_argument("--model", default="odetoode-1", help="dense-k, node, nanode-k, hypernet-k or odetoode-k")
+    p.add_argument("--width", type=int, default=128, help="hidden width (Table 1: 128, Table 2: 256)")
+    p.add_argument("--dropout", type=float, default=0.0, help="dropout rate (Table 2: 0.1)")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("runs/supervised"), help="run directory")
+    p.add_argument("--export", help="export the trained classifier into --repository under this name")
+    p.add_argument("--repository", type=Path, default=Path("models"))
+
+    def run(args: argparse.Namespace) -> int:
+        from trainer.supervised import SupervisedConfig, export_classifier_run, train
+
+        config = SupervisedConfig(model=args.model, width=args.width, dropout=args.dropout, epochs=args.epochs,
+                                  seed=args.seed)  # fmt: skip
+        classifier, result = train(config, out=args.out)
+        for name, acc in result.accuracies.items():
+            print(f"  {name:<14} {100 * acc:6.2f}%")
+        if args.export:
+            print(f"exported {export_classifier_run(classifier, result, args.export, args.repository)}")
+        return 0
+
+    p.set_defaults(run=run)
+
+
+def _table_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("table", help="reproduce Table 1 or 2 of the paper on digits-C (markdown + heat map)")
+    p.add_argument("--table", type=int, choices=[1, 2], default=1)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--models", nargs="+", help="a subset of the table's columns")
+    p.add_argument("--runs", type=Path, default=Path("runs/supervised"), help="cache of trained cells")
+    p.add_argument("--docs", type=Path, default=Path("docs"), help="where tableN.md and figures/ go")
+
+    def run(args: argparse.Namespace) -> int:
+        from trainer.experiments.tables import reproduce
+
+        print(f"wrote {reproduce(args.table, args.seeds, args.epochs, args.runs, args.docs, args.models)}")
+        return 0
+
+    p.set_defaults(run=run)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["es"]:
@@ -153,5 +198,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     sub.add_parser("es", help="train a policy with evolution strategies (see: python -m trainer es --help)")
     _export_parser(sub)
     _plot_parser(sub)
+    _supervised_parser(sub)
+    _table_parser(sub)
     args = parser.parse_args(argv)
     sys.exit(args.run(args))

@@ -109,9 +109,7 @@ def ascend(params: Mapping[str, torch.Tensor], gradient: Mapping[str, torch.Tens
 
 
 def on_manifolds(params: Mapping[str, torch.Tensor], manifolds: Mapping[str, Manifold], atol: float = 1e-5) -> bool:
-    return all(
-        manifolds[n].in_manifold(p, atol) for n, p in params.items() if isinstance(manifolds[n], Stiefel)
-    )
+    return all(manifolds[n].in_manifold(p, atol) for n, p in params.items() if isinstance(manifolds[n], Stiefel))
 
 
 def step_size(base: float, iteration: int, decay: Literal["constant", "sqrt"]) -> float:

@@ -179,16 +179,19 @@ class ESRun:
             self.out / "checkpoint.pt"
         )
 
-    RESUMABLE = ("iterations", "time_budget_s", "backend", "workers", "ray_address")
-    """Settings a resumed run takes from the new command line: how long and where, not what."""
+    RESUMABLE = ("iterations", "time_budget_s", "backend", "workers", "ray_address", "sigma", "step_size",
+                 "step_decay")  # fmt: skip
+    """Settings a resumed run takes from the new command line: how long, where, and the step schedule (a second,
+    finer phase); never the task, the model or the seed. Every command of a run is kept in its provenance."""
 
     @classmethod
-    def resume(cls, out: Path, overrides: ESConfig | None = None) -> ESRun:
+    def resume(cls, out: Path, overrides: ESConfig | None = None, command: str | None = None) -> ESRun:
         ckpt = Checkpoint.load(out / "checkpoint.pt")
         config = ESConfig(**ckpt.extra["es_config"])
         if overrides is not None:
             config = dataclasses.replace(config, **{k: getattr(overrides, k) for k in cls.RESUMABLE})
-        run = cls(config, out, command=ckpt.training.get("command"))
+        history = ckpt.training.get("command", "")
+        run = cls(config, out, command=f"{history} && {command}" if command and history else (command or history))
         run.params = {n: v.to(torch.float64) for n, v in ckpt.state_dict.items()}
         run.state = RunState(**ckpt.extra["run_state"])
         if run.state.stats is not None:
@@ -244,6 +247,7 @@ class ESRun:
             "reward_max": float(result.raw_returns[:n].max()),
             "steps_per_s": round(result.steps / elapsed, 1),
             "step_size": alpha,
+            "sigma": c.sigma,
         }
         if evaluate:
             eval_reward = float(result.raw_returns[n:].mean())

@@ -189,3 +189,19 @@ def test_unknown_architecture_and_bad_sizes_are_rejected() -> None:
         build_model("iso-odetoode", 3, 2, steps=0)
     with pytest.raises(ValueError, match=r"expected inputs with 3 features"):
         IsoODEtoODE(3, 2)(torch.zeros(1, 4))
+
+
+def test_time_only_gates_take_the_batched_path_and_agree_with_the_recurrence() -> None:
+    """With gates of t alone, gated/HyperNet flows are computed for all steps at once; same W_i as step by step."""
+    for arch in ("gated-odetoode", "hypernet"):
+        model = small(arch, gates=3, weight_input=False)
+        p = {k: v.detach() for k, v in model.parameter_dict().items()}
+        ws = model.flow_matrices(p)  # type: ignore[attr-defined]
+        w = p["w0"]
+        for i in range(model.steps):
+            f = gate_outputs(p, i * model.step_size, w, model.hidden, False)
+            if arch == "hypernet":
+                w = w + model.step_size * torch.einsum("k,kij->ij", p["gate_a"], f)
+            else:
+                w = w @ torch.linalg.matrix_exp(model.step_size * torch.einsum("k,kij->ij", p["gate_a"], f - f.mT))
+            assert torch.allclose(ws[i], w, atol=1e-12)

@@ -20,7 +20,7 @@ import torch
 
 from trainer.manifolds import Euclidean, haar_orthogonal
 from trainer.models.base import FlowModel, Params, uniform_init
-from trainer.models.gates import combine_gates, gate_manifolds, gate_outputs
+from trainer.models.gates import combine_gates, gate_manifolds, gate_outputs, gate_outputs_over_time
 from trainer.program import Dense, Layer, Residual
 
 
@@ -181,6 +181,12 @@ class HyperNet(FlowModel):
 
     def flow_matrices(self, p: Params) -> list[torch.Tensor]:
         w = p["w0"]
+        if not self.weight_input:
+            # The velocity depends on t alone: W_i = W_0 + eta sum_{m < i} v(t_m), a cumulative sum.
+            times = torch.arange(self.steps, dtype=w.dtype, device=w.device) * self.step_size
+            velocity = combine_gates(p["gate_a"].unsqueeze(-2), gate_outputs_over_time(p, times, self.hidden))
+            flow = w.unsqueeze(-3) + self.step_size * torch.cumsum(velocity, dim=-3)
+            return list(flow.unbind(-3))
         out = []
         for i in range(self.steps):
             f = gate_outputs(p, i * self.step_size, w, self.hidden, self.weight_input)

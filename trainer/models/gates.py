@@ -48,6 +48,22 @@ def gate_outputs(
     return out.unflatten(-1, (hidden, hidden))
 
 
+def gate_outputs_over_time(params: Mapping[str, torch.Tensor], times: torch.Tensor, hidden: int) -> torch.Tensor:
+    """Gates that read only ``t``, at every time of ``times`` ([T]) at once: ``[..., T, gates, hidden, hidden]``.
+
+    One batched evaluation instead of ``T`` small ones: with ``weight_input=False`` the gates do not depend on the
+    flow, so the whole sequence is known up front.
+    """
+    a = params["gate_a"]
+    lead = a.shape[:-1]
+    z = times.to(a.dtype).reshape(-1, 1).expand(*lead, times.numel(), 1)  # [..., T, 1]
+    # einsum keeps the gate weights un-expanded over T (a broadcast matmul would copy them T times).
+    z1 = torch.tanh(torch.einsum("...ti,...koi->...tko", z, params["gate_w1"]) + params["gate_b1"].unsqueeze(-3))
+    z2 = torch.tanh(torch.einsum("...tki,...koi->...tko", z1, params["gate_w2"]) + params["gate_b2"].unsqueeze(-3))
+    out = torch.einsum("...tki,...koi->...tko", z2, params["gate_w3"]) + params["gate_b3"].unsqueeze(-3)
+    return out.unflatten(-1, (hidden, hidden))
+
+
 def combine_gates(a: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
     """``sum_j a_j G_j`` over the gate axis: ``a: [..., k]``, ``gates: [..., k, h, h]`` -> ``[..., h, h]``."""
     return torch.einsum("...k,...kij->...ij", a, gates)

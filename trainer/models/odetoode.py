@@ -13,7 +13,7 @@ import torch
 
 from trainer.manifolds import Euclidean, Orthogonal, Symmetric, sym
 from trainer.models.base import FlowModel, Params, Projection
-from trainer.models.gates import combine_gates, gate_manifolds, gate_outputs
+from trainer.models.gates import combine_gates, gate_manifolds, gate_outputs, gate_outputs_over_time
 from trainer.program import Dense, Layer, Residual
 
 
@@ -89,6 +89,15 @@ class GatedODEtoODE(FlowModel):
     def flow_matrices(self, p: Params) -> list[torch.Tensor]:
         w = p["w0"]
         out = []
+        if not self.weight_input:
+            # b_psi depends on t alone: every rotation exp(eta b_psi(t_i)) in one batched call, then the products.
+            times = torch.arange(self.steps, dtype=w.dtype, device=w.device) * self.step_size
+            f = gate_outputs_over_time(p, times, self.hidden)
+            rotations = torch.linalg.matrix_exp(self.step_size * combine_gates(p["gate_a"].unsqueeze(-2), f - f.mT))
+            for i in range(self.steps):
+                w = w @ rotations[..., i, :, :]
+                out.append(w)
+            return out
         for i in range(self.steps):
             f = gate_outputs(p, i * self.step_size, w, self.hidden, self.weight_input)
             b_psi = combine_gates(p["gate_a"], f - f.mT)
