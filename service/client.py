@@ -130,6 +130,10 @@ def _stream_result(msg: pb.ActStreamResponse, sent: dict[int, int]) -> Action | 
 _STATUS = {code.value[0]: code for code in grpc.StatusCode}
 
 
+def _auth_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
+    return (("authorization", f"Bearer {token}"),) if token else None
+
+
 @dataclass
 class LoopReport:
     """What a control loop achieved. Latencies are client-measured round trips of answered cycles."""
@@ -168,12 +172,13 @@ class LoopReport:
 class ActionStream:
     """One ``ActStream`` call driven from a thread: ``send`` observations, ``receive`` answers in order."""
 
-    def __init__(self, stub: pb_grpc.PolicyServiceStub, first: pb.ActRequest) -> None:
+    def __init__(self, stub: pb_grpc.PolicyServiceStub, first: pb.ActRequest,
+                 metadata: Sequence[tuple[str, str]] | None = None) -> None:  # fmt: skip
         self._outbox: queue.Queue[pb.ActRequest | None] = queue.Queue()
         self._inbox: queue.Queue[Action | ActFailure | grpc.RpcError | None] = queue.Queue()
         self._sent: dict[int, int] = {}
         self._first = first
-        self._call = stub.ActStream(self._requests())
+        self._call = stub.ActStream(self._requests(), metadata=metadata)
         self._reader = threading.Thread(target=self._read, daemon=True, name="act-stream-reader")
         self._reader.start()
 
@@ -216,7 +221,11 @@ class ActionStream:
 
 
 class PolicyClient:
-    """Synchronous client; thread-safe for unary calls."""
+    """Synchronous client; thread-safe for unary calls.
+
+    ``credentials``: ``grpc.ssl_channel_credentials(...)`` for a TLS server (with a client key and certificate for
+    mutual TLS); ``token``: the bearer token of a server that requires one.
+    """
 
     def __init__(
         self,
@@ -224,11 +233,13 @@ class PolicyClient:
         *,
         timeout: float = 1.0,
         credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         opts = [*channel_options(), *options]
         self.target = target
         self.timeout = timeout
+        self._metadata = _auth_metadata(token)
         self._channel = (
             grpc.secure_channel(target, credentials, options=opts)
             if credentials is not None
@@ -252,18 +263,20 @@ class PolicyClient:
             sequence: int = 0, timeout: float | None = None) -> Action:  # fmt: skip
         """One action (retried on UNAVAILABLE within ``timeout``)."""
         sent = time.monotonic_ns()
-        response = self._stub.Act(_request(policy, observation, sequence, version), timeout=timeout or self.timeout)
+        response = self._stub.Act(_request(policy, observation, sequence, version), timeout=timeout or self.timeout,
+                                  metadata=self._metadata)  # fmt: skip
         return _action(response, sent)
 
     def get_policy(self, policy: str, version: str | None = None, *, timeout: float | None = None) -> PolicyInfo:
         return self._stub.GetPolicy(pb.GetPolicyRequest(policy=policy, version=version or ""),
-                                    timeout=timeout or self.timeout)  # fmt: skip
+                                    timeout=timeout or self.timeout, metadata=self._metadata)  # fmt: skip
 
     def stream(self, policy: str, *, version: str | None = None, overflow: Overflow = "queue",
                follow_latest: bool = False, max_pending: int = 0, deadline_us: int = 0) -> ActionStream:  # fmt: skip
         options = pb.StreamOptions(overflow=_OVERFLOW[overflow], follow_latest=follow_latest,
                                    max_pending=max_pending, deadline_us=deadline_us)  # fmt: skip
-        return ActionStream(self._stub, pb.ActRequest(policy=policy, version=version or "", options=options))
+        first = pb.ActRequest(policy=policy, version=version or "", options=options)
+        return ActionStream(self._stub, first, self._metadata)
 
     def control_loop(
         self,
@@ -379,9 +392,10 @@ class AsyncPolicyClient:
     """asyncio client over ``grpc.aio`` with the same channel policy."""
 
     def __init__(self, target: str = "localhost:8001", *, timeout: float = 1.0,
-                 credentials: grpc.ChannelCredentials | None = None) -> None:  # fmt: skip
+                 credentials: grpc.ChannelCredentials | None = None, token: str | None = None) -> None:  # fmt: skip
         opts = channel_options()
         self.timeout = timeout
+        self._metadata = _auth_metadata(token)
         self._channel = (
             grpc.aio.secure_channel(target, credentials, options=opts)
             if credentials is not None
@@ -402,12 +416,12 @@ class AsyncPolicyClient:
                   sequence: int = 0, timeout: float | None = None) -> Action:  # fmt: skip
         sent = time.monotonic_ns()
         response = await self._stub.Act(_request(policy, observation, sequence, version),
-                                        timeout=timeout or self.timeout)  # fmt: skip
+                                        timeout=timeout or self.timeout, metadata=self._metadata)  # fmt: skip
         return _action(response, sent)
 
     async def get_policy(self, policy: str, version: str | None = None) -> PolicyInfo:
         return await self._stub.GetPolicy(pb.GetPolicyRequest(policy=policy, version=version or ""),
-                                          timeout=self.timeout)  # fmt: skip
+                                          timeout=self.timeout, metadata=self._metadata)  # fmt: skip
 
     async def act_stream(
         self,
@@ -432,17 +446,26 @@ class AsyncPolicyClient:
                 sent[sequence] = time.monotonic_ns()
                 yield request
 
-        async for msg in self._stub.ActStream(requests()):
+        async for msg in self._stub.ActStream(requests(), metadata=self._metadata):
             yield _stream_result(msg, sent)
 
 
 class RestClient:
     """Predictions over REST (KServe V1 and Open Inference Protocol v2 JSON) with ``httpx``."""
 
-    def __init__(self, base_url: str = "http://localhost:8000", *, timeout: float = 5.0) -> None:
+    def __init__(self, base_url: str = "http://localhost:8000", *, timeout: float = 5.0, token: str | None = None,
+                 ca_file: str | None = None, client_cert: tuple[str, str] | None = None) -> None:  # fmt: skip
+        """``ca_file``: the CA bundle that signed an HTTPS server's certificate (default: the system's);
+        ``client_cert``: a (certificate, key) pair for mutual TLS; ``token``: a bearer token."""
+        import ssl
+
         import httpx
 
-        self._http = httpx.Client(base_url=base_url, timeout=timeout)
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        context = ssl.create_default_context(cafile=ca_file)
+        if client_cert is not None:
+            context.load_cert_chain(*client_cert)
+        self._http = httpx.Client(base_url=base_url, timeout=timeout, headers=headers, verify=context)
 
     def __enter__(self) -> RestClient:
         return self

@@ -48,6 +48,10 @@ class PermissionDenied(ServingError):
     """The operation is disabled by configuration (e.g. repository load/unload)."""
 
 
+class Unauthenticated(ServingError):
+    """Missing or wrong bearer token."""
+
+
 class ModelLoadError(ServingError):
     """A model could not be loaded (corrupt file, bad metadata, failed golden self-check, provider unavailable)."""
 
@@ -65,6 +69,7 @@ ERROR_TABLE: Final[dict[type[ServingError], tuple[HTTPStatus, grpc.StatusCode]]]
     DeadlineExceeded: (HTTPStatus.GATEWAY_TIMEOUT, grpc.StatusCode.DEADLINE_EXCEEDED),
     Unavailable: (HTTPStatus.SERVICE_UNAVAILABLE, grpc.StatusCode.UNAVAILABLE),
     PermissionDenied: (HTTPStatus.FORBIDDEN, grpc.StatusCode.PERMISSION_DENIED),
+    Unauthenticated: (HTTPStatus.UNAUTHORIZED, grpc.StatusCode.UNAUTHENTICATED),
     ModelLoadError: (HTTPStatus.BAD_REQUEST, grpc.StatusCode.FAILED_PRECONDITION),
     InternalError: (HTTPStatus.INTERNAL_SERVER_ERROR, grpc.StatusCode.INTERNAL),
 }

@@ -22,6 +22,7 @@ from service import converters
 from service._proto._pool import reflection_pool
 from service._proto.inference import grpc_service_pb2 as pb
 from service._proto.inference import grpc_service_pb2_grpc as pb_grpc
+from service.auth import OPEN_GRPC_PREFIXES, GrpcAuthInterceptor, TokenCheck
 from service.dataplane import DataPlane
 from service.errors import InvalidArgument, ModelNotFound, ServingError, client_message, status_of
 from service.policy_service import SERVICE_NAME as POLICY_SERVICE_NAME
@@ -233,7 +234,12 @@ def build_grpc_server(
     plane: DataPlane, health: Health, extra_services: list[Callable[[grpc.aio.Server], str]] | None = None
 ) -> grpc.aio.Server:
     """An unstarted grpc.aio server with the OIP service, health and reflection (plus ``extra_services``)."""
-    server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=grpc_options(plane.settings))
+    interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
+    check = TokenCheck(plane.settings.tokens())
+    if check.enabled:
+        open_prefixes = OPEN_GRPC_PREFIXES if plane.settings.auth_open_health else ()
+        interceptors.insert(0, GrpcAuthInterceptor(check, open_prefixes))
+    server = grpc.aio.server(interceptors=interceptors, options=grpc_options(plane.settings))
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(plane), server)
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     names = [

@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from odetoode import __version__
+from service.auth import OPEN_REST_PREFIXES, RestAuthMiddleware, TokenCheck
 from service.dataplane import DataPlane, InferRequest, InferResponse, ModelMetadata
 from service.errors import InvalidArgument, PayloadTooLarge, ServingError, client_message, status_of
 from service.tensors import (
@@ -283,6 +284,13 @@ def create_app(plane: DataPlane) -> FastAPI:
         description="Open Inference Protocol v2 and KServe V1 over ODEtoODE models served with ONNX Runtime.",
         default_response_class=JSON,
     )
+
+    check = TokenCheck(settings.tokens())
+    if check.enabled:
+        open_prefixes = OPEN_REST_PREFIXES if settings.auth_open_health else ()
+        if settings.auth_open_metrics:
+            open_prefixes = (*open_prefixes, "/metrics")
+        app.add_middleware(RestAuthMiddleware, check=check, open_prefixes=open_prefixes)
 
     @app.exception_handler(ServingError)
     async def serving_error(_: Request, exc: ServingError) -> Response:

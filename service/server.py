@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import grpc
 import uvicorn
@@ -64,13 +66,27 @@ class Server:
         s = self.settings
         await self.repository.start()
         self.grpc_server = build_grpc_server(self.plane, self.health, self._extra_grpc)
-        self.grpc_port = self.grpc_server.add_insecure_port(f"{s.host}:{s.grpc_port}")
+        address = f"{s.host}:{s.grpc_port}"
+        if s.tls_cert is not None and s.tls_key is not None:
+            credentials = grpc.ssl_server_credentials(
+                [(s.tls_key.read_bytes(), s.tls_cert.read_bytes())],
+                root_certificates=None if s.tls_client_ca is None else s.tls_client_ca.read_bytes(),
+                require_client_auth=s.tls_client_ca is not None,
+            )
+            self.grpc_port = self.grpc_server.add_secure_port(address, credentials)
+        else:
+            self.grpc_port = self.grpc_server.add_insecure_port(address)
         if self.grpc_port == 0:
             raise OSError(f"cannot listen for gRPC on {s.host}:{s.grpc_port}")
         await self.grpc_server.start()
+        tls: dict[str, Any] = {}
+        if s.tls_cert is not None:
+            tls = {"ssl_certfile": str(s.tls_cert), "ssl_keyfile": str(s.tls_key)}
+            if s.tls_client_ca is not None:
+                tls.update(ssl_ca_certs=str(s.tls_client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
         config = uvicorn.Config(
             self.app, host=s.host, port=s.http_port, log_config=None, access_log=False, lifespan="off",
-            timeout_graceful_shutdown=max(1, int(s.drain_grace_s)),
+            timeout_graceful_shutdown=max(1, int(s.drain_grace_s)), **tls,
         )  # fmt: skip
         self.http_server = _Uvicorn(config)
         self._http_task = asyncio.get_running_loop().create_task(self.http_server.serve())
@@ -80,8 +96,16 @@ class Server:
                 raise OSError(f"cannot listen for HTTP on {s.host}:{s.http_port}")
             await asyncio.sleep(0.01)
         self.http_port = self.http_server.servers[0].sockets[0].getsockname()[1]
-        if s.metrics_port is not None:
-            httpd, _ = start_http_server(s.metrics_port, addr=s.host, registry=self.metrics.registry)
+        if s.metrics_port is not None and s.tokens() and not s.auth_open_metrics:
+            log.info("metrics port disabled: auth covers metrics, which stay on the REST /metrics")
+        elif s.metrics_port is not None:
+            httpd, _ = start_http_server(
+                s.metrics_port, addr=s.host, registry=self.metrics.registry,
+                certfile=None if s.tls_cert is None else str(s.tls_cert),
+                keyfile=None if s.tls_key is None else str(s.tls_key),
+                client_cafile=None if s.tls_client_ca is None else str(s.tls_client_ca),
+                client_auth_required=s.tls_client_ca is not None,
+            )  # fmt: skip
             self._metrics_httpd = httpd
             self.metrics_port = httpd.server_port
         await self.health.update()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.model_config import Provider
@@ -97,8 +97,45 @@ class ServerSettings(BaseSettings):
     """On SIGTERM: readiness turns false, new requests are refused, and in-flight requests get this long to
     finish before the process exits."""
 
+    auth_tokens: list[SecretStr] = []
+    """Bearer tokens accepted on every data path (REST ``Authorization: Bearer ...``, gRPC ``authorization``
+    metadata); several allow rotation. Empty: no authentication. Prefer ``auth_token_file`` in deployments."""
+
+    auth_token_file: Path | None = None
+    """A file with one accepted token per line (a mounted Kubernetes secret), added to ``auth_tokens``."""
+
+    auth_open_health: bool = True
+    """Leave health (REST ``/v2/health/*``, gRPC ``grpc.health.v1``), docs and reflection open with auth on."""
+
+    auth_open_metrics: bool = True
+    """Leave ``/metrics`` (and the metrics port) open with auth on."""
+
+    tls_cert: Path | None = None
+    """PEM certificate (chain) for HTTPS on the REST and metrics ports and TLS on gRPC; needs ``tls_key``."""
+
+    tls_key: Path | None = None
+    """PEM private key of ``tls_cert``."""
+
+    tls_client_ca: Path | None = None
+    """PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS) on every port."""
+
     log_format: Literal["text", "json"] = "text"
     """``json`` writes one JSON object per log line (for log shippers)."""
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Root log level."""
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        return self
+
+    def tokens(self) -> list[bytes]:
+        """Every accepted token, from ``auth_tokens`` and ``auth_token_file``."""
+        tokens = [t.get_secret_value().encode() for t in self.auth_tokens]
+        if self.auth_token_file is not None:
+            tokens += [line.strip().encode() for line in self.auth_token_file.read_text().splitlines() if line.strip()]
+        return tokens

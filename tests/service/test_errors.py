@@ -27,6 +27,7 @@ from service.errors import (
     PermissionDenied,
     QueueFull,
     ServingError,
+    Unauthenticated,
     Unavailable,
 )
 from tests.service.clients import infer_proto, observation_json, stub
@@ -40,6 +41,7 @@ LIMIT = 64 * 1024
 class Servers:
     main: RunningServer  # repository API on
     locked: RunningServer  # repository API off; drained at the end
+    guarded: RunningServer  # bearer-token auth on
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +54,11 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     with (
         running_server(root, repository_api=True, max_request_bytes=LIMIT) as main,
         running_server(root, repository_api=False) as locked,
+        running_server(
+            root, auth_tokens=["token"], model_control_mode="explicit", startup_models=["policy"]
+        ) as guarded,
     ):
-        yield Servers(main, locked)
+        yield Servers(main, locked, guarded)
 
 
 def rest(server: RunningServer, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -144,6 +149,10 @@ TRIGGERS: dict[type[ServingError], tuple[Callable[[Servers], httpx.Response], Ca
         lambda s: grpc_code(
             s.main, lambda st: st.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="broken"))
         ),
+    ),
+    Unauthenticated: (
+        lambda s: rest(s.guarded, "POST", "/v2/models/policy/infer", json=observation_json()),
+        lambda s: grpc_code(s.guarded, lambda st: st.ModelInfer(infer_proto("policy"))),
     ),
     InternalError: (
         lambda s: rest(s.main, "POST", "/v2/models/fragile/infer", json=observation_json(value=50.0)),
