@@ -58,8 +58,12 @@ RETRY_POLICY = {
 
 
 def channel_options(max_message_bytes: int = 64 * 1024 * 1024) -> list[tuple[str, Any]]:
-    """Keepalive matched to the server's policy, retries on UNAVAILABLE, message limits."""
+    """Keepalive matched to the server's policy, retries on UNAVAILABLE, message limits, and reconnection within
+    a second of a restarted server coming back (gRPC's default back-off grows to two minutes)."""
     return [
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
         ("grpc.keepalive_time_ms", 10_000),
         ("grpc.keepalive_timeout_ms", 5_000),
         ("grpc.keepalive_permit_without_calls", 1),

@@ -9,14 +9,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from odetoode import __version__
-from odetoode.modelfile import POLICY_INPUT, POLICY_OUTPUT
+from odetoode.modelfile import POLICY_OUTPUT
 from service.batching import Timing
 from service.errors import (
     InternalError,
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 SERVER_NAME = "odetoode"
 PLATFORM = "onnxruntime_onnx"
+_ACTION_OUTPUT = (POLICY_OUTPUT,)
 EXTENSIONS = ("binary_tensor_data", "model_repository", "model_configuration", "schedule_policy")
 
 
@@ -133,33 +134,42 @@ class DataPlane:
 
     async def infer(self, request: InferRequest) -> InferResponse:
         """Resolves the model, validates inputs, computes through the batcher, and records metrics."""
+
+        async def compute(start: int) -> InferResponse:
+            served = self.repository.resolve(request.model, request.version)
+            return await self._compute(served, request, start)
+
+        return await self._serve(request.protocol, request.model, request.version or "", compute)
+
+    async def _serve(
+        self, protocol: str, model: str, version: str, compute: Callable[[int], Awaitable[InferResponse]]
+    ) -> InferResponse:
+        """What every inference shares: refusal while draining, in-flight accounting, failure and success metrics."""
         if self._draining:
             raise Unavailable("the server is shutting down and accepts no new requests")
         start = time.monotonic_ns()
         self._inflight += 1
         self._idle.clear()
-        inflight = self.metrics.inflight_for(request.protocol)
+        inflight = self.metrics.inflight_for(protocol)
         inflight.inc()
-        # Label series by names the repository knows only: arbitrary client-chosen names must not create series.
-        model_label = request.model if self.repository.known(request.model) else "_unknown"
-        version_label = request.version or ""
         try:
-            served = self.repository.resolve(request.model, request.version)
-            version_label = str(served.version)
-            response = await self._compute(served, request, start)
+            response = await compute(start)
         except ServingError as exc:
-            self.metrics.failures.labels(model_label, version_label, request.protocol, type(exc).__name__).inc()
+            # Label series by names the repository knows only: client-chosen names must not create series.
+            label = model if self.repository.known(model) else "_unknown"
+            self.metrics.failures.labels(label, version, protocol, type(exc).__name__).inc()
             raise
         except Exception as exc:
-            log.exception("inference on %s failed", request.model)
-            self.metrics.failures.labels(model_label, version_label, request.protocol, "InternalError").inc()
+            log.exception("inference on %s failed", model)
+            label = model if self.repository.known(model) else "_unknown"
+            self.metrics.failures.labels(label, version, protocol, "InternalError").inc()
             raise InternalError("inference failed inside the server; the details are in its log") from exc
         finally:
             inflight.dec()
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
-        series = self.metrics.series(request.model, version_label, request.protocol)
+        series = self.metrics.series(model, response.version, protocol)
         series.success(response.total_ns, response.timing.queue_ns, response.timing.compute_ns)
         return response
 
@@ -191,19 +201,35 @@ class DataPlane:
         self, name: str, version: str | None, observation: np.ndarray, deadline_ns: int | None = None
     ) -> InferResponse:
         """One observation (flat float32) -> one action, through the same batcher, checks and metrics as OIP."""
-        served = self.policy(name, version)
-        expected = served.runtime.inputs[0].shape[1]
-        if observation.size != expected:
-            raise InvalidArgument(f"observation: {observation.size} values, policy {name!r} expects {expected}")
-        request = InferRequest(
-            model=name,
-            inputs=[Tensor(POLICY_INPUT, "FP32", observation.reshape(1, expected))],
-            version=str(served.version),
-            outputs=[POLICY_OUTPUT],
-            deadline_ns=deadline_ns,
-            protocol="policy",
-        )
-        return await self.infer(request)
+        return await self.act_on(self.policy(name, version), observation, deadline_ns)
+
+    async def act_on(
+        self, served: ServedVersion, observation: np.ndarray, deadline_ns: int | None = None
+    ) -> InferResponse:
+        """``act`` for an already resolved version (a stream resolves once): straight to its batcher, with the
+        checks ``bind_inputs`` would make for this one input (size, finiteness)."""
+
+        async def compute(start: int) -> InferResponse:
+            spec = served.runtime.inputs[0]
+            expected = spec.shape[1]
+            if observation.size != expected:
+                raise InvalidArgument(
+                    f"observation: {observation.size} values, policy {served.name!r} expects {expected}"
+                )
+            if not served.config.allow_non_finite and not np.isfinite(observation).all():
+                raise InvalidArgument("observation: contains NaN or infinity")
+            results, timing = await served.batcher.submit(
+                {spec.name: observation.reshape(1, expected)}, _ACTION_OUTPUT, deadline_ns
+            )
+            return InferResponse(
+                model=served.name,
+                version=str(served.version),
+                outputs=[Tensor(POLICY_OUTPUT, "FP32", results[0])],
+                timing=timing,
+                total_ns=time.monotonic_ns() - start,
+            )
+
+        return await self._serve("policy", served.name, str(served.version), compute)
 
     # -- repository ------------------------------------------------------------------------------------------------
 

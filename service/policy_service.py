@@ -24,6 +24,7 @@ from service._proto.odetoode.v1 import policy_pb2 as pb
 from service._proto.odetoode.v1 import policy_pb2_grpc as pb_grpc
 from service.dataplane import DataPlane, InferResponse
 from service.errors import InvalidArgument, QueueFull, ServingError, status_of
+from service.repository import ServedVersion
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PolicyService"].full_name
 DEFAULT_MAX_PENDING = 64
@@ -79,6 +80,43 @@ class _Pending:
     rejected: ServingError | None = None
 
 
+class _Stream:
+    """One ActStream's state: its options and the version it is pinned to (resolved once, not per message)."""
+
+    def __init__(self, plane: DataPlane, first: pb.ActRequest) -> None:
+        options = first.options
+        self.plane = plane
+        self.policy = first.policy
+        self.latest_only = options.overflow == pb.OVERFLOW_LATEST_ONLY
+        self.follow_latest = options.follow_latest
+        self.max_pending = options.max_pending or DEFAULT_MAX_PENDING
+        self.budget_ns = options.deadline_us * 1000 if options.deadline_us else None
+        self.reads_ahead = self.latest_only or bool(options.max_pending) or self.budget_ns is not None
+        # Pin the version at the start: a robot's episode should not switch policies under it.
+        self.served = plane.policy(self.policy, first.version or None)
+        self.pinned = str(self.served.version)
+
+    def _current(self) -> ServedVersion:
+        if self.follow_latest:
+            return self.plane.policy(self.policy)
+        if self.served.batcher.closed:  # unloaded or replaced by a new file of the same version
+            self.served = self.plane.policy(self.policy, self.pinned)
+        return self.served
+
+    async def answer(self, item: _Pending) -> pb.ActStreamResponse:
+        request = item.request
+        try:
+            if item.rejected is not None:
+                raise item.rejected
+            deadline = None if self.budget_ns is None else item.arrived_ns + self.budget_ns
+            response = await self.plane.act_on(self._current(), observation_of(request), deadline)
+        except ServingError as exc:
+            return error_message(request.sequence, exc)
+        return pb.ActStreamResponse(
+            action=action_response(response, self.policy, request.sequence, request.values, item.arrived_ns)
+        )
+
+
 class PolicyService(pb_grpc.PolicyServiceServicer):
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
@@ -101,12 +139,14 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
             return
         if not first.policy:
             raise InvalidArgument("policy: required on the first message of a stream")
-        policy, options = first.policy, first.options
-        # Pin the version at the start: a robot's episode should not switch policies under it.
-        pinned = str(self.plane.policy(policy, first.version or None).version)
-        latest_only = options.overflow == pb.OVERFLOW_LATEST_ONLY
-        max_pending = options.max_pending or DEFAULT_MAX_PENDING
-        budget_ns = options.deadline_us * 1000 if options.deadline_us else None
+        stream = _Stream(self.plane, first)
+        if not stream.reads_ahead:
+            # The common case (answer everything, no budget): read the next observation only after answering
+            # this one. HTTP/2 flow control is the back-pressure; no task hop per message.
+            yield await stream.answer(_Pending(first, time.monotonic_ns()))
+            async for request in requests:
+                yield await stream.answer(_Pending(request, time.monotonic_ns()))
+            return
         queue: deque[_Pending] = deque([_Pending(first, time.monotonic_ns())])
         arrived = asyncio.Event()
         arrived.set()
@@ -117,8 +157,10 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
             try:
                 async for request in requests:
                     pending = _Pending(request, time.monotonic_ns())
-                    if not latest_only and len(queue) >= max_pending:
-                        pending.rejected = QueueFull(f"more than {max_pending} observations waiting on this stream")
+                    if not stream.latest_only and len(queue) >= stream.max_pending:
+                        pending.rejected = QueueFull(
+                            f"more than {stream.max_pending} observations waiting on this stream"
+                        )
                     queue.append(pending)
                     arrived.set()
             finally:
@@ -134,31 +176,15 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
                     arrived.clear()
                     await arrived.wait()
                     continue
-                if latest_only:
+                if stream.latest_only:
                     while len(queue) > 1:
                         yield pb.ActStreamResponse(dropped=queue.popleft().request.sequence)
-                item = queue.popleft()
-                yield await self._answer(item, policy, None if options.follow_latest else pinned, budget_ns)
+                yield await stream.answer(queue.popleft())
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
         if reader.done() and not reader.cancelled() and reader.exception() is not None:
             raise reader.exception()  # type: ignore[misc]
-
-    async def _answer(
-        self, item: _Pending, policy: str, version: str | None, budget_ns: int | None
-    ) -> pb.ActStreamResponse:
-        request = item.request
-        try:
-            if item.rejected is not None:
-                raise item.rejected
-            deadline = None if budget_ns is None else item.arrived_ns + budget_ns
-            response = await self.plane.act(policy, version, observation_of(request), deadline)
-        except ServingError as exc:
-            return error_message(request.sequence, exc)
-        return pb.ActStreamResponse(
-            action=action_response(response, policy, request.sequence, request.values, item.arrived_ns)
-        )
 
     async def GetPolicy(self, request: pb.GetPolicyRequest, context: grpc.aio.ServicerContext) -> pb.PolicyInfo:  # noqa: N802
         if not request.policy:

@@ -155,9 +155,16 @@ def _supervised_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("--out", type=Path, default=Path("runs/supervised"), help="run directory")
     p.add_argument("--export", help="export the trained classifier into --repository under this name")
     p.add_argument("--repository", type=Path, default=Path("models"))
+    p.add_argument("--from-run", type=Path, help="export this finished run (e.g. a table cell) instead of training")
 
     def run(args: argparse.Namespace) -> int:
-        from trainer.supervised import SupervisedConfig, export_classifier_run, train
+        from trainer.supervised import SupervisedConfig, export_classifier_run, export_saved_run, train
+
+        if args.from_run is not None:
+            if not args.export:
+                raise SystemExit("--from-run needs --export NAME")
+            print(f"exported {export_saved_run(args.from_run, args.export, args.repository)}")
+            return 0
 
         config = SupervisedConfig(model=args.model, width=args.width, dropout=args.dropout, epochs=args.epochs,
                                   seed=args.seed)  # fmt: skip

@@ -148,6 +148,8 @@ class SupervisedResult:
     wall_s: float
     parameters: int
     final_loss: float
+    loss_history: list[float] = dataclasses.field(default_factory=list)
+    """Mean training loss of every epoch."""
 
     def to_json(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "config": dataclasses.asdict(self.config)}
@@ -166,6 +168,7 @@ def train(
     rng = np.random.default_rng(config.seed)
     started = time.perf_counter()
     loss_value = float("nan")
+    history: list[float] = []
     bar = tqdm(range(config.epochs), desc=f"{config.model} w={config.width}", disable=not progress, unit="epoch")
     for _ in bar:
         classifier.train()
@@ -180,11 +183,12 @@ def train(
             total += float(loss.detach()) * len(index)
             seen += len(index)
         loss_value = total / seen
+        history.append(round(loss_value, 5))
         bar.set_postfix(loss=f"{loss_value:.4f}")
     wall = time.perf_counter() - started
     result = SupervisedResult(
         config, evaluate_corruptions(classifier), config.epochs, round(wall, 1),
-        sum(p.numel() for p in classifier.parameters()), round(loss_value, 5),
+        sum(p.numel() for p in classifier.parameters()), round(loss_value, 5), history,
     )  # fmt: skip
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -198,21 +202,23 @@ def train(
     return classifier, result
 
 
-def export_classifier_run(classifier: Classifier, result: SupervisedResult, name: str, repository: Path) -> Path:
-    """Writes the classifier into the repository; its card lists clean and per-corruption test accuracy."""
+def export_trained_classifier(model: FlowModel, config: SupervisedConfig, accuracies: dict[str, float], wall_s: float,
+                              name: str, repository: Path) -> Path:  # fmt: skip
+    """Writes a trained classifier into the repository; its card lists clean and per-corruption test accuracy,
+    and its golden pairs are real test digits."""
     from trainer.export import export_classifier, write_to_repository
 
     images, _ = digits_c("identity", split="test")
     training = {
-        "command": f"python -m trainer supervised --model {result.config.model} --width {result.config.width} "
-        f"--dropout {result.config.dropout} --epochs {result.config.epochs} --seed {result.config.seed}",
-        "seed": result.config.seed,
-        "iterations": result.epochs,
-        "wall_s": result.wall_s,
-        "metrics": {f"test_accuracy_{k}": round(v, 4) for k, v in result.accuracies.items()},
+        "command": f"python -m trainer supervised --model {config.model} --width {config.width} "
+        f"--dropout {config.dropout} --epochs {config.epochs} --seed {config.seed}",
+        "seed": config.seed,
+        "iterations": config.epochs,
+        "wall_s": wall_s,
+        "metrics": {f"test_accuracy_{k}": round(v, 4) for k, v in accuracies.items()},
     }
-    exported = export_classifier(plain_model(classifier), training=training, sample_images=images[:8, None])
-    rows = "\n".join(f"| {k.replace('_', ' ')} | {100 * v:.2f} |" for k, v in result.accuracies.items())
+    exported = export_classifier(model, training=training, sample_images=images[:8, None])
+    rows = "\n".join(f"| {k.replace('_', ' ')} | {100 * v:.2f} |" for k, v in accuracies.items())
     exported.card_sections = [
         "## Test accuracy on digits-C",
         "",
@@ -224,3 +230,16 @@ def export_classifier_run(classifier: Classifier, result: SupervisedResult, name
         rows,
     ]
     return write_to_repository(exported, repository, name)
+
+
+def export_classifier_run(classifier: Classifier, result: SupervisedResult, name: str, repository: Path) -> Path:
+    return export_trained_classifier(plain_model(classifier), result.config, result.accuracies, result.wall_s, name,
+                                     repository)  # fmt: skip
+
+
+def export_saved_run(run: Path, name: str, repository: Path) -> Path:
+    """Exports a finished run directory (``checkpoint.pt`` + ``result.json``, e.g. a table cell) without retraining."""
+    result = json.loads((run / "result.json").read_text())
+    config = SupervisedConfig(**result["config"])
+    model = Checkpoint.load(run / "checkpoint.pt").model()
+    return export_trained_classifier(model, config, result["accuracies"], result["wall_s"], name, repository)

@@ -184,7 +184,7 @@ def test_control_loop_survives_a_server_restart(tmp_path: Path) -> None:
         with server_process(tmp_path, *args) as first:
             client.wait_ready(30)
             loop = threading.Thread(target=lambda: report_box.update(r=client.control_loop(
-                "p", hz=100, on_observation=observe, duration_s=6,
+                "p", hz=100, on_observation=observe, duration_s=8,
                 on_action=lambda a: tagged.append((a.sequence, cycle["n"])))))  # fmt: skip
             loop.start()
             time.sleep(1.5)

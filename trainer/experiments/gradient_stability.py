@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import math
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -105,3 +107,77 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+FIGURE_ARCHS = ("iso-odetoode", "gated-odetoode", "baseode", "nanode", "hypernet", "deepnet")
+FIGURE_STEPS = (10, 30, 100, 300, 1000, 3000, 10000)
+
+
+def band_table(archs: tuple[str, ...] = FIGURE_ARCHS, steps: tuple[int, ...] = FIGURE_STEPS, *, instances: int = 3,
+               scales: tuple[str, ...] = ("unit", "init")) -> list[dict[str, object]]:  # fmt: skip
+    """Every (scale, arch, N): the lowest and highest gradient-norm ratio over all steps of random instances.
+
+    ``unit``: unconstrained weights with standard Gaussian entries; ``init``: with entries ``N(0, 1/fan_in)``, the
+    scale of a freshly initialized network. Compact-manifold parameters are Haar in both.
+    """
+    rows = []
+    for scale in scales:
+        for arch in archs:
+            for n in steps:
+                config: dict[str, Any] = {"depth": n} if arch == "deepnet" else {}
+                r = measure_scaled(arch, n, scale=scale, instances=instances, **config)
+                rows.append({"scale": scale, "arch": arch, "steps": n, "low": r.low, "high": r.high,
+                             "inside": r.inside})  # fmt: skip
+    return rows
+
+
+def measure_scaled(arch: str, steps: int, *, scale: str, hidden: int = 16, instances: int = 3, seed: int = 0,
+                   **config: object) -> BandReading:  # fmt: skip
+    """``measure`` with the ``init`` scale option (entries divided by sqrt(fan-in))."""
+    if scale == "unit":
+        return measure(arch, steps, hidden=hidden, instances=instances, seed=seed, **config)
+    generator = torch.Generator().manual_seed(seed)
+    low, high = math.inf, -math.inf
+    for _ in range(instances):
+        model = build_model(arch, hidden, hidden, hidden=hidden, steps=steps, dtype=torch.float64, **config)
+        randomize(model, generator, scale=1.0 / math.sqrt(hidden))
+        x = torch.randn(hidden, generator=generator, dtype=torch.float64)
+        c = torch.randn(model.hidden, generator=generator, dtype=torch.float64)
+        ratios = gradient_norm_ratios(model, x, c)
+        finite = ratios[torch.isfinite(ratios)]
+        low = min(low, float(finite.min()) if finite.numel() else 0.0)
+        high = max(high, float(ratios.max()) if torch.isfinite(ratios).all() else math.inf)
+    return BandReading(arch, steps, low, high)
+
+
+def plot_bands(rows: list[dict[str, object]], out: Path) -> Path:
+    """Min/max ratio against depth, log-log, one panel per weight scale, with the [1/e, e] band shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scales = sorted({str(r["scale"]) for r in rows}, reverse=True)
+    fig, axes = plt.subplots(1, len(scales), figsize=(6.5 * len(scales), 4.5), squeeze=False, sharey=True)
+    titles = {"unit": "unconstrained weights ~ N(0, 1)", "init": "unconstrained weights ~ N(0, 1/h) (init scale)"}
+    for ax, scale in zip(axes[0], scales, strict=True):
+        ax.axhspan(LOWER, UPPER, color="green", alpha=0.12, label="[1/e, e] (Lemma 4.1)")
+        for arch in dict.fromkeys(str(r["arch"]) for r in rows):
+            pts = [r for r in rows if r["scale"] == scale and r["arch"] == arch]
+            ns = [int(r["steps"]) for r in pts]  # type: ignore[call-overload]
+            hi = [min(float(r["high"]), 1e300) for r in pts]  # type: ignore[arg-type]
+            lo = [max(float(r["low"]), 1e-300) for r in pts]  # type: ignore[arg-type]
+            (line,) = ax.plot(ns, hi, marker="o", label=arch)
+            ax.plot(ns, lo, marker="v", linestyle="--", color=line.get_color())
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("depth N (Euler steps / layers)")
+        ax.set_title(titles.get(scale, scale))
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].set_ylabel("max (o) and min (v) of ||dL/dx_t|| / ||dL/dx_N||")
+    axes[0][-1].legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -1,0 +1,380 @@
+"""Round-trip latency of one batch-1 observation through ``odetoode.v1.PolicyService``, against a bare server.
+
+The floor is a separate process running a bare grpc.aio server: generic handlers on the same method paths
+(``/odetoode.v1.PolicyService/Act`` and ``.../ActStream``), with the same channel options, that parse the same
+``ActRequest`` bytes with the same generated message class, run the same ONNX Runtime session (same model file, same
+session options, one intra-op thread) on the packed float32 observation and answer with the packed action (an
+``ActResponse``, or an ``ActStreamResponse(action=...)`` per request on the stream). So the floor is gRPC transport +
+protobuf + ONNX Runtime and nothing else; the server under test (``python -m service``, also its own process) adds
+everything else: validation, the batcher, metrics, timing fields, the stream's reader task and overflow queue.
+
+The client is the same for floor and server: ``service.client.PolicyClient`` in this process (``act`` for unary
+calls; ``stream`` for the stream, one observation at a time: send, receive its action, send the next). Because the
+floor answers on the same method paths, the SDK talks to it unchanged, so the client's cost is identical in both
+rows of a pair. For reference, OIP ``ModelInfer`` (tritonclient.grpc) and REST ``infer`` with binary tensors
+(tritonclient.http) against the same server are measured in the same rounds; their ratio is to the unary floor
+(another client, so it says what the robot API saves, not what the server adds).
+
+Floor and server rows alternate in chunks over several rounds (the order flips every round) so drift on a shared
+machine hits both; every figure is printed with its ratio to its own floor. Targets: Act and ActStream p50 <= 1.15x
+their floors.
+
+Then a 1 kHz control loop (``PolicyClient.control_loop(..., realtime=True)``) against the server, and the same loop
+against the floor for comparison (what the machine and the client allow). Targets: p99 < 1 ms, < 0.1% missed cycles.
+
+    python benchmarks/policy_api_latency.py [--requests 4000] [--rounds 10] [--loop-seconds 30] [--no-loop-floor]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ROOT = Path(__file__).resolve().parents[1]
+POLICY = "policy"
+OBS = 17
+SERVICE = "odetoode.v1.PolicyService"
+
+
+def session(path: Path) -> ort.InferenceSession:
+    """The session exactly as ``service.runtime.ModelRuntime`` builds it on CPU (one intra-op thread)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+# -- the floor server (its own process: ``policy_api_latency.py --floor-server MODEL_FILE``) ------------------------
+
+
+async def serve_floor(model_file: Path) -> None:
+    import grpc
+
+    from service._proto.odetoode.v1 import policy_pb2 as pb
+    from service.grpc_server import grpc_options
+    from service.settings import ServerSettings
+
+    sess = session(model_file)
+    input_name = sess.get_inputs()[0].name
+    output_names = [o.name for o in sess.get_outputs()]
+    f32 = np.dtype("<f4")
+
+    def answer(request: Any) -> Any:
+        x = np.frombuffer(request.observation, dtype=f32).reshape(1, -1)
+        action = sess.run(output_names, {input_name: x})[0]
+        return pb.ActResponse(policy=request.policy, version="1", sequence=request.sequence, action=action.tobytes())
+
+    async def act(request: Any, context: Any) -> Any:
+        return answer(request)
+
+    async def act_stream(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+        async for request in requests:
+            yield pb.ActStreamResponse(action=answer(request))
+
+    handlers = {
+        "Act": grpc.unary_unary_rpc_method_handler(act, pb.ActRequest.FromString, pb.ActResponse.SerializeToString),
+        "ActStream": grpc.stream_stream_rpc_method_handler(
+            act_stream, pb.ActRequest.FromString, pb.ActStreamResponse.SerializeToString
+        ),
+    }
+    server = grpc.aio.server(options=grpc_options(ServerSettings(repository=model_file.parent)))
+    # registered exactly as the generated ``add_PolicyServiceServicer_to_server`` does
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"floor serving: grpc :{port}", flush=True)
+    await stop.wait()
+    await server.stop(0)
+
+
+@contextlib.contextmanager
+def floor_process(model_file: Path) -> Iterator[tuple[int, int]]:
+    """The floor server as a child process; yields its (gRPC port, process id)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--floor-server", str(model_file)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        match = re.search(r"grpc :(\d+)", line)
+        if match is None:
+            raise RuntimeError(f"floor server did not start: {line!r}")
+        yield int(match[1]), proc.pid
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+# -- client side ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Timing:
+    name: str
+    p50_us: float
+    p90_us: float
+    p99_us: float
+    mean_us: float
+    server_cpu_us: float
+    """CPU time (all threads) of the process that answered, per call: less sensitive to a busy machine."""
+
+
+class StreamRoundTrip:
+    """One sequential round trip on an open ``ActStream`` (``PolicyClient.stream``): send, receive, check."""
+
+    def __init__(self, stream: Any, observation: np.ndarray) -> None:
+        self.stream, self.observation, self.sequence = stream, observation, 0
+
+    def __call__(self) -> Any:
+        from service.client import Action
+
+        self.sequence += 1
+        self.stream.send(self.observation, self.sequence)
+        result = self.stream.receive(timeout=30)
+        if not isinstance(result, Action) or result.sequence != self.sequence:
+            raise RuntimeError(f"stream answered {result!r} to observation {self.sequence}")
+        return result
+
+
+def sample(fn: Callable[[], object], n: int, warmup: int) -> np.ndarray:
+    """``n`` sequential round trips of ``fn`` in microseconds, after ``warmup`` untimed ones (GC paused)."""
+    for _ in range(warmup):
+        fn()
+    out = np.empty(n)
+    gc.disable()
+    try:
+        for i in range(n):
+            start = time.perf_counter_ns()
+            fn()
+            out[i] = time.perf_counter_ns() - start
+    finally:
+        gc.enable()
+    return out / 1e3
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of process ``pid``: the sum over its threads of ``/proc/.../schedstat`` (nanoseconds, unlike the
+    10 ms ticks of ``/proc/PID/stat``)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
+def summarize(name: str, samples: np.ndarray, cpu_s: float) -> Timing:
+    p50, p90, p99 = (float(x) for x in np.percentile(samples, [50, 90, 99]))
+    return Timing(name, p50, p90, p99, float(samples.mean()), 1e6 * cpu_s / len(samples))
+
+
+def print_rows(rows: list[tuple[Timing, Timing]]) -> None:
+    """Each ``(row, its floor)``: p50/p90/p99/mean, the p50 and p99 ratios to that floor, server CPU per call."""
+    print(
+        f"\n{'':<44}{'p50 us':>9}{'p90 us':>9}{'p99 us':>9}{'mean us':>9}{'p50 x floor':>13}{'p99 x floor':>13}"
+        f"{'server CPU us':>15}{'x floor':>9}"
+    )
+    for row, floor in rows:
+        print(
+            f"{row.name:<44}{row.p50_us:>9.1f}{row.p90_us:>9.1f}{row.p99_us:>9.1f}{row.mean_us:>9.1f}"
+            f"{row.p50_us / floor.p50_us:>13.2f}{row.p99_us / floor.p99_us:>13.2f}"
+            f"{row.server_cpu_us:>15.1f}{row.server_cpu_us / floor.server_cpu_us:>9.2f}"
+        )
+
+
+def control_loop(client: Any, seconds: float, observations: np.ndarray) -> tuple[Any, str]:
+    """``PolicyClient.control_loop`` at 1 kHz (realtime) for ``seconds``, cycling through ``observations``.
+
+    Returns the ``LoopReport`` and a line on how the missed cycles are spread: cycles skipped because the loop
+    itself fell more than a cycle behind (the client process did not run: a busy machine), and cycles sent whose
+    action came late, grouped into bursts of consecutive ones (long bursts: a stall; single ones: the latency tail).
+    """
+    sent: list[int] = []
+    answered: set[int] = set()
+
+    def observe(sequence: int, previous: Any) -> np.ndarray:
+        sent.append(sequence)
+        return observations[sequence % len(observations)]
+
+    report = client.control_loop(
+        POLICY,
+        hz=1000,
+        on_observation=observe,
+        on_action=lambda action: answered.add(action.sequence),
+        duration_s=seconds,
+        realtime=True,
+    )
+    late = [seq for seq in sent if seq not in answered]
+    bursts = np.split(np.asarray(late), np.flatnonzero(np.diff(late) != 1) + 1) if late else []
+    lengths = sorted((len(b) for b in bursts), reverse=True)
+    spread = (
+        f"missed: {report.missed - len(late)} skipped (loop behind), {len(late)} late in {len(bursts)} burst(s)"
+        + (f", longest {lengths[0]}, single {lengths.count(1)}" if lengths else "")
+    )
+    return report, spread
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=4000, help="timed round trips per row (after warm-up)")
+    parser.add_argument("--rounds", type=int, default=10, help="alternating floor/server chunks per row")
+    parser.add_argument("--warmup", type=int, default=300, help="untimed round trips per row before the rounds")
+    parser.add_argument("--no-reference", action="store_true", help="skip the OIP (tritonclient) reference rows")
+    parser.add_argument("--loop-seconds", type=float, default=30.0, help="1 kHz control loop length (0: skip it)")
+    parser.add_argument("--no-loop-floor", action="store_true", help="run the control loop against the server only")
+    parser.add_argument("--floor-server", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.floor_server is not None:
+        asyncio.run(serve_floor(args.floor_server))
+        return
+
+    import grpc
+
+    from service.client import PolicyClient
+    from tests.service.models import add_policy
+    from tests.service.servers import server_process
+
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        repo = Path(tmp)
+        model_file = add_policy(repo, POLICY)
+        ours = stack.enter_context(server_process(repo, "--model-control-mode", "none"))
+        floor_port, floor_pid = stack.enter_context(floor_process(model_file))
+
+        rng = np.random.default_rng(0)
+        obs = rng.normal(size=(1, OBS)).astype(np.float32)
+
+        def policy_client(target: str) -> PolicyClient:
+            client = PolicyClient(target, timeout=30.0)  # a generous deadline: a noisy machine must not fail a call
+            stack.callback(client.close)
+            client.wait_ready(30)
+            return client
+
+        def stream(client: PolicyClient) -> StreamRoundTrip:
+            s = client.stream(POLICY)
+            stack.callback(s.close)
+            return StreamRoundTrip(s, obs[0])
+
+        floor_client, our_client = policy_client(f"127.0.0.1:{floor_port}"), policy_client(ours.grpc)
+        # (name, round trip, name of the floor it is compared with); the process answering is the floor for
+        # "floor" rows and the server for the others
+        rows: list[tuple[str, Callable[[], Any], str]] = [
+            ("floor  Act (PolicyClient.act)", partial(floor_client.act, POLICY, obs[0]), ""),
+            ("server Act (PolicyClient.act)", partial(our_client.act, POLICY, obs[0]), "floor  Act (PolicyClient.act)"),
+            ("floor  ActStream (PolicyClient.stream)", stream(floor_client), ""),
+            ("server ActStream (PolicyClient.stream)", stream(our_client), "floor  ActStream (PolicyClient.stream)"),
+        ]
+        reference = session(model_file).run(None, {"observation": obs})[0]
+        checks: list[tuple[str, Callable[[Any], np.ndarray]]] = [(name, lambda a: a.values) for name, _, _ in rows]
+        if not args.no_reference:
+            import tritonclient.grpc as grpcclient
+            import tritonclient.http as httpclient
+
+            g_in = grpcclient.InferInput("observation", [1, OBS], "FP32")
+            g_in.set_data_from_numpy(obs)
+            h_in = httpclient.InferInput("observation", [1, OBS], "FP32")
+            h_in.set_data_from_numpy(obs, binary_data=True)
+            g_client = grpcclient.InferenceServerClient(ours.grpc)
+            stack.callback(g_client.close)
+            h_client = httpclient.InferenceServerClient(f"127.0.0.1:{ours.http_port}")
+            stack.callback(h_client.close)
+            rows += [
+                ("server OIP ModelInfer (tritonclient.grpc)", partial(g_client.infer, POLICY, [g_in]), rows[0][0]),
+                ("server REST infer binary (tritonclient.http)", partial(h_client.infer, POLICY, [h_in]), rows[0][0]),
+            ]
+            checks += [(name, lambda r: r.as_numpy("action")) for name, _, _ in rows[4:]]
+
+        # every row computes the same action
+        for (name, fn, _), (_, action_of) in zip(rows, checks, strict=True):
+            got = np.asarray(action_of(fn())).reshape(reference.shape)
+            assert np.array_equal(got, reference), name
+
+        print(
+            f"ISO-ODEtoODE policy {OBS} -> 6 (h=16, N=25), batch 1; {os.cpu_count()} CPUs; client PolicyClient "
+            f"(grpcio {version('grpcio')}), onnxruntime {ort.__version__}; {args.requests} timed round trips per "
+            f"row in {args.rounds} alternating rounds"
+        )
+        for _, fn, _ in rows:
+            sample(fn, 0, args.warmup)
+        chunk = max(1, args.requests // args.rounds)
+        collected: dict[str, list[np.ndarray]] = {name: [] for name, _, _ in rows}
+        cpu: dict[str, float] = dict.fromkeys(collected, 0.0)
+        # floor/server pairs alternate (order flipped every round); the reference rows run after each pair
+        groups = [rows[0:2], rows[2:4], *([rows[4:]] if len(rows) > 4 else [])]
+        started = time.perf_counter()
+        for r in range(args.rounds):
+            for group in groups:
+                for name, fn, _ in group if r % 2 == 0 else group[::-1]:
+                    sample(fn, 0, warmup=20)
+                    pid = floor_pid if name.startswith("floor") else ours.process.pid
+                    before = cpu_seconds(pid)
+                    collected[name].append(sample(fn, chunk, warmup=0))
+                    cpu[name] += cpu_seconds(pid) - before
+        timings = {name: summarize(name, np.concatenate(collected[name]), cpu[name]) for name, _, _ in rows}
+        print(f"measured in {time.perf_counter() - started:.1f} s")
+        print_rows([(timings[name], timings[floor or name]) for name, _, floor in rows])
+
+        print()
+        for (floor_name, _, _), (name, _, _) in (rows[0:2], rows[2:4]):
+            ratio = timings[name].p50_us / timings[floor_name].p50_us
+            per_round = np.array([np.percentile(c, 50) for c in collected[name]]) / np.array(
+                [np.percentile(c, 50) for c in collected[floor_name]]
+            )
+            method = name.split()[1]
+            verdict = "meets" if ratio <= 1.15 else "MISSES"
+            print(
+                f"{method} p50 = {ratio:.2f}x its floor: {verdict} the target (<= 1.15x); per round "
+                + " ".join(f"{x:.2f}" for x in per_round)
+                + f" (median {np.median(per_round):.2f})"
+            )
+
+        if args.loop_seconds > 0:
+            observations = rng.normal(size=(1000, OBS)).astype(np.float32)
+            targets = [("server", our_client)] + ([] if args.no_loop_floor else [("floor", floor_client)])
+            print(f"\n1 kHz control loop (PolicyClient.control_loop, realtime), {args.loop_seconds:g} s each:")
+            for label, client in targets:
+                control_loop(client, 0.5, observations)  # warm-up: a fresh stream, untimed
+                try:
+                    report, spread = control_loop(client, args.loop_seconds, observations)
+                except grpc.RpcError as exc:  # pragma: no cover - reported, not hidden
+                    print(f"  {label}: failed: {exc}")
+                    continue
+                print(f"  {label:<7}{report.summary()}\n  {'':<7}{spread}")
+                if label == "server":
+                    ok = report.percentile(99) < 1000 and report.missed_fraction < 0.001
+                    print(
+                        f"  server: p99 {report.percentile(99):.0f} us (< 1000), missed "
+                        f"{100 * report.missed_fraction:.3f}% (< 0.1%): {'meets' if ok else 'MISSES'} the target"
+                    )
+
+
+if __name__ == "__main__":
+    main()
