@@ -196,6 +196,30 @@ def _table_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.set_defaults(run=run)
 
 
+def _reproduce_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("reproduce", help="regenerate the figures and tables of docs/REPRODUCTION.md (cached runs)")
+    p.add_argument("claims", nargs="+", help="gradients, deep, rl, table1, table2 or all")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--runs", type=Path, default=Path("runs/reproduce"), help="cache of trained runs")
+    p.add_argument("--docs", type=Path, default=Path("docs"))
+    p.add_argument("--rl-iterations", type=int, default=20)
+    p.add_argument("--table1-epochs", type=int, default=20)
+    p.add_argument("--table2-epochs", type=int, default=20)
+    p.add_argument("--deep-epochs", type=int, default=8)
+    p.add_argument("--instances", type=int, default=3, help="random instances per gradient-band cell")
+
+    def run(args: argparse.Namespace) -> int:
+        from trainer.experiments.reproduce import run as reproduce
+
+        options = {k: getattr(args, k) for k in ("rl_iterations", "table1_epochs", "table2_epochs", "deep_epochs",
+                                                 "instances")}  # fmt: skip
+        for path in reproduce(args.claims, docs=args.docs, runs=args.runs, seeds=args.seeds, options=options):
+            print(f"wrote {path}")
+        return 0
+
+    p.set_defaults(run=run)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["es"]:
@@ -207,5 +231,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     _plot_parser(sub)
     _supervised_parser(sub)
     _table_parser(sub)
+    _reproduce_parser(sub)
     args = parser.parse_args(argv)
     sys.exit(args.run(args))
