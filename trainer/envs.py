@@ -13,14 +13,21 @@ survival bonus subtracted during training (ARS's trick for the locomotion tasks 
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 
 # We never render; without this dm_control probes for a display (and warns) when imported.
 os.environ.setdefault("MUJOCO_GL", "disabled")
+
+log = logging.getLogger(__name__)
+# MuJoCo prints its warnings straight to stderr (e.g. HalfCheetah's deprecated 'settotalmass', once per env);
+# route them through logging instead, where they can be filtered.
+mujoco.set_mju_user_warning(lambda message: log.debug("mujoco: %s", message))
 
 DMC_PREFIX = "dmc:"
 

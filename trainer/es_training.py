@@ -36,6 +36,7 @@ from trainer.es import (
     step_size,
 )
 from trainer.evaluate import EVALUATION_SEED_BASE
+from trainer.manifolds import Stiefel, orthogonality_error
 from trainer.models import FlowModel, build_model
 from trainer.rollouts import Backend, RolloutRequest, make_backend
 
@@ -307,7 +308,14 @@ def export_run(run_dir: Path, name: str, repository: Path, *, episodes: int = 20
     ckpt = Checkpoint.load(run_dir / "best.pt")
     assert ckpt.observation_space and ckpt.action_space and ckpt.normalization
     spec = PolicySpec(ckpt.observation_space, ckpt.action_space, ckpt.normalization, ckpt.env_id)
-    exported = export_policy(ckpt.model(), spec, training=ckpt.training)
+    model = ckpt.model(dtype=torch.float64)
+    # How far the Riemannian updates let the constrained parameters drift from their manifolds (should be ~1e-13).
+    drift = max(
+        (float(orthogonality_error(p.detach()).max()) for n, p in model.named_parameters()
+         if isinstance(model.manifolds[n], Stiefel)),
+        default=0.0,
+    )  # fmt: skip
+    exported = export_policy(model, spec, training=ckpt.training)
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / "model.onnx"
         exported.save(onnx_path)
@@ -320,6 +328,7 @@ def export_run(run_dir: Path, name: str, repository: Path, *, episodes: int = 20
         f"onnx_eval_return_{episodes}_episodes": round(evaluation.mean, 2),
         f"onnx_eval_return_std_{episodes}_episodes": round(evaluation.std, 2),
         "onnx_eval_seeds": f"{evaluation.seeds[0]}..{evaluation.seeds[-1]} (never used in training)",
+        "stiefel_orthogonality_error_max": float(f"{drift:.3g}"),
     })  # fmt: skip
     training["metrics"] = metrics
     exported = exported.with_training(training)
