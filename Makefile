@@ -2,10 +2,10 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-EXTRAS ?= serve,train,dev
+EXTRAS ?= serve,train,dev,deploy
 STAMP  := $(VENV)/.installed
 
-.PHONY: help serve test test-slow lint typecheck bench proto clean
+.PHONY: help serve test test-slow lint typecheck bench proto clean image image-test deploy-check
 
 help:
 	@echo "make serve      serve the bundled models in models/ (HTTP :8000, gRPC :8001, metrics :8002)"
@@ -13,6 +13,9 @@ help:
 	@echo "make test-slow  the suite plus opt-in slow tests"
 	@echo "make bench      run the benchmarks in benchmarks/"
 	@echo "make proto      regenerate the gRPC stubs in service/_proto/ from proto/"
+	@echo "make image      build the CPU serve image (podman/docker; a local Debian base where no registry answers)"
+	@echo "make image-test build it, run it read-only, call it over gRPC and REST, check metrics/user/drain (opt-in)"
+	@echo "make deploy-check  hadolint, yamllint, kubernetes-validate and server agreement for docker/ and deploy/"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,3 +50,21 @@ proto: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Containers and Kubernetes (docs/deploy.md). `make image-test` is opt-in (not part of `make test`): it needs a
+# container engine and a few minutes the first time (a local base image is built once, then reused).
+SERVE_IMAGE ?= localhost/odetoode/serve:dev
+DEPLOY_STAMP := $(VENV)/.installed-deploy
+
+image:
+	IMAGE=$(SERVE_IMAGE) DOCKERFILE=docker/serve.Dockerfile bash docker/build-local.sh
+
+image-test: image $(STAMP)
+	IMAGE=$(SERVE_IMAGE) $(BIN)/python docker/image_test.py
+
+$(DEPLOY_STAMP): pyproject.toml | $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS),deploy]'
+	@touch $@
+
+deploy-check: $(DEPLOY_STAMP)
+	$(BIN)/python deploy/check.py

@@ -32,6 +32,7 @@ from service.settings import ServerSettings
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+LIVENESS = "liveness"
 
 
 class _Undecodable:
@@ -193,7 +194,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
 
 class Health:
-    """``grpc.health.v1``: the server (service ``""``, the OIP and policy service names) and one name per model."""
+    """``grpc.health.v1``: readiness (service ``""``, the OIP and policy service names), one name per model, and
+    ``liveness``, SERVING for as long as the process runs -- a liveness probe must not restart a server that is
+    merely not ready (no model yet, or draining)."""
 
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
@@ -203,6 +206,7 @@ class Health:
     async def update(self) -> None:
         serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
         server = serving if self.plane.ready() else not_serving
+        await self.servicer.set(LIVENESS, serving)
         await self.servicer.set("", server)
         await self.servicer.set(SERVICE_NAME, server)
         await self.servicer.set(POLICY_SERVICE_NAME, server)

@@ -62,7 +62,8 @@ def test_health_for_the_server_and_each_model(server: RunningServer) -> None:
     with channel:
         health = health_pb2_grpc.HealthStub(channel)
         serving = health_pb2.HealthCheckResponse.SERVING
-        for service in ("", "inference.GRPCInferenceService", "policy", "digits"):
+        for service in ("", "liveness", "inference.GRPCInferenceService", "odetoode.v1.PolicyService", "policy",
+                        "digits"):  # fmt: skip
             assert health.Check(health_pb2.HealthCheckRequest(service=service)).status == serving
         with pytest.raises(Exception, match="NOT_FOUND"):
             health.Check(health_pb2.HealthCheckRequest(service="nosuch"))
