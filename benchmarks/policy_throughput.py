@@ -67,7 +67,10 @@ async def drive_streams(target: str, model: str, streams: int, start_ns: int, en
     from service.client import channel_options
 
     rng = np.random.default_rng(seed)
-    channels = [grpc.aio.insecure_channel(target, options=channel_options()) for _ in range(streams)]
+    # A local subchannel pool per channel: otherwise channels to one address share one connection, and 64 "robots"
+    # would be 64 streams on a handful of connections.
+    options = [*channel_options(), ("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(streams)]
     latencies: list[np.ndarray] = []
     errors = 0
 

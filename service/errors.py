@@ -83,8 +83,17 @@ def status_of(error: BaseException) -> tuple[HTTPStatus, grpc.StatusCode]:
     return ERROR_TABLE[InternalError]
 
 
+MAX_MESSAGE_BYTES: Final = 1024
+"""Longest message sent to a client, in UTF-8 bytes. gRPC clients refuse status details beyond 8-16 KiB (after
+percent-encoding, up to 3 characters per byte) and would see RESOURCE_EXHAUSTED instead of the real status, so a
+message that echoes a huge client-chosen name is cut."""
+
+
 def client_message(error: BaseException) -> str:
     """What the client is told: the message of a ``ServingError``, nothing of anything else (no internals leak)."""
     if isinstance(error, ServingError):
-        return str(error)
+        message = str(error)
+        if len(message.encode()) > MAX_MESSAGE_BYTES:
+            message = message.encode()[:MAX_MESSAGE_BYTES].decode(errors="ignore") + "... (truncated)"
+        return message
     return "internal error; the server logged the details"

@@ -28,6 +28,8 @@ from service.repository import ServedVersion
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PolicyService"].full_name
 DEFAULT_MAX_PENDING = 64
+MAX_PENDING = 1024
+"""The most observations a stream may have waiting, whatever its ``max_pending`` asks for (a uint32)."""
 _FLOAT32_LE = np.dtype("<f4")
 
 
@@ -89,7 +91,7 @@ class _Stream:
         self.policy = first.policy
         self.latest_only = options.overflow == pb.OVERFLOW_LATEST_ONLY
         self.follow_latest = options.follow_latest
-        self.max_pending = options.max_pending or DEFAULT_MAX_PENDING
+        self.max_pending = min(options.max_pending or DEFAULT_MAX_PENDING, MAX_PENDING)
         self.budget_ns = options.deadline_us * 1000 if options.deadline_us else None
         self.reads_ahead = self.latest_only or bool(options.max_pending) or self.budget_ns is not None
         # Pin the version at the start: a robot's episode should not switch policies under it.
@@ -150,17 +152,23 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
         queue: deque[_Pending] = deque([_Pending(first, time.monotonic_ns())])
         arrived = asyncio.Event()
         arrived.set()
+        room = asyncio.Event()
         finished = False
 
         async def read() -> None:
             nonlocal finished
             try:
                 async for request in requests:
+                    while len(queue) >= 2 * stream.max_pending:
+                        # The client is not reading its answers: stop reading its observations until it does (HTTP/2
+                        # flow control then holds it back) rather than buffer them without bound.
+                        room.clear()
+                        await room.wait()
                     pending = _Pending(request, time.monotonic_ns())
                     if not stream.latest_only and len(queue) >= stream.max_pending:
-                        pending.rejected = QueueFull(
-                            f"more than {stream.max_pending} observations waiting on this stream"
-                        )
+                        # Answered by its sequence number alone: the observation itself is not kept.
+                        full = QueueFull(f"more than {stream.max_pending} observations waiting on this stream")
+                        pending = _Pending(pb.ActRequest(sequence=request.sequence), pending.arrived_ns, full)
                     queue.append(pending)
                     arrived.set()
             finally:
@@ -178,8 +186,12 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
                     continue
                 if stream.latest_only:
                     while len(queue) > 1:
-                        yield pb.ActStreamResponse(dropped=queue.popleft().request.sequence)
-                yield await stream.answer(queue.popleft())
+                        dropped = queue.popleft()
+                        room.set()
+                        yield pb.ActStreamResponse(dropped=dropped.request.sequence)
+                item = queue.popleft()
+                room.set()
+                yield await stream.answer(item)
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)

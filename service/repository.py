@@ -262,18 +262,23 @@ class ModelRepository:
                 return
             wanted = config.version_policy.select(list(present))
             await self._load_new(name, model_dir, present, wanted, config, force)
-        # release what left (after the new versions are in: load before unload)
+        # release what left (after the new versions are in: load before unload) -- unless none of the versions that
+        # should replace them loaded: a damaged new version never takes down a working one
         leaving = [sv for v, sv in served.items() if v not in wanted]
+        if wanted and not any(v in served for v in wanted):
+            leaving = []
         for sv in leaving:
             del served[sv.version]
         await self._release(name, leaving)
         for v in list(statuses):
-            if v not in present:
+            if v not in present and v not in served:
                 del statuses[v]
                 self.metrics.forget_model(name, str(v))
         reason = "not selected by the version policy" if selected else "unloaded"
         for v in present:
             status = statuses.get(v)
+            if v in served:
+                continue
             if v not in wanted and (status is None or status.state != State.FAILED or not selected):
                 self._set(name, v, State.UNAVAILABLE, reason)
         if not served:

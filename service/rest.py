@@ -6,6 +6,7 @@ Prometheus ``/metrics`` and OpenAPI docs. Each route converts and calls the data
 from __future__ import annotations
 
 import logging
+import math
 import time
 import zlib
 from typing import Any
@@ -58,7 +59,17 @@ async def read_body(request: Request, limit: int) -> bytes:
 
     ``Content-Encoding: gzip`` / ``deflate`` bodies (tritonclient's ``request_compression_algorithm``) are
     decompressed incrementally, and the limit applies to the decompressed size too (no decompression bombs).
+    A refused body is not read any further: the answer closes the connection (uvicorn would otherwise read and
+    discard the rest of it, however long, to keep the connection alive).
     """
+    try:
+        return await _read_body(request, limit)
+    except ServingError:
+        request.state.close_connection = True
+        raise
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -135,6 +146,8 @@ def parse_infer_request(
         params = parameters_of(item.get("parameters"), f"{where}.parameters")
         size = params.get("binary_data_size")
         if size is not None:
+            if "data" in item:
+                raise InvalidArgument(f"{where}.data: give data or parameters.binary_data_size, not both")
             if isinstance(size, bool) or not isinstance(size, int) or size < 0 or offset + size > len(binary):
                 raise InvalidArgument(f"{where}.parameters.binary_data_size: {size!r} does not fit the binary data")
             data = decode_raw(
@@ -293,8 +306,11 @@ def create_app(plane: DataPlane) -> FastAPI:
         app.add_middleware(RestAuthMiddleware, check=check, open_prefixes=open_prefixes)
 
     @app.exception_handler(ServingError)
-    async def serving_error(_: Request, exc: ServingError) -> Response:
-        return error_response(exc)
+    async def serving_error(request: Request, exc: ServingError) -> Response:
+        response = error_response(exc)
+        if getattr(request.state, "close_connection", False):
+            response.headers["connection"] = "close"
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> Response:
@@ -424,4 +440,6 @@ def _deadline(request: Request) -> int | None:
         raise InvalidArgument("Request-Timeout-Ms: not a number") from None
     if not ms > 0:
         raise InvalidArgument("Request-Timeout-Ms: must be positive")
+    if math.isinf(ms):
+        raise InvalidArgument("Request-Timeout-Ms: must be finite")
     return time.monotonic_ns() + int(ms * 1e6)

@@ -111,22 +111,27 @@ def check_shape(shape: Any, where: str, max_elements: int) -> tuple[int, ...]:
         raise PayloadTooLarge(
             f"{where}.shape: {list(dims)} has {elements} elements, more than the limit {max_elements}"
         )
+    if elements == 0 and math.prod(d for d in dims if d) > max_elements:  # numpy cannot even describe [0, 2**62, 2**62]
+        raise PayloadTooLarge(f"{where}.shape: {list(dims)} is empty, but its other dimensions exceed the limit")
     return tuple(dims)
 
 
-def _flatten_json(data: Any, where: str) -> list[Any]:
-    """Row-major flattening of nested JSON lists (OIP allows both flat and nested ``data``)."""
+def _flatten_json(data: Any, where: str, depth: int = 0) -> list[Any]:
+    """Row-major flattening of nested JSON lists (OIP allows both flat and nested ``data``), at most ``MAX_RANK``
+    levels deep (JSON parsers accept ~1000 levels, more than Python's recursion limit leaves for this)."""
     if not isinstance(data, list):
         return [data]
     if not data or not isinstance(data[0], list):
         if any(isinstance(x, list) for x in data):
             raise InvalidArgument(f"{where}.data: nested lists must be regular")
         return data
+    if depth >= MAX_RANK:
+        raise InvalidArgument(f"{where}.data: lists nested more than {MAX_RANK} levels deep")
     out: list[Any] = []
     for row in data:
         if not isinstance(row, list):
             raise InvalidArgument(f"{where}.data: nested lists must be regular")
-        out.extend(_flatten_json(row, where))
+        out.extend(_flatten_json(row, where, depth + 1))
     return out
 
 

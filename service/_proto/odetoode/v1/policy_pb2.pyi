@@ -64,7 +64,8 @@ class StreamOptions(_message.Message):
     """Follow the latest ready version instead of staying on the one the stream started with."""
     max_pending: _builtins.int
     """Observations an OVERFLOW_QUEUE stream may have waiting; beyond it they are answered RESOURCE_EXHAUSTED.
-    0 means the server default (64).
+    0 means the server default (64); the server caps it at 1024. A client that does not read its answers is
+    held back by HTTP/2 flow control once twice this many are waiting.
     """
     deadline_us: _builtins.int
     """Per-observation budget in microseconds: an observation not computed within it after arrival is answered
