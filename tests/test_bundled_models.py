@@ -80,3 +80,34 @@ def test_bundled_policy_reaches_its_return_with_onnx_runtime_alone(name: str) ->
     assert result["mean"] >= threshold, result
     card = (path.parent / "README.md").read_text()
     assert f"mean return **{result['mean']:.1f}**" in card  # the card states exactly what this measures
+
+
+def test_bundled_classifier_accuracy_is_the_same_served_over_rest_and_grpc() -> None:
+    """The card's clean test accuracy, recomputed offline and through both predict paths of a live server."""
+    import grpc
+    import httpx
+    import onnxruntime as ort
+
+    from service._proto.inference import grpc_service_pb2 as pb
+    from service._proto.inference import grpc_service_pb2_grpc as pb_grpc
+    from tests.service.servers import running_server
+    from trainer.data.digits import digits_c
+
+    (path,) = [p for p in MODELS if p.parent.parent.name == "digits"][-1:]
+    card_accuracy = description(path).training["metrics"]["test_accuracy_identity"]
+    images, labels = digits_c("identity", split="test")
+    x = images[:, None].astype(np.float32)
+    offline = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["logits"], {"image": x})[0]
+    offline_accuracy = float((offline.argmax(1) == labels).mean())
+    assert round(offline_accuracy, 4) == card_accuracy
+    with running_server(ROOT / "models", model_control_mode="explicit", startup_models=["digits"]) as server:
+        v1 = httpx.post(f"{server.http}/v1/models/digits:predict", json={"instances": x.tolist()}, timeout=60)
+        rest_predictions = np.asarray([row["probabilities"] for row in v1.json()["predictions"]]).argmax(1)
+        request = pb.ModelInferRequest(model_name="digits", outputs=[{"name": "logits"}])
+        request.inputs.add(name="image", datatype="FP32", shape=list(x.shape))
+        request.raw_input_contents.append(x.tobytes())
+        with grpc.insecure_channel(server.grpc) as channel:
+            response = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=60)
+        grpc_logits = np.frombuffer(response.raw_output_contents[0], dtype=np.float32).reshape(len(x), 10)
+    assert float((rest_predictions == labels).mean()) == offline_accuracy
+    assert float((grpc_logits.argmax(1) == labels).mean()) == offline_accuracy

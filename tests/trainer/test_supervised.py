@@ -81,3 +81,18 @@ def test_table_markdown_and_heatmap_from_cached_cells(tmp_path: Path) -> None:
     assert "| identity | 90.50 +- 0.50 | **95.50** +- 0.50 |" in text
     assert "3 epochs" in text and "Rows won: ODEtoODE-1 2" in text
     assert (tmp_path / "docs" / "figures" / "table1.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_one_epoch_smoke_run_of_the_real_cli(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "trainer", "supervised", "--model", "nanode-1", "--width", "16", "--epochs", "1",
+         "--out", str(tmp_path / "run"), "--export", "smoke", "--repository", str(tmp_path / "models")],
+        capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "identity" in out.stdout and "stripe" in out.stdout
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["epochs"] == 1
+    assert (tmp_path / "models" / "smoke" / "1" / "model.onnx").is_file()
