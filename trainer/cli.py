@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -114,15 +115,30 @@ class ESCommand:
     """Episodes of the ONNX Runtime evaluation recorded in the exported model card."""
 
 
+def _terminate_gracefully() -> None:
+    """SIGTERM ends a run like Ctrl-C: cleanup (worker pools) runs; the last iteration's checkpoint is on disk."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def _run_es(argv: Sequence[str]) -> int:
     cmd = tyro.cli(ESCommand, args=list(argv), prog="python -m trainer es",
                    config=(tyro.conf.FlagConversionOff,))  # fmt: skip
+    _terminate_gracefully()
     if cmd.resume and (cmd.out / "checkpoint.pt").is_file():
         run = ESRun.resume(cmd.out, overrides=cmd.config, command="python -m trainer " + " ".join(sys.argv[1:]))
         print(f"resuming {cmd.out} at iteration {run.state.iteration}")
     else:
         run = ESRun(cmd.config, cmd.out)
-    state = run.train()
+    try:
+        state = run.train()
+    except KeyboardInterrupt:
+        print(f"interrupted after iteration {run.state.iteration}; continue with --out {cmd.out} --resume True",
+              file=sys.stderr)  # fmt: skip
+        return 130
     print(f"done: {state.iteration} iterations, {state.env_steps} env steps, {state.wall_s:.0f} s, "
           f"best evaluation return {state.best_reward:.1f}")  # fmt: skip
     if cmd.export:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -163,6 +165,15 @@ class InlineBackend:
 def _worker_init() -> None:
     torch.set_num_threads(1)
     os.environ.setdefault("MUJOCO_GL", "disabled")
+    # A killed trainer cannot shut its pool down; workers notice the orphaning and leave instead of lingering.
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
 class LocalBackend:
