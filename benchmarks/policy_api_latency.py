@@ -58,12 +58,9 @@ SERVICE = "odetoode.v1.PolicyService"
 
 def session(path: Path) -> ort.InferenceSession:
     """The session exactly as ``service.runtime.ModelRuntime`` builds it on CPU (one intra-op thread)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    from service.runtime import session_options
+
+    return ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
 
 
 # -- the floor server (its own process: ``policy_api_latency.py --floor-server MODEL_FILE``) ------------------------

@@ -79,6 +79,16 @@ def choose_providers(requested: Sequence[Provider], allow_cpu_fallback: bool, av
     return chosen
 
 
+def session_options(intra_op_threads: int = 1) -> ort.SessionOptions:
+    """How every session of the server is configured on CPU; benchmarks build their floors with the same."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = min(intra_op_threads, available_cpus())
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
 @dataclass(frozen=True)
 class SelfCheck:
     """What the golden self-check found: the worst absolute error and whether it is within the file's tolerance."""
@@ -97,11 +107,7 @@ class ModelRuntime:
         size = path.stat().st_size
         if size > MAX_MODEL_BYTES:
             raise ModelLoadError(f"{path.name}: {size} bytes is larger than the {MAX_MODEL_BYTES}-byte limit")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = min(config.intra_op_threads, available_cpus())
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options = session_options(config.intra_op_threads)
         # Only the graph in the file: no custom-op libraries are ever registered from a repository.
         providers = choose_providers(config.providers, config.allow_cpu_fallback, ort.get_available_providers())
         try:
