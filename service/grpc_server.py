@@ -1,22 +1,22 @@
 """gRPC transport (grpc.aio): the OIP ``inference.GRPCInferenceService``, ``grpc.health.v1`` and server reflection.
 
 Each method converts (``service.converters``) and calls the data plane. Errors are mapped to status codes in ONE
-place, ``ErrorInterceptor``, which also turns undecodable request bytes into INVALID_ARGUMENT (grpc would report them
-as INTERNAL).
+place, ``guard``, installed on every handler of our services when they are registered; it also turns undecodable
+request bytes into INVALID_ARGUMENT (grpc would report them as INTERNAL).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from service import converters
 from service._proto._pool import reflection_pool
@@ -61,31 +61,32 @@ async def _abort(context: grpc.aio.ServicerContext, error: BaseException) -> Non
     await context.abort(status_of(error)[1], client_message(error))
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps ``ServingError`` (and anything unexpected) to the gRPC status in ``service.errors.ERROR_TABLE``.
+def guard(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """``handler`` with ``ServingError`` (and anything unexpected) mapped to the gRPC status of
+    ``service.errors.ERROR_TABLE``, and undecodable request bytes answered INVALID_ARGUMENT."""
+    return _ErrorMapping.wrap(handler)
 
-    The wrapped handler of each method is built once and reused (the registered handlers never change).
-    """
 
-    def __init__(self) -> None:
-        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+class GuardedRegistration:
+    """Stands in for the server while generated code registers a service: every handler is wrapped by ``guard``
+    once, at registration -- no interceptor runs per call (an aio interceptor costs tens of microseconds per RPC,
+    as much as a policy's computation)."""
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        method = handler_call_details.method
-        wrapped = self._wrapped.get(method)
-        if wrapped is None:
-            handler = await continuation(handler_call_details)
-            if handler is None:
-                return None
-            wrapped = self._wrapped[method] = self._wrap(handler)
-        return wrapped
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
 
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass  # generated code registers the same handlers by name next; they are added, guarded, there
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        guarded = {name: guard(h) for name, h in handlers.items()}
+        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, guarded),))
+        self._server.add_registered_method_handlers(service, guarded)
+
+
+class _ErrorMapping:
     @staticmethod
-    def _wrap(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def wrap(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         deserialize, serialize = _safe(handler.request_deserializer), handler.response_serializer
         if handler.unary_unary is not None:
             unary = handler.unary_unary
@@ -120,7 +121,22 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                     await _abort(context, exc)
 
             return grpc.stream_stream_rpc_method_handler(stream_stream, deserialize, serialize)
-        return handler  # unary-stream / stream-unary: none of ours; health's Watch keeps its own handling
+        if handler.unary_stream is not None:
+            produce = handler.unary_stream
+
+            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    if isinstance(request, _Undecodable):
+                        raise InvalidArgument(request.error)
+                    async for response in produce(request, context):
+                        yield response
+                except (ServingError, Exception) as exc:
+                    if isinstance(exc, grpc.aio.AbortError):
+                        raise
+                    await _abort(context, exc)
+
+            return grpc.unary_stream_rpc_method_handler(unary_stream, deserialize, serialize)
+        return handler  # stream-unary: none registered here
 
 
 def deadline_ns(context: grpc.aio.ServicerContext) -> int | None:
@@ -238,21 +254,23 @@ def build_grpc_server(
     plane: DataPlane, health: Health, extra_services: list[Callable[[grpc.aio.Server], str]] | None = None
 ) -> grpc.aio.Server:
     """An unstarted grpc.aio server with the OIP service, health and reflection (plus ``extra_services``)."""
-    interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
+    interceptors: list[grpc.aio.ServerInterceptor] = []
     check = TokenCheck(plane.settings.tokens())
     if check.enabled:
         open_prefixes = OPEN_GRPC_PREFIXES if plane.settings.auth_open_health else ()
-        interceptors.insert(0, GrpcAuthInterceptor(check, open_prefixes))
+        interceptors.append(GrpcAuthInterceptor(check, open_prefixes))
     server = grpc.aio.server(interceptors=interceptors, options=grpc_options(plane.settings))
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(plane), server)
-    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(plane), GuardedRegistration(server))
+    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, GuardedRegistration(server))
     names = [
         SERVICE_NAME,
-        add_policy_service(plane, server),
+        add_policy_service(plane, GuardedRegistration(server)),
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         reflection.SERVICE_NAME,
     ]
     for add in extra_services or []:
         names.append(add(server))
-    reflection.enable_server_reflection(names, server, pool=reflection_pool())
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        reflection.aio.ReflectionServicer(names, pool=reflection_pool()), GuardedRegistration(server)
+    )
     return server

@@ -231,6 +231,7 @@ def _space(box: Any) -> pb.Space | None:
     return pb.Space(shape=box.shape, low=box.low, high=box.high)
 
 
-def add_policy_service(plane: DataPlane, server: grpc.aio.Server) -> str:
+def add_policy_service(plane: DataPlane, server: Any) -> str:
+    """Registers the service on ``server`` (a ``grpc.aio.Server`` or a ``GuardedRegistration`` around one)."""
     pb_grpc.add_PolicyServiceServicer_to_server(PolicyService(plane), server)
     return SERVICE_NAME
