@@ -53,7 +53,7 @@ def deep(docs: Path, runs: Path, epochs: int) -> list[Path]:
 def rl(docs: Path, runs: Path, seeds: Sequence[int], iterations: int) -> list[Path]:
     import dataclasses
 
-    from trainer.experiments.rl_comparison import ARCHS, TASKS, Budget, figure, parameter_table, run_dir, train_all
+    from trainer.experiments.rl_comparison import ARCHS, TASKS, Budget, figure, parameter_table, train_all
 
     budget = dataclasses.replace(Budget(), iterations=iterations)
     train_all(runs, seeds, budget)
@@ -70,26 +70,44 @@ def rl(docs: Path, runs: Path, seeds: Sequence[int], iterations: int) -> list[Pa
         "",
         parameter_table(),
         "",
-        "Final evaluation return (mean +- std over seeds; the last evaluation of each run):",
+        "Final evaluation return (mean +- std over seeds; the last evaluation of each run) and, in brackets, the "
+        "architecture's rank on that task by mean (1 = best); the last column is the mean rank over tasks, the "
+        "paper's notion of consistency:",
         "",
-        "| architecture | " + " | ".join(TASKS) + " |",
-        "|---|" + "---|" * len(TASKS),
+        "| architecture | " + " | ".join(TASKS) + " | mean rank |",
+        "|---|" + "---|" * (len(TASKS) + 1),
     ]
+    finals = {(task, arch): final_returns(runs, task, arch, seeds) for task in TASKS for arch in ARCHS}
+    ranks: dict[tuple[str, str], int] = {}
+    for task in TASKS:
+        scored = sorted((a for a in ARCHS if finals[task, a]), key=lambda a: -float(np.mean(finals[task, a])))
+        ranks.update({(task, a): i + 1 for i, a in enumerate(scored)})
     for arch in ARCHS:
-        cells = []
-        for task in TASKS:
-            finals = []
-            for seed in seeds:
-                log = run_dir(runs, task, arch, seed) / "log.jsonl"
-                if log.is_file():
-                    evals = [json.loads(x)["eval_return"] for x in log.read_text().splitlines() if "eval_return" in x]
-                    if evals:
-                        finals.append(evals[-1])
-            cells.append(f"{np.mean(finals):.1f} +- {np.std(finals):.1f}" if finals else "-")
-        lines.append(f"| {arch} | " + " | ".join(cells) + " |")
+        cells = [
+            f"{np.mean(f):.1f} +- {np.std(f):.1f} ({ranks[task, arch]})" if (f := finals[task, arch]) else "-"
+            for task in TASKS
+        ]
+        mine = [ranks[task, arch] for task in TASKS if (task, arch) in ranks]
+        mean_rank = f"{np.mean(mine):.2f}" if mine else "-"
+        lines.append(f"| {arch} | " + " | ".join(cells) + f" | {mean_rank} |")
     table = results / "rl_comparison.md"
     table.write_text("\n".join(lines) + "\n")
     return [fig, table]
+
+
+def final_returns(runs: Path, task: str, arch: str, seeds: Sequence[int]) -> list[float]:
+    """The last evaluation return of each seed's run that has one."""
+    from trainer.experiments.rl_comparison import run_dir
+    from trainer.plots import curve, read_run
+
+    finals = []
+    for seed in seeds:
+        run = run_dir(runs, task, arch, seed)
+        if (run / "log.jsonl").is_file():
+            _, returns = curve(read_run(run)[1], "env_steps", "eval_return")
+            if returns.size:
+                finals.append(float(returns[-1]))
+    return finals
 
 
 def table(docs: Path, runs: Path, which: int, seeds: Sequence[int], epochs: int) -> list[Path]:
