@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from trainer.experiments.gradient_stability import LOWER, UPPER, band_table, plot_bands
+from trainer.experiments.reproduce import final_returns
 from trainer.experiments.rl_comparison import Budget, figure, matched_hidden, parameters, run_dir, train_all
 
 
@@ -40,6 +42,17 @@ def test_rl_comparison_runs_are_cached_and_drawn(tmp_path: Path) -> None:
     assert log.read_text() == first
     png = figure(tmp_path, [0], tmp_path / "rl.png", tasks=tasks)
     assert png.stat().st_size > 1000
+
+
+def test_final_return_is_the_last_evaluation_not_the_best_so_far(tmp_path: Path) -> None:
+    run = run_dir(tmp_path, "Pendulum-v1", "deepnet", 0)
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"env": "Pendulum-v1", "arch": "deepnet"}))
+    records = [{"env_steps": 10, "eval_return": -5.0, "best_eval_return": -5.0},
+               {"env_steps": 20, "eval_return": -9.0, "best_eval_return": -5.0},
+               {"env_steps": 30, "best_eval_return": -5.0}]  # fmt: skip
+    (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert final_returns(tmp_path, "Pendulum-v1", "deepnet", [0, 1]) == [-9.0]
 
 
 @pytest.mark.parametrize("label", ["odetoode-1", "dense-3", "node"])
