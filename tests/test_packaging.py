@@ -38,6 +38,19 @@ def test_readme_commands_are_make_targets() -> None:
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 
+def test_local_links_in_the_docs_resolve() -> None:
+    """Every figure and table the README and docs/ link to is committed (links are relative to their file)."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")), *sorted((ROOT / "models").rglob("*.md"))]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            path = target.split("#", 1)[0]
+            if path and "://" not in path and not path.startswith("mailto:"):
+                if not (page.parent / path).exists():
+                    broken.append(f"{page.relative_to(ROOT)} -> {target}")
+    assert not broken, broken
+
+
 def test_robot_client_imports_without_the_server_stack() -> None:
     """``pip install odetoode[client]`` on a robot: grpcio, protobuf, numpy (httpx for REST) -- nothing else."""
     blocked = ["torch", "onnxruntime", "fastapi", "uvicorn", "prometheus_client", "pydantic", "onnx", "yaml"]

@@ -218,17 +218,16 @@ def _reproduce_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--runs", type=Path, default=Path("runs/reproduce"), help="cache of trained runs")
     p.add_argument("--docs", type=Path, default=Path("docs"))
-    p.add_argument("--rl-iterations", type=int, default=20)
-    p.add_argument("--table1-epochs", type=int, default=20)
-    p.add_argument("--table2-epochs", type=int, default=20)
-    p.add_argument("--deep-epochs", type=int, default=8)
-    p.add_argument("--instances", type=int, default=3, help="random instances per gradient-band cell")
+    from trainer.experiments.reproduce import BUDGET  # numpy only: keeps --help fast
+
+    for key, default in BUDGET.items():  # defaults: the budgets of the committed results
+        help_ = "random instances per gradient-band cell" if key == "instances" else None
+        p.add_argument("--" + key.replace("_", "-"), type=int, default=default, help=help_)
 
     def run(args: argparse.Namespace) -> int:
         from trainer.experiments.reproduce import run as reproduce
 
-        options = {k: getattr(args, k) for k in ("rl_iterations", "table1_epochs", "table2_epochs", "deep_epochs",
-                                                 "instances")}  # fmt: skip
+        options = {k: getattr(args, k) for k in BUDGET}
         for path in reproduce(args.claims, docs=args.docs, runs=args.runs, seeds=args.seeds, options=options):
             print(f"wrote {path}")
         return 0

@@ -16,7 +16,7 @@ DEPTH = 200
 MODELS = ("odetoode-1", "node", "nanode-1", "hypernet-1", f"dense-{DEPTH}")
 
 
-def reproduce_deep_training(runs: Path, out: Path, *, epochs: int = 8, width: int = 32, seed: int = 0) -> Path:
+def reproduce_deep_training(runs: Path, out: Path, *, epochs: int = 25, width: int = 32, seed: int = 0) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 
 CLAIMS = ("gradients", "deep", "rl", "table1", "table2")
+# The budgets behind the committed figures and tables (docs/REPRODUCTION.md states each one).
+BUDGET = {"instances": 3, "deep_epochs": 25, "rl_iterations": 30, "table1_epochs": 20, "table2_epochs": 10}
 
 
 def gradients(docs: Path, instances: int = 3) -> list[Path]:
@@ -121,13 +123,13 @@ def run(claims: Sequence[str], *, docs: Path, runs: Path, seeds: Sequence[int], 
     out: list[Path] = []
     for claim in wanted:
         if claim == "gradients":
-            out += gradients(docs, options.get("instances", 3))
+            out += gradients(docs, options.get("instances", BUDGET["instances"]))
         elif claim == "deep":
-            out += deep(docs, runs, options.get("deep_epochs", 8))
+            out += deep(docs, runs, options.get("deep_epochs", BUDGET["deep_epochs"]))
         elif claim == "rl":
-            out += rl(docs, runs, seeds, options.get("rl_iterations", 20))
+            out += rl(docs, runs, seeds, options.get("rl_iterations", BUDGET["rl_iterations"]))
         elif claim in ("table1", "table2"):
-            out += table(docs, runs, int(claim[-1]), seeds, options.get(f"{claim}_epochs", 20))
+            out += table(docs, runs, int(claim[-1]), seeds, options.get(f"{claim}_epochs", BUDGET[f"{claim}_epochs"]))
         else:
             raise ValueError(f"unknown claim {claim!r}; expected one of {CLAIMS} or all")
     return out
