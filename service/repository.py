@@ -318,6 +318,9 @@ class ModelRepository:
         except ServingError as exc:
             self._failed(name, version, fp, str(exc), replacing)
             return None
+        except OSError as exc:  # the file went away or became unreadable between the scan and the load: no crash
+            self._failed(name, version, fp, f"cannot read {path.name}: {exc.strerror or exc}", replacing)
+            return None
         except Exception as exc:
             log.exception("loading %s v%d crashed", name, version)
             self._failed(name, version, fp, f"unexpected error: {type(exc).__name__}: {exc}", replacing)

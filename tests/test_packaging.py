@@ -45,9 +45,9 @@ def test_local_links_in_the_docs_resolve() -> None:
     for page in pages:
         for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
             path = target.split("#", 1)[0]
-            if path and "://" not in path and not path.startswith("mailto:"):
-                if not (page.parent / path).exists():
-                    broken.append(f"{page.relative_to(ROOT)} -> {target}")
+            local = path and "://" not in path and not path.startswith("mailto:")
+            if local and not (page.parent / path).exists():
+                broken.append(f"{page.relative_to(ROOT)} -> {target}")
     assert not broken, broken
 
 
