@@ -1,9 +1,10 @@
 """Fig. 2 of the paper at a budget this machine affords: ISO-ODEtoODE against the baselines, trained by the same ES.
 
 As in the paper, every baseline is scaled to a parameter count similar to, and not smaller than, ISO-ODEtoODE's
-(h = 16, N = 25) on each task -- except HyperNet, which the paper ran at h = 16 whatever its count. Every run uses the
-same ES settings and budget; ``python -m trainer reproduce rl`` trains what is missing (runs are resumable and
-cached), then draws mean +- std curves per task and writes the parameter-count table.
+(h = 16, N = 25; h = 64 for Humanoid) on each task -- except HyperNet, which the paper ran at h = 16 whatever its
+count (widened only where h = 16 would make it smaller). Every run uses the same ES settings and budget;
+``python -m trainer reproduce rl`` trains what is missing (runs are resumable and cached), then draws mean +- std
+curves per task and writes the parameter-count table.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from trainer.es_training import ESConfig, ESRun
 from trainer.models import build_model
 from trainer.plots import plot_learning_curves
 
-TASKS = ("Swimmer-v5", "HalfCheetah-v5", "Hopper-v5", "dmc:swimmer/swimmer15")
+TASKS = ("Swimmer-v5", "HalfCheetah-v5", "Hopper-v5", "dmc:swimmer/swimmer15", "Humanoid-v5")
 ARCHS = ("iso-odetoode", "deepnet", "deepresnet", "baseode", "nanode", "hypernet")
 REFERENCE_ARCH, REFERENCE_HIDDEN, REFERENCE_STEPS = "iso-odetoode", 16, 25
+WIDER = {"Humanoid-v5": 64}  # the paper's reference width for Humanoid
 
 
 @dataclass(frozen=True)
@@ -45,8 +47,8 @@ def parameters(arch: str, obs: int, act: int, hidden: int, **options: Any) -> in
 
 def matched_hidden(arch: str, obs: int, act: int, target: int, **options: Any) -> int:
     """The smallest width whose parameter count reaches ``target`` (the paper's "similar but not smaller")."""
-    if arch == "hypernet":
-        return 16  # the paper: h = 16 for HyperNet on every task
+    if arch == "hypernet" and parameters(arch, obs, act, 16, **options) >= target:
+        return 16  # the paper: h = 16 for HyperNet, even where that makes it larger than the others
     for hidden in range(2, 257):
         if parameters(arch, obs, act, hidden, **options) >= target:
             return hidden
@@ -56,14 +58,14 @@ def matched_hidden(arch: str, obs: int, act: int, target: int, **options: Any) -
 def task_configs(task: str) -> dict[str, dict[str, Any]]:
     """Per architecture: width and options, with the ISO-ODEtoODE reference first."""
     spec = env_spec(task)
-    target = parameters(REFERENCE_ARCH, spec.obs_dim, spec.act_dim, REFERENCE_HIDDEN, steps=REFERENCE_STEPS)
+    reference = WIDER.get(task, REFERENCE_HIDDEN)
+    target = parameters(REFERENCE_ARCH, spec.obs_dim, spec.act_dim, reference, steps=REFERENCE_STEPS)
     configs = {}
     for arch in ARCHS:
         options: dict[str, Any] = {"steps": REFERENCE_STEPS}
         hidden = (
-            REFERENCE_HIDDEN if arch == REFERENCE_ARCH else matched_hidden(arch, spec.obs_dim, spec.act_dim, target,
-                                                                            **options)
-        )  # fmt: skip
+            reference if arch == REFERENCE_ARCH else matched_hidden(arch, spec.obs_dim, spec.act_dim, target, **options)
+        )
         configs[arch] = {"hidden": hidden, **options,
                          "parameters": parameters(arch, spec.obs_dim, spec.act_dim, hidden, **options)}  # fmt: skip
     return configs
