@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import ssl
@@ -144,6 +145,11 @@ class Server:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await self.start()
+        # Modules, models and listeners live as long as the process: freeze them out of the collector's reach, so a
+        # full collection under traffic scans request garbage only (~0 ms instead of 25-90 ms: a stall of dozens of
+        # 1 kHz control cycles). Versions loaded later are collected normally.
+        gc.collect()
+        gc.freeze()
         await stop.wait()
         log.info("signal received")
         await self.stop()
