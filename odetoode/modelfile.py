@@ -137,7 +137,7 @@ class Golden:
 
 @dataclass(frozen=True)
 class ModelDescription:
-    """Everything an odetoode ONNX file states about itself (see ``DESIGN.md``, "Interfaces")."""
+    """Everything an odetoode ONNX file states about itself (docs/models.md lists the keys)."""
 
     kind: Kind
     arch: str

@@ -1,6 +1,6 @@
 """Evolution strategies as pure functions, plus the one small piece of state they need (observation statistics).
 
-One iteration (Sec. 4.2 of the paper, with the ARS / OpenAI-ES tricks from REFERENCE.md):
+One iteration (Sec. 4.2 of the paper, with the tricks of ARS (Mania et al. 2018) and OpenAI-ES (Salimans et al. 2017)):
 
 1. ``sample_directions``: ``n`` Gaussian directions ``eps_j``, one tensor per parameter;
 2. ``population``: antithetic pairs ``theta + sigma eps_j``, ``theta - sigma eps_j`` (plus unperturbed copies to
