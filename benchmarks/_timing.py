@@ -1,4 +1,4 @@
-"""Shared timing helpers for the benchmarks: percentiles of repeated calls, and a table printer."""
+"""Shared timing helpers for the benchmarks: timed repeated calls, their percentiles, and a table printer."""
 
 from __future__ import annotations
 
@@ -18,21 +18,29 @@ class Timing:
     mean_us: float
 
 
-def time_calls(name: str, fn: Callable[[], object], *, repeats: int, warmup: int = 200) -> Timing:
-    """Times ``repeats`` sequential calls of ``fn`` after ``warmup`` calls (garbage collector paused)."""
+def sample(fn: Callable[[], object], n: int, warmup: int) -> np.ndarray:
+    """``n`` sequential calls of ``fn`` in microseconds, after ``warmup`` untimed ones (garbage collector paused)."""
     for _ in range(warmup):
         fn()
-    samples = np.empty(repeats)
+    out = np.empty(n)
     gc.disable()
     try:
-        for i in range(repeats):
+        for i in range(n):
             start = time.perf_counter_ns()
             fn()
-            samples[i] = time.perf_counter_ns() - start
+            out[i] = time.perf_counter_ns() - start
     finally:
         gc.enable()
-    samples /= 1e3
+    return out / 1e3
+
+
+def summarize(name: str, samples: np.ndarray) -> Timing:
     return Timing(name, float(np.percentile(samples, 50)), float(np.percentile(samples, 99)), float(samples.mean()))
+
+
+def time_calls(name: str, fn: Callable[[], object], *, repeats: int, warmup: int = 200) -> Timing:
+    """Times ``repeats`` sequential calls of ``fn`` after ``warmup`` calls (garbage collector paused)."""
+    return summarize(name, sample(fn, repeats, warmup))
 
 
 def print_table(title: str, rows: list[Timing], floor: Timing, reference: Timing | None = None) -> None:

@@ -31,7 +31,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import add_pin_options, affinity, cpu_split, next_tick
 
 OBS = 17
 ACT_STREAM = "/odetoode.v1.PolicyService/ActStream"
@@ -90,12 +91,7 @@ async def robots(target: str, count: int, hz: float, start: float, end: float, s
                         stats["errors"].append(str(answer)[:200])
                     sequence += 1
                     if period:
-                        tick += period
-                        delay = tick - time.monotonic()
-                        if delay > 0:
-                            await asyncio.sleep(delay)
-                        else:
-                            tick = time.monotonic()  # behind: no burst to catch up
+                        tick = await next_tick(tick, period)
                 await call.done_writing()
                 if await call.read() is not grpc.aio.EOF or await call.code() != grpc.StatusCode.OK:
                     raise RuntimeError(f"stream did not end cleanly: {await call.code()}")
@@ -145,12 +141,7 @@ async def rest_clients(base: str, count: int, hz: float, start: float, end: floa
                     stats["errors"].append(str(getattr(r, "text", r))[:200])
                 i += 1
                 if period:
-                    tick += period
-                    delay = tick - time.monotonic()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                    else:
-                        tick = time.monotonic()
+                    tick = await next_tick(tick, period)
 
     await asyncio.gather(*(client(k) for k in range(count)))
     return {**stats, "latencies": np.asarray(latencies)}
@@ -193,19 +184,6 @@ def answered_by_protocol(metrics_url: str) -> dict[str, float]:
     return counts
 
 
-@contextlib.contextmanager
-def affinity(cpus: set[int] | None) -> Iterator[None]:
-    if not cpus:
-        yield
-        return
-    saved = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, cpus)
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, saved)
-
-
 def summary(name: str, results: list[dict[str, Any]], seconds: float) -> tuple[str, int, int]:
     sent = sum(r["sent"] for r in results)
     answered = sum(r["answered"] for r in results)
@@ -226,18 +204,13 @@ def main() -> int:
     parser.add_argument("--procs", type=int, default=2, help="client processes for the robots (plus one for REST)")
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between progress lines")
     parser.add_argument("--delay-us", type=int, default=0, help="the policy's max_queue_delay_us (batching)")
-    pin = parser.add_mutually_exclusive_group()
-    pin.add_argument("--pin", dest="pin", action="store_true", default=None, help="server on CPU 0, clients elsewhere")
-    pin.add_argument("--no-pin", dest="pin", action="store_false", help="let the OS place server and clients")
+    add_pin_options(parser)
     args = parser.parse_args()
 
     from tests.service.models import add_policy
     from tests.service.servers import server_process
 
-    cpus = sorted(os.sched_getaffinity(0))
-    pinned = args.pin if args.pin is not None else len(cpus) >= 2
-    server_cpus = {cpus[0]} if pinned else None
-    client_cpus = set(cpus[1:]) if pinned else None
+    server_cpus, client_cpus = cpu_split(args.pin)
     ctx = mp.get_context("spawn")  # no fork after grpc or torch have started threads
 
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
@@ -249,7 +222,11 @@ def main() -> int:
         metrics_url = f"http://127.0.0.1:{server.metrics_port}/metrics"
         print(
             f"{os.cpu_count()} CPUs; server (pid {pid}) "
-            + (f"pinned to CPU {cpus[0]}, clients on CPUs {sorted(client_cpus or [])}" if pinned else "unpinned")
+            + (
+                f"pinned to CPUs {sorted(server_cpus)}, clients on CPUs {sorted(client_cpus or [])}"
+                if server_cpus
+                else "unpinned"
+            )
             + f"; {args.streams} ActStream robots at {args.hz:g} Hz in {args.procs} process(es) + {args.rest_clients} "
             f"REST clients at {args.rest_hz:g} req/s in 1 process; {args.seconds:g} s"
         )

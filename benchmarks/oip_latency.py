@@ -21,16 +21,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import os
 import queue
-import re
 import signal
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 from importlib.metadata import version
 from pathlib import Path
@@ -41,19 +38,13 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import Timing
+from _harness import cpu_session, floor_process
+from _timing import Timing, sample, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "policy"
 OBS = 17
 SERVICE = "inference.GRPCInferenceService"
-
-
-def session(path: Path) -> ort.InferenceSession:
-    """The session exactly as ``service.runtime.ModelRuntime`` builds it on CPU (one intra-op thread)."""
-    from service.runtime import session_options
-
-    return ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
 
 
 # -- the floor server (runs in its own process: ``oip_latency.py --floor-server MODEL_FILE``) ------------------------
@@ -68,7 +59,7 @@ async def serve_floor(model_file: Path) -> None:
     from service.grpc_server import grpc_options
     from service.settings import ServerSettings
 
-    sess = session(model_file)
+    sess = cpu_session(model_file)
     input_name = sess.get_inputs()[0].name
     output_names = [o.name for o in sess.get_outputs()]
 
@@ -148,27 +139,6 @@ async def serve_floor(model_file: Path) -> None:
     await server.stop(0)
 
 
-@contextlib.contextmanager
-def floor_process(model_file: Path) -> Iterator[tuple[int, int]]:
-    """The floor server as a child process; yields its (grpc, http) ports."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--floor-server", str(model_file)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        match = re.search(r"http :(\d+), grpc :(\d+)", line)
-        if match is None:
-            raise RuntimeError(f"floor server did not start: {line!r}")
-        yield int(match[2]), int(match[1])
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
 # -- client side ---------------------------------------------------------------------------------------------------
 
 
@@ -186,26 +156,6 @@ class StreamCall:
         if error is not None:
             raise error
         return result
-
-
-def sample(fn: Callable[[], object], n: int, warmup: int) -> np.ndarray:
-    """``n`` sequential round trips of ``fn`` in microseconds, after ``warmup`` untimed ones (GC paused)."""
-    for _ in range(warmup):
-        fn()
-    out = np.empty(n)
-    gc.disable()
-    try:
-        for i in range(n):
-            start = time.perf_counter_ns()
-            fn()
-            out[i] = time.perf_counter_ns() - start
-    finally:
-        gc.enable()
-    return out / 1e3
-
-
-def summarize(name: str, samples: np.ndarray) -> Timing:
-    return Timing(name, float(np.percentile(samples, 50)), float(np.percentile(samples, 99)), float(samples.mean()))
 
 
 def print_pairs(pairs: list[tuple[Timing, Timing]]) -> None:
@@ -240,7 +190,8 @@ def main() -> None:
         repo = Path(tmp)
         model_file = add_policy(repo, MODEL)
         ours = stack.enter_context(server_process(repo, "--model-control-mode", "none"))
-        floor_grpc, floor_http = stack.enter_context(floor_process(model_file))
+        ports, _ = stack.enter_context(floor_process(__file__, model_file, r"http :(\d+), grpc :(\d+)"))
+        floor_grpc, floor_http = int(ports[2]), int(ports[1])
 
         obs = np.random.default_rng(0).normal(size=(1, OBS)).astype(np.float32)
         g_in = grpcclient.InferInput("observation", [1, OBS], "FP32")
@@ -278,7 +229,7 @@ def main() -> None:
             ]
 
         # every row computes the same action
-        reference = session(model_file).run(None, {"observation": obs})[0]
+        reference = cpu_session(model_file).run(None, {"observation": obs})[0]
         for name, fn in rows:
             result = fn()
             result = result.as_numpy("action")

@@ -36,13 +36,11 @@ import asyncio
 import contextlib
 import gc
 import os
-import re
 import signal
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from functools import partial
 from importlib.metadata import version
@@ -53,18 +51,14 @@ import numpy as np
 import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import cpu_seconds, cpu_session, floor_process
+from _timing import sample
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICY = "policy"
 OBS = 17
 SERVICE = "odetoode.v1.PolicyService"
-
-
-def session(path: Path) -> ort.InferenceSession:
-    """The session exactly as ``service.runtime.ModelRuntime`` builds it on CPU (one intra-op thread)."""
-    from service.runtime import session_options
-
-    return ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
 
 
 # -- the floor server (its own process: ``policy_api_latency.py --floor-server MODEL_FILE``) ------------------------
@@ -77,7 +71,7 @@ async def serve_floor(model_file: Path) -> None:
     from service.grpc_server import grpc_options
     from service.settings import ServerSettings
 
-    sess = session(model_file)
+    sess = cpu_session(model_file)
     input_name = sess.get_inputs()[0].name
     output_names = [o.name for o in sess.get_outputs()]
     f32 = np.dtype("<f4")
@@ -115,27 +109,6 @@ async def serve_floor(model_file: Path) -> None:
     await server.stop(0)
 
 
-@contextlib.contextmanager
-def floor_process(model_file: Path) -> Iterator[tuple[int, int]]:
-    """The floor server as a child process; yields its (gRPC port, process id)."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--floor-server", str(model_file)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        match = re.search(r"grpc :(\d+)", line)
-        if match is None:
-            raise RuntimeError(f"floor server did not start: {line!r}")
-        yield int(match[1]), proc.pid
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
 # -- client side ---------------------------------------------------------------------------------------------------
 
 
@@ -165,32 +138,6 @@ class StreamRoundTrip:
         if not isinstance(result, Action) or result.sequence != self.sequence:
             raise RuntimeError(f"stream answered {result!r} to observation {self.sequence}")
         return result
-
-
-def sample(fn: Callable[[], object], n: int, warmup: int) -> np.ndarray:
-    """``n`` sequential round trips of ``fn`` in microseconds, after ``warmup`` untimed ones (GC paused)."""
-    for _ in range(warmup):
-        fn()
-    out = np.empty(n)
-    gc.disable()
-    try:
-        for i in range(n):
-            start = time.perf_counter_ns()
-            fn()
-            out[i] = time.perf_counter_ns() - start
-    finally:
-        gc.enable()
-    return out / 1e3
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time of process ``pid``: the sum over its threads of ``/proc/.../schedstat`` (nanoseconds, unlike the
-    10 ms ticks of ``/proc/PID/stat``)."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):  # a thread that ended meanwhile
-            total += int((task / "schedstat").read_text().split()[0])
-    return total / 1e9
 
 
 def summarize(name: str, samples: np.ndarray, cpu_s: float) -> Timing:
@@ -278,7 +225,8 @@ def main() -> None:
         repo = Path(tmp)
         model_file = add_policy(repo, POLICY)
         ours = stack.enter_context(server_process(repo, "--model-control-mode", "none"))
-        floor_port, floor_pid = stack.enter_context(floor_process(model_file))
+        ready, floor_pid = stack.enter_context(floor_process(__file__, model_file, r"grpc :(\d+)"))
+        floor_port = int(ready[1])
 
         rng = np.random.default_rng(0)
         obs = rng.normal(size=(1, OBS)).astype(np.float32)
@@ -303,7 +251,7 @@ def main() -> None:
             ("floor  ActStream (PolicyClient.stream)", stream(floor_client), ""),
             ("server ActStream (PolicyClient.stream)", stream(our_client), "floor  ActStream (PolicyClient.stream)"),
         ]
-        reference = session(model_file).run(None, {"observation": obs})[0]
+        reference = cpu_session(model_file).run(None, {"observation": obs})[0]
         checks: list[tuple[str, Callable[[Any], np.ndarray]]] = [(name, lambda a: a.values) for name, _, _ in rows]
         if not args.no_reference:
             import tritonclient.grpc as grpcclient

@@ -40,7 +40,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -49,6 +48,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import add_pin_options, affinity, cpu_seconds, cpu_split
 
 OBS = 17
 MAX_BATCH = 64
@@ -158,16 +159,6 @@ def batch_stats(before: dict[str, float], after: dict[str, float], model: str) -
     return delta(f"odetoode_batch_size_count{labels}"), delta(f"odetoode_batch_size_sum{labels}")
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time of process ``pid``: the sum over its threads of ``/proc/.../schedstat`` (nanoseconds, unlike the
-    10 ms ticks of ``/proc/PID/stat``)."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):  # a thread that ended meanwhile
-            total += int((task / "schedstat").read_text().split()[0])
-    return total / 1e9
-
-
 # -- the runs ------------------------------------------------------------------------------------------------------
 
 
@@ -242,20 +233,6 @@ def make_repository(repo: Path, delay_us: int) -> None:
     (repo / "unbatched" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-@contextlib.contextmanager
-def affinity(cpus: set[int] | None) -> Iterator[None]:
-    """Runs the block with this process's CPU affinity set to ``cpus`` (children started in it inherit it)."""
-    if not cpus:
-        yield
-        return
-    saved = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, cpus)
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, saved)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run")
@@ -264,18 +241,14 @@ def main() -> None:
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--delay-us", type=int, default=300, help="max_queue_delay_us of the batched model")
     parser.add_argument("--procs", type=int, default=0, help="client processes (0: one per client CPU)")
-    pin = parser.add_mutually_exclusive_group()
-    pin.add_argument("--pin", dest="pin", action="store_true", default=None, help="server on CPU 0, clients elsewhere")
-    pin.add_argument("--no-pin", dest="pin", action="store_false", help="let the OS place server and clients")
+    add_pin_options(parser)
     args = parser.parse_args()
 
     from tests.service.servers import server_process
 
-    cpus = sorted(os.sched_getaffinity(0))
-    pinned = args.pin if args.pin is not None else len(cpus) >= 2
-    server_cpus = {cpus[0]} if pinned else None
-    client_cpus = set(cpus[1:]) if pinned else None
-    procs = args.procs or (len(client_cpus) if client_cpus else len(cpus))
+    server_cpus, client_cpus = cpu_split(args.pin)
+    client_cores = len(client_cpus or os.sched_getaffinity(0))
+    procs = args.procs or client_cores
 
     ctx = mp.get_context("spawn")  # no fork after grpc or torch have started threads
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
@@ -294,8 +267,8 @@ def main() -> None:
 
         loaded = [line.strip() for line in server.log_lines if re.search(r"loaded (un)?batched", line)]
         print(
-            f"ISO-ODEtoODE policy {OBS} -> 6, ActStream closed loop; {len(cpus)} CPUs; "
-            + (f"server pinned to CPU {cpus[0]}, " if pinned else "unpinned, ")
+            f"ISO-ODEtoODE policy {OBS} -> 6, ActStream closed loop; {os.cpu_count()} CPUs; "
+            + (f"server pinned to CPUs {sorted(server_cpus)}, " if server_cpus else "unpinned, ")
             + f"{procs} client process(es){' on CPUs ' + str(sorted(client_cpus)) if client_cpus else ''}; "
             f"batched: max_batch_size {MAX_BATCH}, max_queue_delay_us {args.delay_us}; unbatched: delay 0; "
             f"{args.seconds:g} s per run x {args.rounds} round(s)"
@@ -303,7 +276,6 @@ def main() -> None:
         for line in loaded:
             print("  server: " + line.split(": ", 1)[-1])
 
-        client_cores = len(client_cpus) if client_cpus else len(cpus)
         for model in ("unbatched", "batched"):  # warm-up, not reported
             run_once(workers, server, model, max(args.streams), 1.0, 0.5, Result(), client_cores)
         results: dict[tuple[int, str], Result] = {}
