@@ -96,9 +96,9 @@ class _ErrorMapping:
                     if isinstance(request, _Undecodable):
                         raise InvalidArgument(request.error)
                     return await unary(request, context)
-                except (ServingError, Exception) as exc:
-                    if isinstance(exc, grpc.aio.AbortError):
-                        raise
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:  # ServingError and anything unexpected
                     await _abort(context, exc)
 
             return grpc.unary_unary_rpc_method_handler(unary_unary, deserialize, serialize)
@@ -115,9 +115,9 @@ class _ErrorMapping:
                 try:
                     async for response in stream(checked(requests), context):
                         yield response
-                except (ServingError, Exception) as exc:
-                    if isinstance(exc, grpc.aio.AbortError):
-                        raise
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:  # ServingError and anything unexpected
                     await _abort(context, exc)
 
             return grpc.stream_stream_rpc_method_handler(stream_stream, deserialize, serialize)
@@ -130,9 +130,9 @@ class _ErrorMapping:
                         raise InvalidArgument(request.error)
                     async for response in produce(request, context):
                         yield response
-                except (ServingError, Exception) as exc:
-                    if isinstance(exc, grpc.aio.AbortError):
-                        raise
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:  # ServingError and anything unexpected
                     await _abort(context, exc)
 
             return grpc.unary_stream_rpc_method_handler(unary_stream, deserialize, serialize)
