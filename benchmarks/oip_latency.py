@@ -41,7 +41,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import cpu_session, floor_process
 from _timing import Timing, sample, summarize
 
-ROOT = Path(__file__).resolve().parents[1]
 MODEL = "policy"
 OBS = 17
 SERVICE = "inference.GRPCInferenceService"

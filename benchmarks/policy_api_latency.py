@@ -55,7 +55,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import cpu_seconds, cpu_session, floor_process
 from _timing import sample
 
-ROOT = Path(__file__).resolve().parents[1]
 POLICY = "policy"
 OBS = 17
 SERVICE = "odetoode.v1.PolicyService"
