@@ -52,7 +52,7 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import cpu_seconds, cpu_session, floor_process
+from _harness import add_pin_options, affinity, cpu_seconds, cpu_session, cpu_split, floor_process
 from _timing import sample
 
 POLICY = "policy"
@@ -208,6 +208,7 @@ def main() -> None:
     parser.add_argument("--no-loop-floor", action="store_true", help="run the control loop against the server only")
     parser.add_argument("--rt-priority", type=int, default=0, help="SCHED_FIFO priority (1-99) for client, server "
                         "and floor during the loop (0: off)")  # fmt: skip
+    add_pin_options(parser)
     parser.add_argument("--floor-server", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.floor_server is not None:
@@ -223,9 +224,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         repo = Path(tmp)
         model_file = add_policy(repo, POLICY)
-        ours = stack.enter_context(server_process(repo, "--model-control-mode", "none"))
-        ready, floor_pid = stack.enter_context(floor_process(__file__, model_file, r"grpc :(\d+)"))
+        server_cpus, client_cpus = cpu_split(args.pin)
+        with affinity(server_cpus):  # server and floor on the same CPU(s): the same placement for both
+            ours = stack.enter_context(server_process(repo, "--model-control-mode", "none"))
+            ready, floor_pid = stack.enter_context(floor_process(__file__, model_file, r"grpc :(\d+)"))
         floor_port = int(ready[1])
+        if client_cpus:
+            os.sched_setaffinity(0, client_cpus)
 
         rng = np.random.default_rng(0)
         obs = rng.normal(size=(1, OBS)).astype(np.float32)
@@ -275,10 +280,15 @@ def main() -> None:
             got = np.asarray(action_of(fn())).reshape(reference.shape)
             assert np.array_equal(got, reference), name
 
+        placement = (
+            f"server and floor on CPU {sorted(server_cpus)}, client on {sorted(client_cpus)}"
+            if server_cpus and client_cpus
+            else "placed by the OS"
+        )
         print(
-            f"ISO-ODEtoODE policy {OBS} -> 6 (h=16, N=25), batch 1; {os.cpu_count()} CPUs; client PolicyClient "
-            f"(grpcio {version('grpcio')}), onnxruntime {ort.__version__}; {args.requests} timed round trips per "
-            f"row in {args.rounds} alternating rounds"
+            f"ISO-ODEtoODE policy {OBS} -> 6 (h=16, N=25), batch 1; {os.cpu_count()} CPUs ({placement}); client "
+            f"PolicyClient (grpcio {version('grpcio')}), onnxruntime {ort.__version__}; {args.requests} timed round "
+            f"trips per row in {args.rounds} alternating rounds"
         )
         for _, fn, _ in rows:
             sample(fn, 0, args.warmup)

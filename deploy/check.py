@@ -820,7 +820,7 @@ def exported_samples() -> set[str]:
     series = metrics.series("m", "1", "rest")
     series.success(1000, 1000, 1000)
     metrics.failures.labels("m", "1", "rest", "invalid_argument").inc()
-    metrics.batch_size.labels("m", "1").observe(1)
+    metrics.batch_sizes("m", "1").observe(1)
     metrics.inflight_for("rest").inc()
     metrics.set_model_state("m", "1", "READY")
     metrics.model_provider.labels("m", "1", "CPUExecutionProvider").set(1)

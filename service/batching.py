@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -29,8 +30,7 @@ from service.errors import DeadlineExceeded, ModelNotReady, QueueFull
 RunFn = Callable[[dict[str, np.ndarray], Sequence[str]], list[np.ndarray]]
 
 
-@dataclass(frozen=True)
-class Timing:
+class Timing(NamedTuple):
     """Where one request's time went inside the batcher (nanoseconds) and the size of the batch it joined."""
 
     queue_ns: int

@@ -1,17 +1,30 @@
-"""Prometheus collectors, built on an injected registry (tests get a fresh one; no global state to reset).
+"""Prometheus metrics, built on an injected registry (tests get a fresh one; no global state to reset).
 
 Request-level series are labelled by model, version and protocol (``rest``, ``grpc``, ``policy``); batch sizes are a
 property of a batch, not of a protocol, so they carry model and version only. Latencies are histograms (not
 summaries) so p50/p99 can be aggregated across replicas.
+
+The per-request series (request count, the three latency histograms, batch sizes, requests in flight) are recorded on
+every call, so they are kept as plain Python numbers that the registry reads when scraped, through prometheus_client's
+custom-collector interface: one request costs ~0.5 us of bookkeeping instead of ~3 us for the library's locked
+``Counter``/``Histogram`` children (a policy computes in ~25 us, and that ~3 us costs ~10 us of a round trip once
+the gRPC stack has cooled the caches). They are written by the event loop thread only -- batches are accounted on
+the loop even when computed in the thread pool -- so no lock is needed; a scrape from the metrics thread copies the
+bucket counts in one step (the GIL makes ``list(...)`` atomic), so a histogram's buckets and count always agree.
+Everything recorded rarely (failures, model states, loads) uses the library's metric classes directly.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
-from dataclasses import dataclass
-from typing import Any
+import time
+from collections.abc import Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 # 10 us .. 10 s: a policy computes in tens of microseconds, a cold classifier batch in tens of milliseconds.
 LATENCY_BUCKETS = (
@@ -19,23 +32,119 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 MODEL_STATES = ("LOADING", "READY", "UNAVAILABLE", "UNLOADING", "FAILED")
+REQUEST_LABELS = ("model", "version", "protocol")
+BATCH_LABELS = ("model", "version")
 
 
-@dataclass(frozen=True)
+class HistogramCells:
+    """The counts of one labelled histogram: ``counts[i]`` observations in ``(bounds[i-1], bounds[i]]``, the last
+    cell above every bound (``+Inf``) -- Prometheus ``le`` semantics, cumulated when scraped."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def cumulative(self) -> tuple[list[tuple[str, float]], float]:
+        """``(le, cumulative count)`` per bucket (``+Inf`` last) and the sum, for ``HistogramMetricFamily``."""
+        counts, total = list(self.counts), self.sum
+        buckets: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip((*self.bounds, float("inf")), counts, strict=True):
+            running += count
+            buckets.append((floatToGoString(bound), running))
+        return buckets, total
+
+
 class RequestSeries:
-    """The labelled children of one (model, version, protocol), looked up once: ``labels()`` costs about a
-    microsecond per call, which matters next to a 25 us policy."""
+    """The successes of one (model, version, protocol): a count and three latency histograms, looked up once per
+    key and updated with plain arithmetic."""
 
-    requests: Any
-    request_seconds: Any
-    queue_seconds: Any
-    compute_seconds: Any
+    __slots__ = ("compute", "count", "created", "queue", "request")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.created = time.time()
+        self.request = HistogramCells(LATENCY_BUCKETS)
+        self.queue = HistogramCells(LATENCY_BUCKETS)
+        self.compute = HistogramCells(LATENCY_BUCKETS)
 
     def success(self, total_ns: int, queue_ns: int, compute_ns: int) -> None:
-        self.requests.inc()
-        self.request_seconds.observe(total_ns / 1e9)
-        self.queue_seconds.observe(queue_ns / 1e9)
-        self.compute_seconds.observe(compute_ns / 1e9)
+        self.count += 1
+        self.request.observe(total_ns / 1e9)
+        self.queue.observe(queue_ns / 1e9)
+        self.compute.observe(compute_ns / 1e9)
+
+
+class InflightLevel:
+    """Requests of one protocol being served now: an integer the ``odetoode_inflight_requests`` gauge reads when
+    scraped (``Gauge.set_function``)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self) -> None:
+        self.value += 1
+
+    def dec(self) -> None:
+        self.value -= 1
+
+
+class _PerRequestCollector(Collector):
+    """Exposes the ``RequestSeries`` and batch-size histograms of a ``ServerMetrics`` in the library's formats."""
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        return [*self._request_families(), self._batch_family()]
+
+    def collect(self) -> Iterator[Metric]:
+        requests, *latencies = self._request_families()
+        for key, series in list(self._metrics._series.items()):
+            requests.add_metric(key, series.count, created=series.created)
+            for family, cells in zip(latencies, (series.request, series.queue, series.compute), strict=True):
+                family.add_metric(key, *cells.cumulative())
+        batch_size = self._batch_family()
+        for model_version, cells in list(self._metrics._batch_sizes.items()):
+            batch_size.add_metric(model_version, *cells.cumulative())
+        yield from (requests, *latencies, batch_size)
+
+    @staticmethod
+    def _request_families() -> tuple[CounterMetricFamily, HistogramMetricFamily, HistogramMetricFamily,
+                                     HistogramMetricFamily]:  # fmt: skip
+        return (
+            CounterMetricFamily(
+                "odetoode_requests", "Inference requests answered successfully.", labels=REQUEST_LABELS
+            ),
+            HistogramMetricFamily(
+                "odetoode_request_duration_seconds",
+                "Time from request decoded to response ready, inside the server.",
+                labels=REQUEST_LABELS,
+            ),
+            HistogramMetricFamily(
+                "odetoode_queue_duration_seconds",
+                "Time a request waited in its model's batcher queue.",
+                labels=REQUEST_LABELS,
+            ),
+            HistogramMetricFamily(
+                "odetoode_compute_duration_seconds",
+                "ONNX Runtime time of the batch each request was computed in.",
+                labels=REQUEST_LABELS,
+            ),
+        )
+
+    @staticmethod
+    def _batch_family() -> HistogramMetricFamily:
+        return HistogramMetricFamily("odetoode_batch_size", "Rows per executed batch.", labels=BATCH_LABELS)
 
 
 class ServerMetrics:
@@ -44,37 +153,11 @@ class ServerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        request = ("model", "version", "protocol")
-        self.requests = Counter("odetoode_requests", "Inference requests answered successfully.", request, registry=r)
         self.failures = Counter(
             "odetoode_request_failures",
             "Inference requests that failed, by reason (the error class).",
-            (*request, "reason"),
+            (*REQUEST_LABELS, "reason"),
             registry=r,
-        )
-        self.request_seconds = Histogram(
-            "odetoode_request_duration_seconds",
-            "Time from request decoded to response ready, inside the server.",
-            request,
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.queue_seconds = Histogram(
-            "odetoode_queue_duration_seconds",
-            "Time a request waited in its model's batcher queue.",
-            request,
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.compute_seconds = Histogram(
-            "odetoode_compute_duration_seconds",
-            "ONNX Runtime time of the batch each request was computed in.",
-            request,
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.batch_size = Histogram(
-            "odetoode_batch_size", "Rows per executed batch.", ("model", "version"), buckets=BATCH_BUCKETS, registry=r
         )
         self.inflight = Gauge("odetoode_inflight_requests", "Requests being served now.", ("protocol",), registry=r)
         self.model_state = Gauge(
@@ -100,24 +183,31 @@ class ServerMetrics:
         )
 
         self._series: dict[tuple[str, str, str], RequestSeries] = {}
-        self._inflight: dict[str, Any] = {}
+        self._batch_sizes: dict[tuple[str, str], HistogramCells] = {}
+        self._inflight: dict[str, InflightLevel] = {}
+        r.register(_PerRequestCollector(self))
 
     def series(self, model: str, version: str, protocol: str) -> RequestSeries:
         key = (model, version, protocol)
         found = self._series.get(key)
         if found is None:
-            found = self._series[key] = RequestSeries(
-                self.requests.labels(*key),
-                self.request_seconds.labels(*key),
-                self.queue_seconds.labels(*key),
-                self.compute_seconds.labels(*key),
-            )
+            found = self._series[key] = RequestSeries()
         return found
 
-    def inflight_for(self, protocol: str) -> Any:
+    def batch_sizes(self, model: str, version: str) -> HistogramCells:
+        """The batch-size histogram of one version (its batcher observes every executed batch)."""
+        key = (model, version)
+        found = self._batch_sizes.get(key)
+        if found is None:
+            found = self._batch_sizes[key] = HistogramCells(BATCH_BUCKETS)
+        return found
+
+    def inflight_for(self, protocol: str) -> InflightLevel:
         found = self._inflight.get(protocol)
         if found is None:
-            found = self._inflight[protocol] = self.inflight.labels(protocol)
+            level = self._inflight[protocol] = InflightLevel()
+            self.inflight.labels(protocol).set_function(lambda: level.value)
+            return level
         return found
 
     def set_model_state(self, model: str, version: str, state: str) -> None:

@@ -332,7 +332,7 @@ class ModelRepository:
             and self.settings.inline_threshold_us > 0
             and runtime.compute_us_batch1 < self.settings.inline_threshold_us
         )
-        labels = self.metrics.batch_size.labels(name, str(version))
+        batch_sizes = self.metrics.batch_sizes(name, str(version))
         batcher = Batcher(
             runtime.run,
             max_batch_size=config.max_batch_size,
@@ -341,7 +341,7 @@ class ModelRepository:
             inline=inline,
             executor=self._executor,
             workers=available_cpus(),
-            on_batch=labels.observe,
+            on_batch=batch_sizes.observe,
         )
         log.info(
             "loaded %s v%d in %.0f ms on %s (batch-1 compute %.0f us, %s)",

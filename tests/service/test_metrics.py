@@ -1,0 +1,80 @@
+"""The per-request series are kept by hand (``service.metrics``) and read through a custom collector: the oracle is
+prometheus_client's own ``Counter``/``Histogram`` fed the same values -- the exposition must not differ."""
+
+from __future__ import annotations
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, ServerMetrics
+
+
+def samples(registry: CollectorRegistry, families: set[str]) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """``{(sample name, labels): value}`` of ``families`` in the text exposition (``_created`` left out: a clock)."""
+    text = generate_latest(registry).decode()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        if family.name in families
+        for s in family.samples
+        if not s.name.endswith("_created")
+    }
+
+
+def test_request_series_and_batch_sizes_expose_what_the_library_would() -> None:
+    rng = np.random.default_rng(0)
+    ours = ServerMetrics()
+    oracle = CollectorRegistry()
+    labels = ("model", "version", "protocol")
+    requests = Counter("odetoode_requests", "", labels, registry=oracle)
+    histograms = {
+        name: Histogram(name, "", labels, buckets=LATENCY_BUCKETS, registry=oracle)
+        for name in ("odetoode_request_duration_seconds", "odetoode_queue_duration_seconds",
+                     "odetoode_compute_duration_seconds")
+    }  # fmt: skip
+    batch = Histogram("odetoode_batch_size", "", ("model", "version"), buckets=BATCH_BUCKETS, registry=oracle)
+    for key in (("policy", "1", "policy"), ("policy", "1", "rest"), ("digits", "3", "grpc")):
+        # log-uniform over 1 us .. 30 s, plus values exactly on bucket bounds (le is inclusive)
+        on_bounds = np.repeat(np.array(LATENCY_BUCKETS)[:, None] * 1e9, 3, axis=1)
+        ns = np.concatenate([10 ** rng.uniform(3, 10.5, size=(500, 3)), on_bounds]).round().astype(np.int64)
+        series = ours.series(*key)
+        for total, queue, compute in ns:
+            series.success(int(total), int(queue), int(compute))
+            requests.labels(*key).inc()
+            for h, value in zip(histograms.values(), (total, queue, compute), strict=True):
+                h.labels(*key).observe(int(value) / 1e9)
+    for rows in [*rng.integers(1, 5000, size=300), *BATCH_BUCKETS]:
+        ours.batch_sizes("policy", "1").observe(int(rows))
+        batch.labels("policy", "1").observe(int(rows))
+
+    families = {"odetoode_requests", *histograms, "odetoode_batch_size"}
+    got, expected = samples(ours.registry, families), samples(oracle, families)
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert np.isclose(got[key], value, rtol=1e-12, atol=0), key
+
+
+def test_inflight_gauge_reads_the_level_when_scraped() -> None:
+    ours = ServerMetrics()
+    oracle = CollectorRegistry()
+    gauge = Gauge("odetoode_inflight_requests", "", ("protocol",), registry=oracle)
+    level = ours.inflight_for("grpc")
+    for step in (+1, +1, +1, -1, +1, -1):
+        level.inc() if step > 0 else level.dec()
+        gauge.labels("grpc").inc(step)
+        family = {"odetoode_inflight_requests"}
+        assert samples(ours.registry, family) == samples(oracle, family)
+    assert ours.inflight_for("grpc") is level  # looked up, not re-created
+
+
+def test_a_series_appears_as_soon_as_it_is_looked_up() -> None:
+    """As labelled library children do: a version that has served nothing yet shows zeros, not nothing."""
+    ours = ServerMetrics()
+    ours.series("m", "1", "rest")
+    ours.batch_sizes("m", "1")
+    got = samples(ours.registry, {"odetoode_requests", "odetoode_request_duration_seconds", "odetoode_batch_size"})
+    assert got[("odetoode_requests_total", frozenset({("model", "m"), ("version", "1"), ("protocol", "rest")}))] == 0
+    count = ("odetoode_batch_size_count", frozenset({("model", "m"), ("version", "1")}))
+    assert got[count] == 0
