@@ -69,6 +69,18 @@ def test_bad_requests_name_the_field(server: RunningServer) -> None:
         with pytest.raises(grpc.RpcError) as info:
             client.act("nosuch", np.zeros(OBS))
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        # the finiteness check, value by value: one NaN, one infinity, +inf and -inf together, and the largest
+        # finite float32 everywhere (whose float32 sum would overflow) which must be served
+        largest = np.finfo(np.float32).max
+        one_nan, one_inf, both = np.zeros(OBS), np.ones(OBS), np.zeros(OBS)
+        one_nan[5], one_inf[16], both[:2] = np.nan, -np.inf, [np.inf, -np.inf]
+        for bad in (one_nan, one_inf, both):
+            with pytest.raises(grpc.RpcError) as info:
+                client.act("policy", bad.astype(np.float32))
+            assert "observation: contains NaN or infinity" in info.value.details()
+        extreme = np.full(OBS, largest, np.float32)
+        assert np.isfinite(client.act("policy", extreme).values).all()
+        assert np.isfinite(client.act("policy", -extreme).values).all()
 
 
 def test_streams_answer_in_order_under_concurrency(server: RunningServer) -> None:
