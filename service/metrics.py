@@ -7,8 +7,8 @@ summaries) so p50/p99 can be aggregated across replicas.
 The per-request series (request count, the three latency histograms, batch sizes, requests in flight) are recorded on
 every call, so they are kept as plain Python numbers that the registry reads when scraped, through prometheus_client's
 custom-collector interface: one request costs ~0.5 us of bookkeeping instead of ~3 us for the library's locked
-``Counter``/``Histogram`` children (a policy computes in ~25 us, and that ~3 us costs ~10 us of a round trip once
-the gRPC stack has cooled the caches). They are written by the event loop thread only -- batches are accounted on
+``Counter``/``Histogram`` children (a policy computes in ~25 us, and those ~3 us cost 7-10 us of a round trip
+once the gRPC stack has cooled the caches). They are written by the event loop thread only -- batches are accounted on
 the loop even when computed in the thread pool -- so no lock is needed; a scrape from the metrics thread copies the
 bucket counts in one step (the GIL makes ``list(...)`` atomic), so a histogram's buckets and count always agree.
 Everything recorded rarely (failures, model states, loads) uses the library's metric classes directly.
