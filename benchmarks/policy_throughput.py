@@ -279,12 +279,16 @@ def main() -> None:
         for model in ("unbatched", "batched"):  # warm-up, not reported
             run_once(workers, server, model, max(args.streams), 1.0, 0.5, Result(), client_cores)
         results: dict[tuple[int, str], Result] = {}
+        per_round: dict[tuple[int, str], list[float]] = {}  # actions/s of each run, for the per-round ratios
         for r in range(args.rounds):
             for streams in args.streams:
                 order = ("batched", "unbatched") if r % 2 == 0 else ("unbatched", "batched")
                 for model in order:
                     result = results.setdefault((streams, model), Result())
+                    before = (result.actions, result.seconds)
                     run_once(workers, server, model, streams, args.seconds, args.warmup, result, client_cores)
+                    run_rate = (result.actions - before[0]) / max(result.seconds - before[1], 1e-9)
+                    per_round.setdefault((streams, model), []).append(run_rate)
 
         header = (
             f"\n{'streams':>7} {'batching':<10}{'actions/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'mean batch':>12}"
@@ -315,6 +319,11 @@ def main() -> None:
             f"(< 10 ms): {'meets' if ok else 'MISSES'} the target; server CPU per action batched/unbatched "
             f"{(on.server_cpu_s / on.actions) / (off.server_cpu_s / off.actions):.2f}x"
         )
+        if args.rounds > 1:
+            ratios = np.array(per_round[(top, "batched")]) / np.array(per_round[(top, "unbatched")])
+            print(
+                f"throughput ratio per round: {' '.join(f'{x:.2f}' for x in ratios)} (median {np.median(ratios):.2f})"
+            )
 
 
 if __name__ == "__main__":
