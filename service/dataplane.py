@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -31,7 +30,14 @@ from service.errors import (
 from service.metrics import ServerMetrics
 from service.repository import IndexEntry, ModelRepository, ServedVersion
 from service.settings import ServerSettings
-from service.tensors import Tensor, TensorSpec, bind_inputs, check_requested_outputs, datatype_of
+from service.tensors import (
+    Tensor,
+    TensorSpec,
+    bind_inputs,
+    check_requested_outputs,
+    datatype_of,
+    float32_all_finite,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +72,7 @@ class InferResponse:
 
 
 class Acted(NamedTuple):
-    """What ``act`` answers: the version that answered, its action (one row, float32), where the time went."""
+    """What ``act_on`` answers: the version that answered, its action (one row, float32), where the time went."""
 
     version: str
     action: np.ndarray
@@ -237,9 +243,7 @@ class DataPlane:
                 raise InvalidArgument(
                     f"observation: {observation.size} values, policy {served.name!r} expects {expected}"
                 )
-            # float32 values summed as Python floats cannot overflow, so the sum is finite exactly when every value
-            # is; cheaper than np.isfinite(...).all(), whose ufunc and reduction machinery is ~10 us with cold caches
-            if not served.config.allow_non_finite and not math.isfinite(sum(observation.tolist())):
+            if not served.config.allow_non_finite and not float32_all_finite(observation):
                 raise InvalidArgument("observation: contains NaN or infinity")
             results, timing = await served.batcher.submit(
                 {spec.name: observation.reshape(1, expected)}, _ACTION_OUTPUT, deadline_ns

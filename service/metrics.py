@@ -9,8 +9,9 @@ every call, so they are kept as plain Python numbers that the registry reads whe
 custom-collector interface: one request costs ~0.5 us of bookkeeping instead of ~3 us for the library's locked
 ``Counter``/``Histogram`` children (a policy computes in ~25 us, and those ~3 us cost 7-10 us of a round trip
 once the gRPC stack has cooled the caches). They are written by the event loop thread only -- batches are accounted on
-the loop even when computed in the thread pool -- so no lock is needed; a scrape from the metrics thread copies the
-bucket counts in one step (the GIL makes ``list(...)`` atomic), so a histogram's buckets and count always agree.
+the loop even when computed in the thread pool -- so no lock is needed (on CPython with its GIL); a scrape from the
+metrics thread copies the bucket counts in one step (``list(...)``), so a histogram's buckets and count always agree
+(its sum may include one observation more, as with the library's own histograms).
 Everything recorded rarely (failures, model states, loads) uses the library's metric classes directly.
 """
 
@@ -21,9 +22,11 @@ import contextlib
 import time
 from collections.abc import Iterator, Sequence
 
+import prometheus_client.metrics
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 # 10 us .. 10 s: a policy computes in tens of microseconds, a cold classifier batch in tens of milliseconds.
@@ -40,12 +43,13 @@ class HistogramCells:
     """The counts of one labelled histogram: ``counts[i]`` observations in ``(bounds[i-1], bounds[i]]``, the last
     cell above every bound (``+Inf``) -- Prometheus ``le`` semantics, cumulated when scraped."""
 
-    __slots__ = ("bounds", "counts", "sum")
+    __slots__ = ("bounds", "counts", "created", "sum")
 
     def __init__(self, bounds: Sequence[float]) -> None:
         self.bounds = tuple(bounds)
         self.counts = [0] * (len(self.bounds) + 1)
         self.sum = 0.0
+        self.created = time.time()
 
     def observe(self, value: float) -> None:
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
@@ -66,11 +70,10 @@ class RequestSeries:
     """The successes of one (model, version, protocol): a count and three latency histograms, looked up once per
     key and updated with plain arithmetic."""
 
-    __slots__ = ("compute", "count", "created", "queue", "request")
+    __slots__ = ("compute", "count", "queue", "request")
 
     def __init__(self) -> None:
         self.count = 0
-        self.created = time.time()
         self.request = HistogramCells(LATENCY_BUCKETS)
         self.queue = HistogramCells(LATENCY_BUCKETS)
         self.compute = HistogramCells(LATENCY_BUCKETS)
@@ -108,15 +111,26 @@ class _PerRequestCollector(Collector):
         return [*self._request_families(), self._batch_family()]
 
     def collect(self) -> Iterator[Metric]:
+        # ``_created`` samples as the library's own Counter and Histogram write them, and unless switched off the
+        # same way (PROMETHEUS_DISABLE_CREATED_SERIES or disable_created_metrics(), read from the library's flag)
+        created = getattr(prometheus_client.metrics, "_use_created", True)
         requests, *latencies = self._request_families()
         for key, series in list(self._metrics._series.items()):
-            requests.add_metric(key, series.count, created=series.created)
+            requests.add_metric(key, series.count, created=series.request.created if created else None)
             for family, cells in zip(latencies, (series.request, series.queue, series.compute), strict=True):
-                family.add_metric(key, *cells.cumulative())
+                self._add_histogram(family, key, REQUEST_LABELS, cells, created)
         batch_size = self._batch_family()
         for model_version, cells in list(self._metrics._batch_sizes.items()):
-            batch_size.add_metric(model_version, *cells.cumulative())
+            self._add_histogram(batch_size, model_version, BATCH_LABELS, cells, created)
         yield from (requests, *latencies, batch_size)
+
+    @staticmethod
+    def _add_histogram(
+        family: HistogramMetricFamily, key: Sequence[str], names: Sequence[str], cells: HistogramCells, created: bool
+    ) -> None:
+        family.add_metric(key, *cells.cumulative())
+        if created:  # HistogramMetricFamily.add_metric takes no creation time
+            family.samples.append(Sample(f"{family.name}_created", dict(zip(names, key, strict=True)), cells.created))
 
     @staticmethod
     def _request_families() -> tuple[CounterMetricFamily, HistogramMetricFamily, HistogramMetricFamily,

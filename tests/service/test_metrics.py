@@ -12,14 +12,14 @@ from service.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, ServerMetrics
 
 
 def samples(registry: CollectorRegistry, families: set[str]) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """``{(sample name, labels): value}`` of ``families`` in the text exposition (``_created`` left out: a clock)."""
+    """``{(sample name, labels): value}`` of ``families`` in the text exposition; ``_created`` samples (a clock, whose
+    value cannot match) are there with the value 0."""
     text = generate_latest(registry).decode()
     return {
-        (s.name, frozenset(s.labels.items())): s.value
+        (s.name, frozenset(s.labels.items())): 0.0 if s.name.endswith("_created") else s.value
         for family in text_string_to_metric_families(text)
-        if family.name in families
+        if family.name.removesuffix("_created") in families
         for s in family.samples
-        if not s.name.endswith("_created")
     }
 
 
