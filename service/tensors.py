@@ -245,7 +245,8 @@ def float32_all_finite(values: np.ndarray) -> bool:
     gRPC server has cooled the caches). Only for float32 (or narrower): float64 values can overflow their sum.
     """
     if values.size <= SMALL_OBSERVATION:
-        return math.isfinite(sum(values.ravel().tolist()))
+        flat = values if values.ndim == 1 else values.ravel()  # an observation is flat already: no view to make
+        return math.isfinite(sum(flat.tolist()))
     return bool(np.isfinite(values).all())
 
 
