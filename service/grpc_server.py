@@ -63,8 +63,60 @@ async def _abort(context: grpc.aio.ServicerContext, error: BaseException) -> Non
 
 def guard(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     """``handler`` with ``ServingError`` (and anything unexpected) mapped to the gRPC status of
-    ``service.errors.ERROR_TABLE``, and undecodable request bytes answered INVALID_ARGUMENT."""
-    return _ErrorMapping.wrap(handler)
+    ``service.errors.ERROR_TABLE``, and undecodable request bytes answered INVALID_ARGUMENT.
+
+    One wrapper per handler kind: a unary handler returns, a streaming one yields, so the try/except cannot be
+    shared without a context manager, which would cost every call an object of its own."""
+    deserialize, serialize = _safe(handler.request_deserializer), handler.response_serializer
+    if handler.unary_unary is not None:
+        unary = handler.unary_unary
+
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                if isinstance(request, _Undecodable):
+                    raise InvalidArgument(request.error)
+                return await unary(request, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:  # ServingError and anything unexpected
+                await _abort(context, exc)
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, deserialize, serialize)
+    if handler.stream_stream is not None:
+        stream = handler.stream_stream
+
+        async def checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+            async for request in requests:
+                if isinstance(request, _Undecodable):
+                    raise InvalidArgument(request.error)
+                yield request
+
+        async def stream_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+            try:
+                async for response in stream(checked(requests), context):
+                    yield response
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:  # ServingError and anything unexpected
+                await _abort(context, exc)
+
+        return grpc.stream_stream_rpc_method_handler(stream_stream, deserialize, serialize)
+    if handler.unary_stream is not None:
+        produce = handler.unary_stream
+
+        async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                if isinstance(request, _Undecodable):
+                    raise InvalidArgument(request.error)
+                async for response in produce(request, context):
+                    yield response
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:  # ServingError and anything unexpected
+                await _abort(context, exc)
+
+        return grpc.unary_stream_rpc_method_handler(unary_stream, deserialize, serialize)
+    return handler  # stream-unary: none registered here
 
 
 class GuardedRegistration:
@@ -82,61 +134,6 @@ class GuardedRegistration:
         guarded = {name: guard(h) for name, h in handlers.items()}
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, guarded),))
         self._server.add_registered_method_handlers(service, guarded)
-
-
-class _ErrorMapping:
-    @staticmethod
-    def wrap(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        deserialize, serialize = _safe(handler.request_deserializer), handler.response_serializer
-        if handler.unary_unary is not None:
-            unary = handler.unary_unary
-
-            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                try:
-                    if isinstance(request, _Undecodable):
-                        raise InvalidArgument(request.error)
-                    return await unary(request, context)
-                except grpc.aio.AbortError:
-                    raise
-                except Exception as exc:  # ServingError and anything unexpected
-                    await _abort(context, exc)
-
-            return grpc.unary_unary_rpc_method_handler(unary_unary, deserialize, serialize)
-        if handler.stream_stream is not None:
-            stream = handler.stream_stream
-
-            async def checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
-                async for request in requests:
-                    if isinstance(request, _Undecodable):
-                        raise InvalidArgument(request.error)
-                    yield request
-
-            async def stream_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
-                try:
-                    async for response in stream(checked(requests), context):
-                        yield response
-                except grpc.aio.AbortError:
-                    raise
-                except Exception as exc:  # ServingError and anything unexpected
-                    await _abort(context, exc)
-
-            return grpc.stream_stream_rpc_method_handler(stream_stream, deserialize, serialize)
-        if handler.unary_stream is not None:
-            produce = handler.unary_stream
-
-            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                try:
-                    if isinstance(request, _Undecodable):
-                        raise InvalidArgument(request.error)
-                    async for response in produce(request, context):
-                        yield response
-                except grpc.aio.AbortError:
-                    raise
-                except Exception as exc:  # ServingError and anything unexpected
-                    await _abort(context, exc)
-
-            return grpc.unary_stream_rpc_method_handler(unary_stream, deserialize, serialize)
-        return handler  # stream-unary: none registered here
 
 
 def deadline_ns(context: grpc.aio.ServicerContext) -> int | None:
