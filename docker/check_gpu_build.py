@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 import sys
 
+import odetoode  # noqa: F401  (first: turns ONNX Runtime's telemetry off before onnxruntime is imported)
+
+# isort: split
 import onnxruntime as ort
 
 providers = ort.get_available_providers()

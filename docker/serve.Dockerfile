@@ -14,6 +14,7 @@ ARG BUILDER_IMAGE=${BASE_IMAGE}
 
 FROM ${BUILDER_IMAGE} AS builder
 ENV PIP_NO_CACHE_DIR=1 \
+    ORT_DISABLE_TELEMETRY=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 RUN python3 -m venv /opt/venv
@@ -51,6 +52,7 @@ COPY docker/healthcheck.py /opt/odetoode/healthcheck.py
 # Nothing is written outside /tmp (mount a tmpfs there with a read-only root); bytecode was compiled at install.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
+    ORT_DISABLE_TELEMETRY=1 \
     PYTHONUNBUFFERED=1 \
     HOME=/tmp \
     TMPDIR=/tmp \

@@ -17,6 +17,7 @@ FROM ${BUILDER_IMAGE} AS builder
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG PIP_FIND_LINKS=
 ENV PIP_NO_CACHE_DIR=1 \
+    ORT_DISABLE_TELEMETRY=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 RUN python3 -m venv /opt/venv
@@ -43,9 +44,10 @@ RUN groupadd --gid 10001 odetoode \
        --shell /usr/sbin/nologin odetoode \
     && install -d -o 10001 -g 10001 /work
 COPY --from=builder /opt/venv /opt/venv
-# Caches (matplotlib, ONNX Runtime) go to /tmp, so the image also runs with a read-only root.
+# Caches (matplotlib) go to /tmp, so the image also runs with a read-only root; ONNX Runtime's telemetry is off.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
+    ORT_DISABLE_TELEMETRY=1 \
     HOME=/tmp \
     MPLCONFIGDIR=/tmp/matplotlib \
     MUJOCO_GL=disabled

@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+import odetoode  # noqa: F401  (turns ONNX Runtime's telemetry off before any test module imports it)
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.environ.get("RUN_SLOW") == "1":

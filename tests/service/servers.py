@@ -119,14 +119,23 @@ class ServerProcess:
         return self.process.wait(timeout)
 
 
+def child_env(changes: dict[str, str | None] | None) -> dict[str, str]:
+    """This process's environment with ``changes`` applied (a ``None`` value removes the variable)."""
+    env = {**os.environ, **(changes or {})}
+    return {k: v for k, v in env.items() if v is not None}
+
+
 @contextmanager
-def server_process(repository: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
-    """``python -m service`` as a child process on ephemeral ports (read back from its log)."""
+def server_process(
+    repository: Path, *args: str, env: dict[str, str | None] | None = None
+) -> Iterator[ServerProcess]:
+    """``python -m service`` as a child process on ephemeral ports (read back from its log); ``env`` adds variables
+    to this process's environment (``None`` removes one)."""
     cmd = [sys.executable, "-m", "service", "--repository", str(repository), "--host", "127.0.0.1",
            "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", *args]  # fmt: skip
     proc = subprocess.Popen(
         cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, **(env or {})},
+        env=child_env(env),
     )  # fmt: skip
     lines: list[str] = []
     pattern = re.compile(r"http :(\d+), grpc :(\d+), metrics :(\d+)")

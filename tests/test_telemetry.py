@@ -1,0 +1,71 @@
+"""Nothing phones home: ONNX Runtime's telemetry is off in every entry point of the project.
+
+ONNX Runtime 1.29+ on Linux sends usage events and writes a device id and an event cache under
+``$HOME/.cache/Microsoft/DeveloperTools`` as soon as it is imported, unless ``ORT_DISABLE_TELEMETRY=1`` is in the
+environment first. Each check runs a child process under a fresh ``HOME`` with the variable removed from its
+environment (the suite itself has it set), and looks for that directory afterwards: the control proves the check
+can fail; the others import or run each entry point the way a user would.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.service.clients import observation_json
+from tests.service.models import add_policy
+from tests.service.servers import ROOT, child_env, server_process
+
+TELEMETRY = Path(".cache") / "Microsoft" / "DeveloperTools"
+BUNDLED_POLICY = ROOT / "models" / "halfcheetah" / "1" / "model.onnx"
+
+
+def run_python(code: str, home: Path) -> subprocess.CompletedProcess[str]:
+    env = child_env({"HOME": str(home), "ORT_DISABLE_TELEMETRY": None})
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_bare_onnx_runtime_session_writes_its_telemetry_cache(tmp_path: Path) -> None:
+    """The control: without the opt-out, ONNX Runtime itself creates the directory the other checks look for."""
+    code = (
+        "import onnxruntime as ort\n"
+        f"ort.InferenceSession({str(BUNDLED_POLICY)!r}, providers=['CPUExecutionProvider'])\n"
+    )
+    out = run_python(code, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / TELEMETRY).is_dir()
+
+
+ENTRY_POINTS = {
+    "service": "import service.server",
+    "trainer": "import trainer.export, trainer.evaluate",
+    **{
+        f"benchmarks/{path.name}": f"import sys; sys.path[:0] = ['benchmarks']; import {path.stem}"
+        for path in sorted((ROOT / "benchmarks").glob("*.py"))
+        if not path.name.startswith("_")  # helpers of the benchmarks, not entry points
+    },
+}
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_importing_an_entry_point_leaves_no_telemetry(tmp_path: Path, entry: str) -> None:
+    """Once an entry point is imported, its process may use ONNX Runtime at any later point: it must be off."""
+    code = ENTRY_POINTS[entry] + "\nimport onnxruntime\nprint(onnxruntime.__version__)\n"
+    out = run_python(code, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert not (tmp_path / ".cache").exists(), sorted(p.name for p in (tmp_path / ".cache").rglob("*"))
+
+
+def test_a_server_run_leaves_no_telemetry(tmp_path: Path) -> None:
+    home, repository = tmp_path / "home", tmp_path / "models"
+    home.mkdir()
+    add_policy(repository, "policy")
+    with server_process(repository, env={"HOME": str(home), "ORT_DISABLE_TELEMETRY": None}) as proc:
+        r = httpx.post(proc.http + "/v2/models/policy/infer", json=observation_json(), timeout=30)
+        assert r.status_code == 200
+        assert proc.terminate() == 0
+    assert not (home / ".cache").exists()
