@@ -8,7 +8,9 @@ The queue is bounded: beyond ``max_queue_size`` waiting requests, ``submit`` fai
 Two execution modes, chosen per model at load time:
 
 * *inline*: tiny models (a policy takes ~25 us) run on the event loop itself -- handing them to a thread would
-  cost more than computing them -- and an idle batcher with no batching delay runs a request immediately;
+  cost more than computing them -- and an idle batcher with no batching delay runs a request immediately; but only
+  batches of at most ``inline_rows`` rows (measured at load to compute within the inline budget): a larger one goes
+  to the thread pool, so the event loop is never held longer than that budget;
 * *pooled*: larger models run in a thread pool (ONNX Runtime releases the GIL), ``workers`` batches at a time.
 """
 
@@ -63,20 +65,21 @@ class Batcher:
         max_batch_size: int,
         max_queue_delay_us: int,
         max_queue_size: int,
-        inline: bool,
+        inline_rows: int,
         executor: Executor | None = None,
         workers: int = 1,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
-        if not inline and executor is None:
+        if inline_rows <= 0 and executor is None:
             raise ValueError("a pooled batcher needs an executor")
         self._run = run
         self.max_batch_size = max_batch_size
         self.max_queue_delay_ns = max_queue_delay_us * 1000
         self.max_queue_size = max_queue_size
-        self.inline = inline
+        self.inline_rows = max(0, inline_rows)
+        """Batches of at most this many rows run on the event loop (0: none do)."""
         self._executor = executor
-        self._workers = 1 if inline else max(1, workers)
+        self._workers = 1 if self.inline_rows else max(1, workers)  # inline: batches in order, one at a time
         self._on_batch = on_batch
         self._queue: deque[_Pending] = deque()
         self._arrived = asyncio.Event()
@@ -86,6 +89,13 @@ class Batcher:
         self._closed = False
         self._idle = asyncio.Event()
         self._idle.set()
+
+    @property
+    def inline(self) -> bool:
+        return self.inline_rows > 0
+
+    def _on_loop(self, rows: int) -> bool:
+        return self.inline_rows > 0 and (rows <= self.inline_rows or self._executor is None)
 
     @property
     def queued(self) -> int:
@@ -106,7 +116,7 @@ class Batcher:
         if deadline_ns is not None and now >= deadline_ns:
             raise DeadlineExceeded("the deadline passed before the request was queued")
         rows = int(next(iter(feeds.values())).shape[0])
-        if self.inline and self.max_queue_delay_ns == 0 and not self._queue and self._busy == 0:
+        if self.max_queue_delay_ns == 0 and not self._queue and self._busy == 0 and self._on_loop(rows):
             # Nothing is waiting ahead of this request and the event loop is ours: compute it right here.
             self._busy += 1
             self._idle.clear()
@@ -214,7 +224,7 @@ class Batcher:
         rows = sum(p.rows for p in batch)
         try:
             start = time.monotonic_ns()
-            if self.inline:
+            if self._on_loop(rows):
                 results = self._run(feeds, outputs)
             else:
                 loop = asyncio.get_running_loop()

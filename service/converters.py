@@ -6,14 +6,16 @@ always sent as ``raw_output_contents``, which every OIP client reads and which c
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service._proto.inference import grpc_service_pb2 as pb
 from service._proto.inference import model_config_pb2 as config_pb
-from service.dataplane import InferRequest, InferResponse, ModelMetadata
 from service.errors import InvalidArgument
-from service.repository import IndexEntry
-from service.tensors import Tensor, decode_raw, decode_typed, encode_raw
+from service.inference import InferRequest, InferResponse, ModelMetadata
+from service.tensors import Signature, Tensor, decode_raw, decode_typed, encode_raw
+
+if TYPE_CHECKING:  # the bulk worker processes import this module: nothing of the server at run time
+    from service.repository import IndexEntry
 
 # OIP datatype -> the typed ``InferTensorContents`` field that carries it (FP16 has none: raw only)
 _TYPED_FIELD = {
@@ -37,25 +39,25 @@ def parameter_value(p: pb.InferParameter) -> Any:
     return None if choice is None else getattr(p, choice)
 
 
-def infer_request_from_proto(msg: pb.ModelInferRequest, max_elements: int, protocol: str = "grpc") -> InferRequest:
+def infer_request_from_proto(msg: pb.ModelInferRequest, signature: Signature, protocol: str = "grpc") -> InferRequest:
+    """The request of ``msg`` for the model of ``signature``: each input's header is checked against the model
+    before its contents are decoded."""
     raw = msg.raw_input_contents
     if raw and len(raw) != len(msg.inputs):
         raise InvalidArgument(f"raw_input_contents: {len(raw)} entries for {len(msg.inputs)} inputs")
     tensors = []
     for index, t in enumerate(msg.inputs):
         where = f"inputs[{index}]"
-        shape = list(t.shape)
+        declared = signature.declare(t.name, t.datatype, list(t.shape), where)
         if raw:
             if t.HasField("contents"):
                 raise InvalidArgument(f"{where}.contents: give raw_input_contents or contents, not both")
-            data = decode_raw(t.datatype, shape, raw[index], where, max_elements)
+            data = decode_raw(declared, raw[index], where)
         else:
             field_name = _TYPED_FIELD.get(t.datatype)
-            if field_name is None:
-                if t.datatype == "FP16":
-                    raise InvalidArgument(f"{where}.contents: FP16 tensors travel in raw_input_contents only")
-                raise InvalidArgument(f"{where}.datatype: {t.datatype!r} is not a known datatype")
-            data = decode_typed(t.datatype, shape, getattr(t.contents, field_name), where, max_elements)
+            if field_name is None:  # FP16: a valid datatype without a typed field
+                raise InvalidArgument(f"{where}.contents: {t.datatype} tensors travel in raw_input_contents only")
+            data = decode_typed(declared, getattr(t.contents, field_name), where)
         params = {k: parameter_value(v) for k, v in t.parameters.items()} if t.parameters else {}
         tensors.append(Tensor(t.name, t.datatype, data, params))
     if not tensors:
@@ -71,12 +73,70 @@ def infer_request_from_proto(msg: pb.ModelInferRequest, max_elements: int, proto
     )
 
 
+MAX_TOP_LEVEL_FIELDS = 1024
+"""The most top-level fields ``scan_infer_request`` reads (a real request has a handful: a few inputs, outputs,
+parameters); beyond, the message is refused before anything else of it is looked at."""
+
+
+def scan_infer_request(data: bytes) -> tuple[str, str, str]:
+    """(``model_name``, ``model_version``, ``id``) of a serialized ``ModelInferRequest``, read from the top level of
+    the wire format alone, without parsing the tensors: a large request is resolved (and refused if its model does not
+    exist) on the event loop for the price of a few varints, and parsed only in a bulk worker process. As protobuf
+    parsers do, the last occurrence of a field wins; a message that is not valid at the top level is refused."""
+    found = {1: b"", 2: b"", 3: b""}
+    offset, end = 0, len(data)
+    for _ in range(MAX_TOP_LEVEL_FIELDS):
+        if offset == end:
+            break
+        key, offset = _varint(data, offset)
+        number, wire_type = key >> 3, key & 7
+        if wire_type == 0:
+            _, offset = _varint(data, offset)
+        elif wire_type == 1 or wire_type == 5:
+            offset += 8 if wire_type == 1 else 4
+        elif wire_type == 2:
+            length, offset = _varint(data, offset)
+            if number in found:
+                found[number] = data[offset : offset + length]
+            offset += length
+        else:  # groups (3, 4) are not in this proto3 message; 6 and 7 do not exist
+            raise InvalidArgument(f"request: not a valid protobuf message (wire type {wire_type} at the top level)")
+        if offset > end or number == 0:
+            raise InvalidArgument("request: not a valid protobuf message (truncated or malformed top-level field)")
+    else:
+        if offset != end:
+            raise InvalidArgument(f"request: more than {MAX_TOP_LEVEL_FIELDS} top-level fields")
+    try:
+        return found[1].decode(), found[2].decode(), found[3].decode()
+    except UnicodeDecodeError:
+        raise InvalidArgument("request: not a valid protobuf message (a string field is not UTF-8)") from None
+
+
+def _varint(data: bytes, offset: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if offset >= len(data) or shift > 63:
+            raise InvalidArgument("request: not a valid protobuf message (truncated or malformed varint)")
+        byte = data[offset]
+        offset += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, offset
+        shift += 7
+
+
 def infer_response_to_proto(response: InferResponse) -> pb.ModelInferResponse:
     msg = pb.ModelInferResponse(model_name=response.model, model_version=response.version, id=response.id or "")
     for t in response.outputs:
         msg.outputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
         msg.raw_output_contents.append(encode_raw(t.data))
     return msg
+
+
+def stream_error(message: str, request_id: str) -> pb.ModelStreamInferResponse:
+    """A failed request on ModelStreamInfer: its error, and its id in ``infer_response`` -- as Triton does, "so that
+    the client knows which request failed" (a stream may have several in flight)."""
+    return pb.ModelStreamInferResponse(error_message=message, infer_response=pb.ModelInferResponse(id=request_id))
 
 
 def metadata_to_proto(m: ModelMetadata) -> pb.ModelMetadataResponse:

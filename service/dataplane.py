@@ -9,15 +9,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import numpy as np
 
 from odetoode import __version__
 from odetoode.modelfile import POLICY_OUTPUT
 from service.batching import Timing
+from service.bulk import BulkPool, BulkReply
 from service.errors import (
     InternalError,
     InvalidArgument,
@@ -27,6 +28,7 @@ from service.errors import (
     ServingError,
     Unavailable,
 )
+from service.inference import InferRequest, InferResponse, ModelMetadata
 from service.metrics import ServerMetrics
 from service.repository import IndexEntry, ModelRepository, ServedVersion
 from service.settings import ServerSettings
@@ -45,30 +47,32 @@ SERVER_NAME = "odetoode"
 PLATFORM = "onnxruntime_onnx"
 _ACTION_OUTPUT = (POLICY_OUTPUT,)
 EXTENSIONS = ("binary_tensor_data", "model_repository", "model_configuration", "schedule_policy")
+UNKNOWN_LABEL = "_unknown"
+"""The one label value every model name or version the repository does not know collapses to."""
 
 
-@dataclass
-class InferRequest:
-    """A transport-neutral inference request; ``deadline_ns`` is on the ``time.monotonic_ns`` clock."""
+class Answer(Protocol):
+    """What every inference path answers, as far as the bookkeeping in ``DataPlane._serve`` is concerned."""
 
-    model: str
-    inputs: list[Tensor]
-    version: str | None = None
-    id: str | None = None
-    outputs: list[str] = field(default_factory=list)
-    parameters: dict[str, Any] = field(default_factory=dict)
-    deadline_ns: int | None = None
-    protocol: str = "rest"
+    @property
+    def version(self) -> str: ...
+    @property
+    def timing(self) -> Timing: ...
+    @property
+    def total_ns(self) -> int: ...
 
 
-@dataclass
-class InferResponse:
-    model: str
+A = TypeVar("A", bound=Answer)
+
+
+@dataclass(frozen=True)
+class BulkAnswer:
+    """A bulk worker's encoded answer (``reply.parts``, ready for the wire) and where its time went."""
+
+    reply: BulkReply
     version: str
-    outputs: list[Tensor]
     timing: Timing
     total_ns: int
-    id: str | None = None
 
 
 class Acted(NamedTuple):
@@ -80,22 +84,16 @@ class Acted(NamedTuple):
     total_ns: int
 
 
-@dataclass(frozen=True)
-class ModelMetadata:
-    name: str
-    versions: list[str]
-    platform: str
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
-
-
 class DataPlane:
     """Health, metadata, inference and repository operations, independent of any wire format."""
 
-    def __init__(self, repository: ModelRepository, metrics: ServerMetrics, settings: ServerSettings) -> None:
+    def __init__(
+        self, repository: ModelRepository, metrics: ServerMetrics, settings: ServerSettings, bulk: BulkPool
+    ) -> None:
         self.repository = repository
         self.metrics = metrics
         self.settings = settings
+        self.bulk = bulk
         self._draining = False
         self._inflight = 0
         self._idle = asyncio.Event()
@@ -148,18 +146,60 @@ class DataPlane:
 
     # -- inference -------------------------------------------------------------------------------------------------
 
-    async def infer(self, request: InferRequest) -> InferResponse:
-        """Resolves the model, validates inputs, computes through the batcher, and records metrics."""
+    def resolve_for(self, protocol: str, name: str, version: str | None = None) -> ServedVersion:
+        """The version that answers a request for ``name`` (``version``: a number, or the highest ready one); a
+        refusal (no such model, not ready) is counted like any failed request of ``protocol``."""
+        try:
+            return self.repository.resolve(name, version)
+        except ServingError as exc:
+            self._count_failure(protocol, name, version or "", exc)
+            raise
+
+    async def infer(self, request: InferRequest, served: ServedVersion | None = None) -> InferResponse:
+        """Validates inputs, computes through the batcher, and records metrics; ``served`` if the transport resolved
+        the model already (to check the request's tensors against it while decoding them)."""
 
         async def compute(start: int) -> InferResponse:
-            served = self.repository.resolve(request.model, request.version)
-            return await self._compute(served, request, start)
+            target = served
+            if target is None or target.batcher.closed:  # not resolved yet, or replaced while its body was read
+                target = self.repository.resolve(request.model, request.version)
+            return await self._compute(target, request, start)
 
         return await self._serve(request.protocol, request.model, request.version or "", compute)
 
-    async def _serve(
-        self, protocol: str, model: str, version: str, compute: Callable[[int], Awaitable[InferResponse]]
-    ) -> InferResponse:
+    def admit_bulk(self) -> Callable[[], None]:
+        """A place for one large request, taken before its body is read (``QueueFull`` at once when none is left);
+        returns the function that gives it back once the answer is sent."""
+        if self._draining:
+            raise Unavailable("the server is shutting down and accepts no new requests")
+        return self.bulk.admit()
+
+    async def infer_bulk(
+        self,
+        protocol: str,
+        served: ServedVersion,
+        job: dict[str, Any],
+        payload: Sequence[bytes | bytearray | memoryview],
+        deadline_ns: int | None,
+    ) -> BulkAnswer:
+        """A large request, decoded, computed and encoded by a bulk worker process (``service.bulk``), with the same
+        refusal while draining, in-flight accounting and metrics as ``infer``. ``job`` names the codec (``kind``)
+        and its wire details; the answer is encoded already, ready for the wire."""
+        version = str(served.version)
+
+        async def compute(start: int) -> BulkAnswer:
+            wire = {"model": served.name, "version": version, "model_file": str(served.runtime.path),
+                    "file_stamp": list(served.fingerprint[:2]), "config": served.config.to_wire(),
+                    "max_elements": served.signature.max_elements}  # fmt: skip
+            reply = await self.bulk.run({**wire, **job}, payload, deadline_ns)
+            h = reply.header
+            timing = Timing(int(h["queue_ns"]), int(h["compute_ns"]), int(h["rows"]))
+            self.metrics.batch_sizes(served.name, version).observe(timing.batch_size)
+            return BulkAnswer(reply, version, timing, time.monotonic_ns() - start)
+
+        return await self._serve(protocol, served.name, version, compute)
+
+    async def _serve(self, protocol: str, model: str, version: str, compute: Callable[[int], Awaitable[A]]) -> A:
         """What every inference shares: refusal while draining, in-flight accounting, failure and success metrics."""
         start = self._enter(protocol)
         try:
@@ -191,9 +231,16 @@ class DataPlane:
             self._idle.set()
 
     def _count_failure(self, protocol: str, model: str, version: str, exc: ServingError) -> None:
-        # Label series by names the repository knows only: client-chosen names must not create series.
-        label = model if self.repository.known(model) else "_unknown"
-        self.metrics.failures.labels(label, version, protocol, type(exc).__name__).inc()
+        self.metrics.failures.labels(*self._labels(model, version), protocol, type(exc).__name__).inc()
+
+    def _labels(self, model: str, version: str) -> tuple[str, str]:
+        """(model, version) label values for a request: names and versions the repository knows, ``""`` for no
+        version, and ``_unknown`` for anything else -- a client-chosen string never creates a series."""
+        if not self.repository.known(model):
+            return UNKNOWN_LABEL, UNKNOWN_LABEL if version else ""
+        if version and not self.repository.known_version(model, version):
+            return model, UNKNOWN_LABEL
+        return model, version
 
     def _internal_error(self, protocol: str, model: str, version: str) -> InternalError:
         """Logs the exception being handled and counts it; the client gets a message without its details."""
@@ -204,7 +251,7 @@ class DataPlane:
 
     async def _compute(self, served: ServedVersion, request: InferRequest, start: int) -> InferResponse:
         runtime = served.runtime
-        feeds = bind_inputs(request.inputs, runtime.inputs, allow_non_finite=served.config.allow_non_finite)
+        feeds = bind_inputs(request.inputs, served.signature, allow_non_finite=served.config.allow_non_finite)
         names = check_requested_outputs(request.outputs, runtime.outputs)
         results, timing = await served.batcher.submit(feeds, names, request.deadline_ns)
         outputs = [Tensor(name, datatype_of(array), array) for name, array in zip(names, results, strict=True)]

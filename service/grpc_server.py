@@ -24,7 +24,7 @@ from service._proto.inference import grpc_service_pb2 as pb
 from service._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from service.auth import OPEN_GRPC_PREFIXES, GrpcAuthInterceptor, TokenCheck
 from service.dataplane import DataPlane
-from service.errors import InvalidArgument, ModelNotFound, ServingError, client_message, status_of
+from service.errors import InvalidArgument, ModelNotFound, PayloadTooLarge, ServingError, client_message, status_of
 from service.policy_service import SERVICE_NAME as POLICY_SERVICE_NAME
 from service.policy_service import add_policy_service
 from service.settings import ServerSettings
@@ -36,23 +36,56 @@ LIVENESS = "liveness"
 
 
 class _Undecodable:
-    """Stands in for a request whose bytes did not parse, so the method wrapper can answer INVALID_ARGUMENT."""
+    """Stands in for a request that is refused before it is parsed (too large, or not protobuf), so that the method
+    wrapper answers with the error's status."""
 
-    def __init__(self, error: str) -> None:
+    __slots__ = ("error",)
+
+    def __init__(self, error: ServingError) -> None:
         self.error = error
 
 
-def _safe(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+class Bulk:
+    """A request message over ``bulk_request_bytes``, left unparsed: its method hands it to a bulk worker."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+def _sized(deserializer: Callable[[bytes], Any] | None, limit: int, bulk: bool) -> Callable[[bytes], Any] | None:
+    """The deserializer of a method, behind a size check: a message over ``limit`` bytes is never parsed on the
+    event loop -- it becomes a ``Bulk`` for the methods that take large requests, and a refusal for the others."""
     if deserializer is None:
         return None
 
     def parse(data: bytes) -> Any:
+        if len(data) > limit:
+            if bulk:
+                return Bulk(data)
+            return _Undecodable(
+                PayloadTooLarge(
+                    f"request: {len(data)} bytes, more than this method takes ({limit}, bulk_request_bytes)"
+                )
+            )
         try:
             return deserializer(data)
         except (DecodeError, ValueError, RuntimeWarning) as exc:
-            return _Undecodable(f"request: not a valid protobuf message ({exc})")
+            return _Undecodable(InvalidArgument(f"request: not a valid protobuf message ({exc})"))
 
     return parse
+
+
+def _serializer(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """The serializer of a method, passing through answers that a bulk worker encoded already."""
+    if serializer is None:
+        return None
+
+    def serialize(message: Any) -> bytes:
+        return message if isinstance(message, bytes) else serializer(message)
+
+    return serialize
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: BaseException) -> None:
@@ -61,20 +94,22 @@ async def _abort(context: grpc.aio.ServicerContext, error: BaseException) -> Non
     await context.abort(status_of(error)[1], client_message(error))
 
 
-def guard(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def guard(handler: grpc.RpcMethodHandler, limit: int, bulk: bool = False) -> grpc.RpcMethodHandler:
     """``handler`` with ``ServingError`` (and anything unexpected) mapped to the gRPC status of
-    ``service.errors.ERROR_TABLE``, and undecodable request bytes answered INVALID_ARGUMENT.
+    ``service.errors.ERROR_TABLE``, messages over ``limit`` bytes never parsed here (``_sized``), and undecodable
+    request bytes answered INVALID_ARGUMENT.
 
     One wrapper per handler kind: a unary handler returns, a streaming one yields, so the try/except cannot be
     shared without a context manager, which would cost every call an object of its own."""
-    deserialize, serialize = _safe(handler.request_deserializer), handler.response_serializer
+    deserialize = _sized(handler.request_deserializer, limit, bulk)
+    serialize = _serializer(handler.response_serializer)
     if handler.unary_unary is not None:
         unary = handler.unary_unary
 
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
                 if isinstance(request, _Undecodable):
-                    raise InvalidArgument(request.error)
+                    raise request.error
                 return await unary(request, context)
             except grpc.aio.AbortError:
                 raise
@@ -88,7 +123,7 @@ def guard(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         async def checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
             async for request in requests:
                 if isinstance(request, _Undecodable):
-                    raise InvalidArgument(request.error)
+                    raise request.error
                 yield request
 
         async def stream_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
@@ -107,7 +142,7 @@ def guard(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
                 if isinstance(request, _Undecodable):
-                    raise InvalidArgument(request.error)
+                    raise request.error
                 async for response in produce(request, context):
                     yield response
             except grpc.aio.AbortError:
@@ -122,18 +157,30 @@ def guard(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 class GuardedRegistration:
     """Stands in for the server while generated code registers a service: every handler is wrapped by ``guard``
     once, at registration -- no interceptor runs per call (an aio interceptor costs tens of microseconds per RPC,
-    as much as a policy's computation)."""
+    as much as a policy's computation). ``bulk`` names the methods that take large requests."""
 
-    def __init__(self, server: grpc.aio.Server) -> None:
+    def __init__(self, server: grpc.aio.Server, limit: int, bulk: frozenset[str] = frozenset()) -> None:
         self._server = server
+        self._limit = limit
+        self._bulk = bulk
 
     def add_generic_rpc_handlers(self, handlers: Any) -> None:
         pass  # generated code registers the same handlers by name next; they are added, guarded, there
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
-        guarded = {name: guard(h) for name, h in handlers.items()}
+        guarded = {name: guard(h, self._limit, name in self._bulk) for name, h in handlers.items()}
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, guarded),))
         self._server.add_registered_method_handlers(service, guarded)
+
+
+def _request_id(request: pb.ModelInferRequest | Bulk) -> str:
+    """The id of a request, for an error answer on a stream ("" if it cannot be read)."""
+    if isinstance(request, Bulk):
+        try:
+            return converters.scan_infer_request(request.data)[2]
+        except ServingError:
+            return ""
+    return request.id
 
 
 def deadline_ns(context: grpc.aio.ServicerContext) -> int | None:
@@ -171,24 +218,49 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:  # noqa: N802
         return converters.config_to_proto(self.plane.model_config(request.name, request.version or None))
 
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:  # noqa: N802
-        req = converters.infer_request_from_proto(request, self.max_elements)
+    # The generated base class knows nothing of Bulk requests or of answers encoded by a bulk worker (bytes).
+    async def ModelInfer(  # type: ignore[override]  # noqa: N802
+        self, request: pb.ModelInferRequest | Bulk, context: Any
+    ) -> pb.ModelInferResponse | bytes:
+        if isinstance(request, Bulk):
+            return await self._bulk(request.data, "grpc", deadline_ns(context))
+        served = self.plane.resolve_for("grpc", request.model_name, request.model_version or None)
+        req = converters.infer_request_from_proto(request, served.signature)
         req.deadline_ns = deadline_ns(context)
-        return converters.infer_response_to_proto(await self.plane.infer(req))
+        return converters.infer_response_to_proto(await self.plane.infer(req, served))
 
-    async def ModelStreamInfer(  # noqa: N802
-        self, requests: AsyncIterator[pb.ModelInferRequest], context: Any
-    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """Answers each request in order; a failed request yields ``error_message`` and the stream goes on."""
+    async def ModelStreamInfer(  # type: ignore[override]  # noqa: N802
+        self, requests: AsyncIterator[pb.ModelInferRequest | Bulk], context: Any
+    ) -> AsyncIterator[pb.ModelStreamInferResponse | bytes]:
+        """Answers each request in order; a failed request yields ``error_message`` -- with the request's id, model
+        and version in ``infer_response``, as Triton does, so a client knows which one failed -- and the stream goes
+        on."""
         async for request in requests:
             try:
-                req = converters.infer_request_from_proto(request, self.max_elements)
+                if isinstance(request, Bulk):
+                    yield await self._bulk(request.data, "grpc-stream", deadline_ns(context))
+                    continue
+                served = self.plane.resolve_for("grpc", request.model_name, request.model_version or None)
+                req = converters.infer_request_from_proto(request, served.signature)
                 req.deadline_ns = deadline_ns(context)
-                response = converters.infer_response_to_proto(await self.plane.infer(req))
+                response = converters.infer_response_to_proto(await self.plane.infer(req, served))
             except ServingError as exc:
-                yield pb.ModelStreamInferResponse(error_message=str(exc))
+                yield converters.stream_error(client_message(exc), _request_id(request))
                 continue
             yield pb.ModelStreamInferResponse(infer_response=response)
+
+    async def _bulk(self, data: bytes, kind: str, deadline: int | None) -> bytes:
+        """A large ModelInfer: resolved from the top level of its bytes, then parsed, computed and encoded by a bulk
+        worker; the answer comes back serialized."""
+        name, version, _ = converters.scan_infer_request(data)
+        served = self.plane.resolve_for("grpc", name, version or None)
+        release = self.plane.admit_bulk()
+        try:
+            answer = await self.plane.infer_bulk("grpc", served, {"kind": kind}, [data], deadline)
+        finally:
+            release()
+        parts = answer.reply.parts
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:  # noqa: N802
         return converters.index_to_proto(self.plane.repository_index(request.ready))
@@ -233,22 +305,36 @@ class Health:
         self._models = names
 
 
-def grpc_options(settings: ServerSettings) -> list[tuple[str, Any]]:
-    """Message limits and a keepalive policy that accepts the pings well-behaved clients send."""
+def grpc_max_message_bytes(settings: ServerSettings) -> int:
+    return min(settings.grpc_max_message_bytes, settings.max_request_bytes)
+
+
+def grpc_options(settings: ServerSettings, max_connections: int | None = None) -> list[tuple[str, Any]]:
+    """Message limits, connection hygiene, and a keepalive policy that accepts the pings well-behaved clients send."""
+    limit = grpc_max_message_bytes(settings)
     return [
-        ("grpc.max_receive_message_length", settings.max_request_bytes),
-        ("grpc.max_send_message_length", settings.max_request_bytes),
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
         ("grpc.keepalive_time_ms", int(settings.grpc_keepalive_time_s * 1000)),
         ("grpc.keepalive_timeout_ms", int(settings.grpc_keepalive_timeout_s * 1000)),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", int(settings.grpc_min_client_ping_interval_s * 1000)),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.so_reuseport", 0),
+        # A connection that never completes its handshake (a silent or half-open socket) is closed after this long;
+        # one without calls after max_connection_idle (clients reconnect on their next call); no more than
+        # max_connections at once.
+        ("grpc.server_handshake_timeout_ms", int(settings.grpc_handshake_timeout_s * 1000)),
+        ("grpc.max_connection_idle_ms", int(settings.grpc_max_connection_idle_s * 1000)),
+        ("grpc.max_allowed_incoming_connections", max_connections or settings.max_connections),
     ]
 
 
 def build_grpc_server(
-    plane: DataPlane, health: Health, extra_services: list[Callable[[grpc.aio.Server], str]] | None = None
+    plane: DataPlane,
+    health: Health,
+    extra_services: list[Callable[[grpc.aio.Server], str]] | None = None,
+    max_connections: int | None = None,
 ) -> grpc.aio.Server:
     """An unstarted grpc.aio server with the OIP service, health and reflection (plus ``extra_services``)."""
     interceptors: list[grpc.aio.ServerInterceptor] = []
@@ -256,18 +342,21 @@ def build_grpc_server(
     if check.enabled:
         open_prefixes = OPEN_GRPC_PREFIXES if plane.settings.auth_open_health else ()
         interceptors.append(GrpcAuthInterceptor(check, open_prefixes))
-    server = grpc.aio.server(interceptors=interceptors, options=grpc_options(plane.settings))
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(plane), GuardedRegistration(server))
-    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, GuardedRegistration(server))
+    server = grpc.aio.server(interceptors=interceptors, options=grpc_options(plane.settings, max_connections))
+    limit = plane.settings.bulk_request_bytes  # larger messages are never parsed on the event loop
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(
+        InferenceService(plane), GuardedRegistration(server, limit, frozenset({"ModelInfer", "ModelStreamInfer"}))
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, GuardedRegistration(server, limit))
     names = [
         SERVICE_NAME,
-        add_policy_service(plane, GuardedRegistration(server)),
+        add_policy_service(plane, GuardedRegistration(server, limit)),
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         reflection.SERVICE_NAME,
     ]
     for add in extra_services or []:
         names.append(add(server))
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-        reflection.aio.ReflectionServicer(names, pool=reflection_pool()), GuardedRegistration(server)
+        reflection.aio.ReflectionServicer(names, pool=reflection_pool()), GuardedRegistration(server, limit)
     )
     return server

@@ -8,13 +8,15 @@ Example::
     providers: [cuda, cpu]
     allow_cpu_fallback: true
     control_rate_hz: 100              # a hint GetPolicy passes to robots
+    max_request_rows: 4096            # the largest batch one request may carry
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -71,6 +73,8 @@ class ServingConfig(BaseModel):
     control_rate_hz: float | None = Field(None, gt=0)
     allow_non_finite: bool = False
     """Accept NaN/Inf inputs. Off: a policy fed NaN would answer NaN actions, so such requests are rejected."""
+    max_request_rows: int | None = Field(None, ge=1)
+    """The largest batch one request may carry, whatever its size in bytes."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,16 @@ class ResolvedConfig:
     intra_op_threads: int
     control_rate_hz: float | None
     allow_non_finite: bool
+    max_request_rows: int
+
+    def to_wire(self) -> dict[str, Any]:
+        """What a bulk worker process needs to open and run the model (JSON-able; the version policy stays here)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "version_policy"}
+        return {**fields, "providers": list(self.providers)}
+
+    @classmethod
+    def from_wire(cls, wire: dict[str, Any]) -> ResolvedConfig:
+        return cls(version_policy=VersionPolicy(), **{**wire, "providers": tuple(wire["providers"])})
 
 
 def resolve(config: ServingConfig, settings: ServerSettings) -> ResolvedConfig:
@@ -103,6 +117,7 @@ def resolve(config: ServingConfig, settings: ServerSettings) -> ResolvedConfig:
         intra_op_threads=config.intra_op_threads or settings.intra_op_threads or 1,
         control_rate_hz=config.control_rate_hz,
         allow_non_finite=config.allow_non_finite,
+        max_request_rows=config.max_request_rows or settings.max_request_rows,
     )
 
 

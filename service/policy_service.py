@@ -23,7 +23,7 @@ import numpy as np
 from service._proto.odetoode.v1 import policy_pb2 as pb
 from service._proto.odetoode.v1 import policy_pb2_grpc as pb_grpc
 from service.dataplane import Acted, DataPlane
-from service.errors import InvalidArgument, QueueFull, ServingError, status_of
+from service.errors import InvalidArgument, QueueFull, ServingError, client_message, status_of
 from service.repository import ServedVersion
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PolicyService"].full_name
@@ -71,7 +71,7 @@ def action_response(acted: Acted, policy: str, sequence: int, as_values: bool, a
 
 def error_message(sequence: int, error: ServingError) -> pb.ActStreamResponse:
     code = status_of(error)[1].value[0]
-    return pb.ActStreamResponse(error=pb.ActError(sequence=sequence, code=code, message=str(error)))
+    return pb.ActStreamResponse(error=pb.ActError(sequence=sequence, code=code, message=client_message(error)))
 
 
 @dataclass(slots=True)

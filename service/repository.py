@@ -33,6 +33,7 @@ from service.metrics import ServerMetrics
 from service.model_config import CONFIG_FILE, ResolvedConfig, load_serving_config, resolve
 from service.runtime import ORT_PROVIDERS, ModelRuntime, available_cpus
 from service.settings import ServerSettings
+from service.tensors import Signature
 
 log = logging.getLogger(__name__)
 MODEL_FILE = "model.onnx"
@@ -57,6 +58,8 @@ class ServedVersion:
     batcher: Batcher
     config: ResolvedConfig
     fingerprint: Fingerprint
+    signature: Signature
+    """What one request may carry: checked against every tensor header before its data is decoded."""
     loaded_at: float = field(default_factory=time.time)
 
 
@@ -160,6 +163,13 @@ class ModelRepository:
 
     def known(self, name: str) -> bool:
         return name in self._served or name in self._status
+
+    def known_version(self, name: str, version: str) -> bool:
+        """Whether ``version`` (a client's string) names a version of ``name`` that the repository knows of."""
+        if not VERSION_NAME.fullmatch(version):
+            return False
+        v = int(version)
+        return v in self._served.get(name, {}) or v in self._status.get(name, {})
 
     def served_versions(self, name: str) -> list[ServedVersion]:
         return [self._served[name][v] for v in sorted(self._served.get(name, {}))]
@@ -327,18 +337,14 @@ class ModelRepository:
             return None
         if ORT_PROVIDERS["cpu"] == runtime.providers[0] and any(p != "cpu" for p in config.providers):
             self.metrics.provider_fallbacks.labels(name, str(version)).inc()
-        inline = (
-            not runtime.on_gpu
-            and self.settings.inline_threshold_us > 0
-            and runtime.compute_us_batch1 < self.settings.inline_threshold_us
-        )
+        inline_rows = 0 if runtime.on_gpu else runtime.rows_within(self.settings.inline_threshold_us)
         batch_sizes = self.metrics.batch_sizes(name, str(version))
         batcher = Batcher(
             runtime.run,
             max_batch_size=config.max_batch_size,
             max_queue_delay_us=config.max_queue_delay_us,
             max_queue_size=config.max_queue_size,
-            inline=inline,
+            inline_rows=inline_rows,
             executor=self._executor,
             workers=available_cpus(),
             on_batch=batch_sizes.observe,
@@ -346,10 +352,11 @@ class ModelRepository:
         log.info(
             "loaded %s v%d in %.0f ms on %s (batch-1 compute %.0f us, %s)",
             name, version, (time.perf_counter() - started) * 1e3, runtime.providers[0], runtime.compute_us_batch1,
-            "inline" if inline else "thread pool",
+            f"inline up to {inline_rows} rows" if inline_rows else "thread pool",
         )  # fmt: skip
         self._status.setdefault(name, {})[version] = _Status(State.READY, "", fp)
-        return ServedVersion(name, version, runtime, batcher, config, fp)
+        signature = Signature(tuple(runtime.inputs), config.max_request_rows, self.settings.max_request_bytes)
+        return ServedVersion(name, version, runtime, batcher, config, fp, signature)
 
     def _failed(self, name: str, version: int, fp: Fingerprint, reason: str, replacing: bool) -> None:
         """Records a failed load: FAILED for a new version; for a reload, the old file keeps serving."""

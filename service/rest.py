@@ -1,6 +1,13 @@
 """REST transport: Open Inference Protocol v2 (with the binary-tensor and repository extensions), KServe V1 predict,
 Prometheus ``/metrics`` and OpenAPI docs. Each route converts and calls the data plane; errors become
 ``{"error": "..."}`` with the status from ``service.errors``.
+
+Inference routes resolve the model from the path first (an unknown model is refused before a byte of its body is
+read). A small body -- a known ``Content-Length`` up to ``bulk_request_bytes``, not compressed -- is decoded here, on
+the event loop, and computed through the batcher. Any other is a bulk request: admitted (or refused at once) before
+it is read, read in the chunks it arrives in (a binary-extension header is checked against the model before the
+tensor data after it is read), and decoded, computed and encoded in a bulk worker process (``service.bulk``), whose
+answer is sent in the parts it was rendered in.
 """
 
 from __future__ import annotations
@@ -8,42 +15,45 @@ from __future__ import annotations
 import logging
 import math
 import time
-import zlib
 from typing import Any
 
-import numpy as np
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from odetoode import __version__
 from service.auth import OPEN_REST_PREFIXES, RestAuthMiddleware, TokenCheck
-from service.dataplane import DataPlane, InferRequest, InferResponse, ModelMetadata
-from service.errors import InvalidArgument, PayloadTooLarge, ServingError, client_message, status_of
-from service.tensors import (
-    DATATYPES,
-    Tensor,
-    decode_json,
-    decode_raw,
-    encode_json,
-    encode_raw,
-    parameters_of,
+from service.batching import Timing
+from service.dataplane import DataPlane
+from service.errors import InvalidArgument, ServingError, client_message, status_of
+from service.http import BodyReader, BodyTimeoutError, ClientGoneError, FramingGuard, PartsResponse, body_pending
+from service.inference import InferRequest, ModelMetadata
+from service.repository import ServedVersion
+from service.rest_codec import (
+    HEADER_LENGTH,
+    JSON_OPTIONS,
+    Rendered,
+    check_binary_header,
+    json_object,
+    parse_infer_request,
+    parse_predict,
+    render_infer_response,
+    render_predict,
 )
+from service.tensors import DATATYPES, parameters_of
 
 log = logging.getLogger(__name__)
-
-HEADER_LENGTH = "Inference-Header-Content-Length"
-_JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 
 class JSON(JSONResponse):
     """orjson rendering: numpy arrays serialize natively (no ``tolist``), NaN becomes null."""
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=_JSON_OPTIONS)
+        return orjson.dumps(content, option=JSON_OPTIONS)
 
 
 def error_response(error: BaseException) -> JSON:
@@ -51,166 +61,38 @@ def error_response(error: BaseException) -> JSON:
     return JSON({"error": client_message(error)}, status_code=int(http))
 
 
-# -- request bodies ---------------------------------------------------------------------------------------------
+def server_timing(timing: Timing, total_ns: int) -> str:
+    return (
+        f"queue;dur={timing.queue_ns / 1e6:.3f}, compute;dur={timing.compute_ns / 1e6:.3f}, "
+        f"total;dur={total_ns / 1e6:.3f}"
+    )
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) anything over ``limit`` bytes without reading it all into memory.
-
-    ``Content-Encoding: gzip`` / ``deflate`` bodies (tritonclient's ``request_compression_algorithm``) are
-    decompressed incrementally, and the limit applies to the decompressed size too (no decompression bombs).
-    A refused body is not read any further: the answer closes the connection (uvicorn would otherwise read and
-    discard the rest of it, however long, to keep the connection alive).
-    """
-    try:
-        return await _read_body(request, limit)
-    except ServingError:
-        request.state.close_connection = True
-        raise
+def rendered_response(rendered: Rendered, timing: Timing, total_ns: int, release: Any = None) -> PartsResponse:
+    headers = {"Server-Timing": server_timing(timing, total_ns)}
+    if rendered.header_length is not None:
+        headers[HEADER_LENGTH] = str(rendered.header_length)
+    background = None if release is None else BackgroundTask(release)
+    response = PartsResponse(rendered.parts, rendered.media_type, headers)
+    response.background = background
+    return response
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            if int(declared) > limit:
-                raise PayloadTooLarge(f"request body of {declared} bytes exceeds the {limit}-byte limit")
-        except ValueError:
-            raise InvalidArgument("Content-Length: not an integer") from None
+def content_encoding(request: Request) -> str | None:
+    """``None`` for an identity body, else ``gzip`` or ``deflate`` (anything else is refused)."""
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in ("identity", "gzip", "deflate"):
+    if encoding == "identity":
+        return None
+    if encoding not in ("gzip", "deflate"):
         raise InvalidArgument(f"Content-Encoding: {encoding!r} is not supported (use gzip or deflate)")
-    inflate = (
-        None
-        if encoding == "identity"
-        else zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
-    )
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in request.stream():
-            if inflate is not None:
-                chunk = inflate.decompress(chunk, limit + 1 - size)
-                if inflate.unconsumed_tail:
-                    raise PayloadTooLarge(f"decompressed request body exceeds the {limit}-byte limit")
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
-            chunks.append(chunk)
-        if inflate is not None and not inflate.eof:
-            raise InvalidArgument(f"request body: truncated {encoding} data")
-    except zlib.error as exc:
-        raise InvalidArgument(f"request body: not valid {encoding} data ({exc})") from None
-    return b"".join(chunks)
+    return encoding
 
 
-def _json_object(raw: bytes, where: str) -> dict[str, Any]:
-    try:
-        value = orjson.loads(raw) if raw else {}
-    except orjson.JSONDecodeError as exc:
-        raise InvalidArgument(f"{where}: not valid JSON ({exc})") from None
-    if not isinstance(value, dict):
-        raise InvalidArgument(f"{where}: expected a JSON object")
-    return value
-
-
-def parse_infer_request(
-    body: bytes, header_length: str | None, model: str, version: str | None, max_elements: int
-) -> tuple[InferRequest, set[str] | None]:
-    """Decodes a v2 infer body (plain JSON, or JSON header + binary tensors) into an ``InferRequest``.
-
-    Returns the request and the outputs to send as binary (``None`` means "all outputs, as binary").
-    """
-    binary = b""
-    if header_length is not None:
-        try:
-            n = int(header_length)
-        except ValueError:
-            raise InvalidArgument(f"{HEADER_LENGTH}: not an integer") from None
-        if not 0 <= n <= len(body):
-            raise InvalidArgument(f"{HEADER_LENGTH}: {n} is outside the {len(body)}-byte body")
-        body, binary = body[:n], body[n:]
-    obj = _json_object(body, "request body")
-    inputs = obj.get("inputs")
-    if not isinstance(inputs, list) or not inputs:
-        raise InvalidArgument("inputs: expected a non-empty list of tensors")
-    tensors: list[Tensor] = []
-    offset = 0
-    for index, item in enumerate(inputs):
-        where = f"inputs[{index}]"
-        if not isinstance(item, dict):
-            raise InvalidArgument(f"{where}: expected an object")
-        name = item.get("name")
-        if not isinstance(name, str):
-            raise InvalidArgument(f"{where}.name: expected a string")
-        params = parameters_of(item.get("parameters"), f"{where}.parameters")
-        size = params.get("binary_data_size")
-        if size is not None:
-            if "data" in item:
-                raise InvalidArgument(f"{where}.data: give data or parameters.binary_data_size, not both")
-            if isinstance(size, bool) or not isinstance(size, int) or size < 0 or offset + size > len(binary):
-                raise InvalidArgument(f"{where}.parameters.binary_data_size: {size!r} does not fit the binary data")
-            data = decode_raw(
-                item.get("datatype"), item.get("shape"), binary[offset : offset + size], where, max_elements
-            )
-            offset += size
-        else:
-            if "data" not in item:
-                raise InvalidArgument(f"{where}.data: missing (and no binary_data_size parameter)")
-            data = decode_json(item.get("datatype"), item.get("shape"), item["data"], where, max_elements)
-        tensors.append(Tensor(name, str(item["datatype"]), data, params))
-    if offset != len(binary):
-        raise InvalidArgument(f"binary data: {len(binary) - offset} bytes after the last input are not claimed")
-    params = parameters_of(obj.get("parameters"), "parameters")
-    outputs_field = obj.get("outputs") or []
-    if not isinstance(outputs_field, list):
-        raise InvalidArgument("outputs: expected a list")
-    names: list[str] = []
-    binary_outputs: set[str] | None = set()
-    for index, out in enumerate(outputs_field):
-        if not isinstance(out, dict) or not isinstance(out.get("name"), str):
-            raise InvalidArgument(f"outputs[{index}].name: expected a string")
-        names.append(out["name"])
-        out_params = parameters_of(out.get("parameters"), f"outputs[{index}].parameters")
-        if out_params.get("binary_data") is True:
-            binary_outputs.add(out["name"])  # type: ignore[union-attr]
-    if params.get("binary_data_output") is True:
-        binary_outputs = None
-    request_id = obj.get("id")
-    if request_id is not None and not isinstance(request_id, str):
-        raise InvalidArgument("id: expected a string")
-    request = InferRequest(model, tensors, version, request_id, names, params, None, "rest")
-    return request, binary_outputs
-
-
-def render_infer_response(response: InferResponse, binary: set[str] | None) -> Response:
-    """JSON, or JSON header + binary tensors for outputs asked as binary (``None``: all of them)."""
-    outputs = []
-    blobs = []
-    for t in response.outputs:
-        entry: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
-        if binary is None or t.name in binary:
-            raw = encode_raw(t.data)
-            entry["parameters"] = {"binary_data_size": len(raw)}
-            blobs.append(raw)
-        else:
-            entry["data"] = encode_json(t.data) if t.data.dtype == object else np.ascontiguousarray(t.data).reshape(-1)
-        outputs.append(entry)
-    body: dict[str, Any] = {"model_name": response.model, "model_version": response.version, "outputs": outputs}
-    if response.id is not None:
-        body["id"] = response.id
-    timing = (
-        f"queue;dur={response.timing.queue_ns / 1e6:.3f}, compute;dur={response.timing.compute_ns / 1e6:.3f}, "
-        f"total;dur={response.total_ns / 1e6:.3f}"
-    )
-    header = orjson.dumps(body, option=_JSON_OPTIONS)
-    if not blobs:
-        return Response(header, media_type="application/json", headers={"Server-Timing": timing})
-    return Response(
-        header + b"".join(blobs),
-        media_type="application/octet-stream",
-        headers={HEADER_LENGTH: str(len(header)), "Server-Timing": timing},
-    )
+def is_small(request: Request, limit: int) -> bool:
+    """A body decoded on the event loop: its ``Content-Length`` known and at most ``limit``, not compressed."""
+    length = request.headers.get("content-length")
+    plain = request.headers.get("content-encoding", "identity").strip().lower() == "identity"
+    return plain and length is not None and length.isdigit() and int(length) <= limit
 
 
 def metadata_json(m: ModelMetadata) -> dict[str, Any]:
@@ -290,7 +172,7 @@ _NOT_READY = {"description": "not ready", "content": {"application/json": {"sche
 def create_app(plane: DataPlane) -> FastAPI:
     """The REST application over ``plane``."""
     settings = plane.settings
-    max_bytes = settings.max_request_bytes
+    max_bytes, small = settings.max_request_bytes, settings.bulk_request_bytes
     app = FastAPI(
         title="odetoode",
         version=__version__,
@@ -304,13 +186,26 @@ def create_app(plane: DataPlane) -> FastAPI:
         if settings.auth_open_metrics:
             open_prefixes = (*open_prefixes, "/metrics")
         app.add_middleware(RestAuthMiddleware, check=check, open_prefixes=open_prefixes)
+    app.add_middleware(FramingGuard)
+
+    def close_if_unread(request: Request, response: Response) -> Response:
+        if body_pending(request):  # answered before its body was read: do not read and discard the rest
+            response.headers["connection"] = "close"
+        return response
 
     @app.exception_handler(ServingError)
     async def serving_error(request: Request, exc: ServingError) -> Response:
-        response = error_response(exc)
-        if getattr(request.state, "close_connection", False):
-            response.headers["connection"] = "close"
-        return response
+        return close_if_unread(request, error_response(exc))
+
+    @app.exception_handler(BodyTimeoutError)
+    async def body_timeout(request: Request, exc: BodyTimeoutError) -> Response:
+        return close_if_unread(request, JSON({"error": str(exc)}, status_code=408))
+
+    @app.exception_handler(ClientGoneError)
+    async def client_gone(request: Request, _: ClientGoneError) -> Response:
+        # Once per connection, at debug level: a client that hangs up is not the server's error.
+        log.debug("client %s went away before its request body was complete", request.client)
+        return Response(status_code=499)  # nobody reads it
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> Response:
@@ -327,6 +222,39 @@ def create_app(plane: DataPlane) -> FastAPI:
         log.exception("unhandled error in a REST route")
         return error_response(exc)
 
+    def body(request: Request, limit: int) -> BodyReader:
+        return BodyReader(request, limit, settings.http_body_timeout_s)
+
+    async def small_body(request: Request) -> bytes:
+        """A body read whole on the event loop: small by definition (``bulk_request_bytes``)."""
+        return await body(request, small).read()
+
+    async def bulk(request: Request, served: ServedVersion, kind: str) -> Response:
+        """Admitted before the body is read; the place is given back once the answer is sent."""
+        deadline = _deadline(request)
+        release = plane.admit_bulk()
+        try:
+            reader = body(request, max_bytes)
+            length = reader.declared_length()
+            job: dict[str, Any] = {"kind": kind, "encoding": content_encoding(request)}
+            header = request.headers.get(HEADER_LENGTH) if kind == "v2" else None
+            head: list[bytes] = []
+            if header is not None:
+                job["header_length"] = header
+                n = int(header) if header.isdigit() else -1
+                if job["encoding"] is None and length is not None and 0 <= n <= min(length, small):
+                    # The binary extension: its JSON header first, checked before the tensor data is read.
+                    head.append(await reader.prefix(n))
+                    check_binary_header(head[0], length - n, served.signature)
+            parts = head + await reader.rest()
+            answer = await plane.infer_bulk("rest", served, job, parts, deadline)
+            h = answer.reply.header
+            rendered = Rendered(answer.reply.parts, h.get("header_length"))
+            return rendered_response(rendered, answer.timing, answer.total_ns, release)
+        except BaseException:
+            release()
+            raise
+
     # Inference first: routes are matched in order, and these are the hot ones. The endpoint reads its path
     # parameters itself (they are declared for OpenAPI in INFER_PARAMETERS): FastAPI's per-request parameter
     # validation would cost more than computing a policy.
@@ -336,12 +264,16 @@ def create_app(plane: DataPlane) -> FastAPI:
               openapi_extra={"requestBody": INFER_BODY, "parameters": INFER_PARAMETERS})  # fmt: skip
     async def infer(request: Request) -> Response:
         path = request.path_params
-        body = await read_body(request, max_bytes)
-        parsed, binary = parse_infer_request(
-            body, request.headers.get(HEADER_LENGTH), path["model"], path.get("version"), max_bytes
-        )
-        parsed.deadline_ns = _deadline(request)
-        return render_infer_response(await plane.infer(parsed), binary)
+        served = plane.resolve_for("rest", path["model"], path.get("version"))
+        if not is_small(request, small):
+            return await bulk(request, served, "v2")
+        deadline = _deadline(request)
+        raw = await small_body(request)
+        header_length = request.headers.get(HEADER_LENGTH)
+        parsed, binary = parse_infer_request(raw, header_length, path["model"], path.get("version"), served.signature)
+        parsed.deadline_ns = deadline
+        response = await plane.infer(parsed, served)
+        return rendered_response(render_infer_response(response, binary), response.timing, response.total_ns)
 
     # -- health and metadata --------------------------------------------------------------------------------------
 
@@ -381,26 +313,20 @@ def create_app(plane: DataPlane) -> FastAPI:
     @app.post("/v1/models/{model}:predict", tags=["kserve v1"], openapi_extra={"requestBody": PREDICT_BODY},
               responses=ERRORS)  # fmt: skip
     async def v1_predict(request: Request, model: str) -> Response:
-        obj = _json_object(await read_body(request, max_bytes), "request body")
-        instances = obj.get("instances")
-        if not isinstance(instances, list) or not instances:
-            raise InvalidArgument("instances: expected a non-empty list")
-        spec = plane.model_metadata(model).inputs[0]
-        item_shape = list(spec.shape[1:])
-        data = decode_json(spec.datatype, [len(instances), *item_shape], instances, "instances", max_bytes)
-        response = await plane.infer(
-            InferRequest(model, [Tensor(spec.name, spec.datatype, data)], deadline_ns=_deadline(request))
-        )
-        if len(response.outputs) == 1:
-            return JSON({"predictions": response.outputs[0].data})
-        rows = [{t.name: t.data[i] for t in response.outputs} for i in range(len(instances))]
-        return JSON({"predictions": rows})
+        served = plane.resolve_for("rest", model)
+        if not is_small(request, small):
+            return await bulk(request, served, "v1")
+        deadline = _deadline(request)
+        tensor = parse_predict(await small_body(request), served.signature)
+        response = await plane.infer(InferRequest(model, [tensor], deadline_ns=deadline), served)
+        rendered = Rendered([render_predict(response.outputs, tensor.shape[0])], None)
+        return rendered_response(rendered, response.timing, response.total_ns)
 
     # -- repository extension -------------------------------------------------------------------------------------
 
     @app.post("/v2/repository/index", tags=["repository"])
     async def repository_index(request: Request) -> Response:
-        obj = _json_object(await read_body(request, max_bytes), "request body")
+        obj = json_object(await small_body(request), "request body")
         ready_only = obj.get("ready", False)
         if not isinstance(ready_only, bool):
             raise InvalidArgument("ready: expected a boolean")
@@ -412,13 +338,13 @@ def create_app(plane: DataPlane) -> FastAPI:
 
     @app.post("/v2/repository/models/{model}/load", tags=["repository"], responses={**ERRORS, 403: _ERROR})
     async def repository_load(request: Request, model: str) -> Response:
-        obj = _json_object(await read_body(request, max_bytes), "request body")
+        obj = json_object(await small_body(request), "request body")
         await plane.load(model, parameters_of(obj.get("parameters"), "parameters"))
         return JSON({})
 
     @app.post("/v2/repository/models/{model}/unload", tags=["repository"], responses={**ERRORS, 403: _ERROR})
     async def repository_unload(request: Request, model: str) -> Response:
-        obj = _json_object(await read_body(request, max_bytes), "request body")
+        obj = json_object(await small_body(request), "request body")
         await plane.unload(model, parameters_of(obj.get("parameters"), "parameters"))
         return JSON({})
 

@@ -140,6 +140,7 @@ class ModelRuntime:
                 f"{path.name}: a {self.description.kind} must have outputs {list(self.description.output_names)}"
             )
         self.compute_us_batch1 = float("nan")
+        self.compute_us_largest = float("nan")
 
     @property
     def output_names(self) -> list[str]:
@@ -170,18 +171,28 @@ class ModelRuntime:
         return SelfCheck(len(golden.inputs), error, passed)
 
     def warm_up(self) -> None:
-        """Runs batch 1 and the largest batch once (allocations, kernel choice), then times batch 1."""
+        """Runs batch 1 and the largest batch once (allocations, kernel choice), then times both."""
         spec = self.inputs[0]
         item_shape = _concrete(spec.shape[1:])
-        for batch in (1, self.config.max_batch_size):
-            self.run({spec.name: np.zeros((batch, *item_shape), dtype=np.float32)})
-        one = {spec.name: np.zeros((1, *item_shape), dtype=np.float32)}
-        samples = []
-        for _ in range(20):
-            start = time.perf_counter()
-            self.run(one)
-            samples.append(time.perf_counter() - start)
-        self.compute_us_batch1 = float(np.median(samples) * 1e6)
+        largest = self.config.max_batch_size
+        feeds = {batch: {spec.name: np.zeros((batch, *item_shape), dtype=np.float32)} for batch in (1, largest)}
+        for feed in feeds.values():
+            self.run(feed)
+        self.compute_us_batch1 = _median_us(self.run, feeds[1], 20)
+        self.compute_us_largest = _median_us(self.run, feeds[largest], 5) if largest > 1 else self.compute_us_batch1
+
+    def rows_within(self, budget_us: float) -> int:
+        """The most rows one run computes within ``budget_us`` (0 if not even one), from the warm-up timings: a
+        straight line through batch 1 and the largest batch, which is how these graphs scale."""
+        if not self.compute_us_batch1 < budget_us:
+            return 0
+        largest = self.config.max_batch_size
+        if largest == 1:
+            return 1
+        per_row = max(0.0, (self.compute_us_largest - self.compute_us_batch1) / (largest - 1))
+        if per_row == 0:
+            return largest
+        return 1 + int((budget_us - self.compute_us_batch1) / per_row)
 
     def check(self) -> None:
         """Warm-up and golden self-check; raises ``ModelLoadError`` if the outputs differ from the recorded ones."""
@@ -192,6 +203,15 @@ class ModelRuntime:
                 f"{self.path.name}: golden self-check failed (max abs error {result.max_abs_error:.3g} over "
                 f"{result.pairs} recorded pairs): the file does not compute what was exported"
             )
+
+
+def _median_us(run: Any, feeds: dict[str, np.ndarray], repeats: int) -> float:
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(feeds)
+        samples.append(time.perf_counter() - start)
+    return float(np.median(samples) * 1e6)
 
 
 def _dims(shape: Sequence[Any]) -> tuple[int, ...]:

@@ -14,10 +14,12 @@ from typing import Any
 
 import grpc
 import uvicorn
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_asgi_app
 
+from service.bulk import BulkPool
 from service.dataplane import DataPlane
 from service.grpc_server import Health, build_grpc_server
+from service.http import FramingGuard, guarded_protocol, raise_file_limit
 from service.metrics import ServerMetrics
 from service.repository import ModelRepository
 from service.rest import create_app
@@ -48,7 +50,14 @@ class Server:
         self.metrics = ServerMetrics(registry)
         self.executor = ThreadPoolExecutor(max_workers=available_cpus(), thread_name_prefix="inference")
         self.repository = ModelRepository(settings, self.metrics, self.executor)
-        self.plane = DataPlane(self.repository, self.metrics, settings)
+        self.bulk = BulkPool(
+            settings.bulk_workers or max(1, available_cpus() // 2),
+            settings.bulk_max_requests,
+            settings.bulk_worker_nice,
+            settings.log_format,
+            settings.log_level,
+        )
+        self.plane = DataPlane(self.repository, self.metrics, settings, self.bulk)
         self.health = Health(self.plane)
         self.repository.on_change.append(self.health.update)
         self.app = create_app(self.plane)
@@ -56,7 +65,8 @@ class Server:
         self.grpc_server: grpc.aio.Server | None = None
         self.http_server: _Uvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
-        self._metrics_httpd: object | None = None
+        self.metrics_server: _Uvicorn | None = None
+        self._metrics_task: asyncio.Task[None] | None = None
         self.http_port = settings.http_port
         self.grpc_port = settings.grpc_port
         self.metrics_port = settings.metrics_port
@@ -65,8 +75,9 @@ class Server:
     async def start(self) -> None:
         """Loads the models and opens the listeners; returns once every port accepts connections."""
         s = self.settings
-        await self.repository.start()
-        self.grpc_server = build_grpc_server(self.plane, self.health, self._extra_grpc)
+        per_port = self._connection_bound()
+        await asyncio.gather(self.repository.start(), self.bulk.start())
+        self.grpc_server = build_grpc_server(self.plane, self.health, self._extra_grpc, per_port)
         address = f"{s.host}:{s.grpc_port}"
         if s.tls_cert is not None and s.tls_key is not None:
             credentials = grpc.ssl_server_credentials(
@@ -80,40 +91,53 @@ class Server:
         if self.grpc_port == 0:
             raise OSError(f"cannot listen for gRPC on {s.host}:{s.grpc_port}")
         await self.grpc_server.start()
-        tls: dict[str, Any] = {}
-        if s.tls_cert is not None:
-            tls = {"ssl_certfile": str(s.tls_cert), "ssl_keyfile": str(s.tls_key)}
-            if s.tls_client_ca is not None:
-                tls.update(ssl_ca_certs=str(s.tls_client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
-        config = uvicorn.Config(
-            self.app, host=s.host, port=s.http_port, log_config=None, access_log=False, lifespan="off",
-            timeout_graceful_shutdown=max(1, int(s.drain_grace_s)), **tls,
-        )  # fmt: skip
-        self.http_server = _Uvicorn(config)
-        self._http_task = asyncio.get_running_loop().create_task(self.http_server.serve())
-        while not self.http_server.started:
-            if self._http_task.done():
-                self._http_task.result()  # re-raises the bind error
-                raise OSError(f"cannot listen for HTTP on {s.host}:{s.http_port}")
-            await asyncio.sleep(0.01)
+        self.http_server, self._http_task = await self._serve_http(self.app, s.http_port, per_port)
         self.http_port = self.http_server.servers[0].sockets[0].getsockname()[1]
         if s.metrics_port is not None and s.tokens() and not s.auth_open_metrics:
             log.info("metrics port disabled: auth covers metrics, which stay on the REST /metrics")
         elif s.metrics_port is not None:
-            httpd, _ = start_http_server(
-                s.metrics_port, addr=s.host, registry=self.metrics.registry,
-                certfile=None if s.tls_cert is None else str(s.tls_cert),
-                keyfile=None if s.tls_key is None else str(s.tls_key),
-                client_cafile=None if s.tls_client_ca is None else str(s.tls_client_ca),
-                client_auth_required=s.tls_client_ca is not None,
-            )  # fmt: skip
-            self._metrics_httpd = httpd
-            self.metrics_port = httpd.server_port
+            app = FramingGuard(make_asgi_app(registry=self.metrics.registry))
+            self.metrics_server, self._metrics_task = await self._serve_http(app, s.metrics_port, per_port)
+            self.metrics_port = self.metrics_server.servers[0].sockets[0].getsockname()[1]
         await self.health.update()
         log.info(
             "serving %d model version(s): http :%d, grpc :%d, metrics :%s",
             self.repository.ready_count(), self.http_port, self.grpc_port, self.metrics_port,
         )  # fmt: skip
+
+    def _connection_bound(self) -> int:
+        """Connections per port: ``max_connections``, within what the open-file limit allows for three ports beside
+        the files and sockets the server holds anyway (raising the limit first, as far as the system lets it)."""
+        wanted = self.settings.max_connections
+        reserve = 256  # model files, bulk workers, ONNX Runtime, logs, the listeners themselves
+        limit = raise_file_limit(3 * wanted + reserve)
+        bound = min(wanted, max(16, (limit - reserve) // 3))
+        if bound < wanted:
+            log.warning("open-file limit %d: at most %d connections per port instead of %d", limit, bound, wanted)
+        return bound
+
+    async def _serve_http(self, app: Any, port: int, max_connections: int) -> tuple[_Uvicorn, asyncio.Task[None]]:
+        """A uvicorn server for ``app`` on ``port`` with the connection hygiene of ``service.http``."""
+        s = self.settings
+        tls: dict[str, Any] = {}
+        if s.tls_cert is not None:
+            tls = {"ssl_certfile": str(s.tls_cert), "ssl_keyfile": str(s.tls_key)}
+            if s.tls_client_ca is not None:
+                tls.update(ssl_ca_certs=str(s.tls_client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
+        protocol = guarded_protocol(max_connections, s.http_head_timeout_s, s.http_write_timeout_s)
+        config = uvicorn.Config(
+            app, host=s.host, port=port, log_config=None, access_log=False, lifespan="off", http=protocol,
+            timeout_keep_alive=s.http_keep_alive_s,  # type: ignore[arg-type]  # a float works (call_later)
+            timeout_graceful_shutdown=1, **tls,
+        )  # fmt: skip
+        server = _Uvicorn(config)
+        task = asyncio.get_running_loop().create_task(server.serve())
+        while not server.started:
+            if task.done():
+                task.result()  # re-raises the bind error
+                raise OSError(f"cannot listen for HTTP on {s.host}:{port}")
+            await asyncio.sleep(0.01)
+        return server, task
 
     async def stop(self) -> None:
         """Graceful drain: not ready, refuse new requests, finish accepted ones (up to the grace period), exit."""
@@ -127,12 +151,11 @@ class Server:
             log.warning("grace period over with requests still in flight")
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace=1.0)
-        if self.http_server is not None and self._http_task is not None:
-            self.http_server.should_exit = True
-            await asyncio.gather(self._http_task, return_exceptions=True)
-        if self._metrics_httpd is not None:
-            self._metrics_httpd.shutdown()  # type: ignore[attr-defined]
-            self._metrics_httpd.server_close()  # type: ignore[attr-defined]
+        for server, task in ((self.http_server, self._http_task), (self.metrics_server, self._metrics_task)):
+            if server is not None and task is not None:
+                server.should_exit = True
+                await asyncio.gather(task, return_exceptions=True)
+        await self.bulk.close()
         await self.repository.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self._stopped.set()

@@ -81,7 +81,54 @@ class ServerSettings(BaseSettings):
     """Default bound on queued requests per model version; beyond it requests fail with RESOURCE_EXHAUSTED."""
 
     max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024)
-    """Largest request body (REST) or message (gRPC) accepted, and largest gRPC message sent."""
+    """Largest request body (REST, after decompression) or message (gRPC) accepted, and largest gRPC message sent.
+    Also the most elements one tensor may declare."""
+
+    grpc_max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    """Largest gRPC message received or sent (and never above ``max_request_bytes``). gRPC's Python binding copies a
+    whole message on the event loop that also answers robots, at about 1 ms per MiB here, so large payloads belong on
+    REST (binary tensor extension), which streams them in small pieces; 4 MiB is gRPC's own default."""
+
+    max_request_rows: int = Field(65536, ge=1)
+    """Default largest batch (rows) one request may carry, whatever its size in bytes; a model's ``config.yaml``
+    may change it. Checked from the request's declared shape, before any tensor data is decoded."""
+
+    bulk_request_bytes: int = Field(64 * 1024, ge=1024)
+    """Requests larger than this (a REST body, an OIP gRPC message) are decoded, computed and encoded in the bulk
+    worker processes, never on the event loop that answers robots; compressed REST bodies always are."""
+
+    bulk_workers: int | None = Field(None, ge=1)
+    """Bulk worker processes. ``None``: half the CPUs this process may use (at least one)."""
+
+    bulk_max_requests: int = Field(8, ge=1)
+    """Large requests admitted at once (being received, waiting for a worker, or computed); beyond, they are refused
+    at once with 429 / RESOURCE_EXHAUSTED. Bounds the server's memory: each may hold up to ``max_request_bytes``."""
+
+    bulk_worker_nice: int = Field(10, ge=0, le=19)
+    """Scheduling niceness of the bulk workers: when CPUs are short, the robots' event loop runs first."""
+
+    max_connections: int = Field(512, ge=1)
+    """Open connections per port (REST, gRPC, metrics); beyond, a new connection is closed at once. The server raises
+    its open-file limit to cover all ports (and lowers this bound if the system's hard limit cannot)."""
+
+    http_head_timeout_s: float = Field(10.0, gt=0)
+    """A REST or metrics connection must send each request's head (request line and headers) within this long of
+    opening or of its previous response, else it is closed."""
+
+    http_body_timeout_s: float = Field(30.0, gt=0)
+    """Longest pause while a request body arrives; then 408 and the connection is closed."""
+
+    http_keep_alive_s: float = Field(5.0, gt=0)
+    """An idle keep-alive REST or metrics connection is closed after this long."""
+
+    http_write_timeout_s: float = Field(30.0, gt=0)
+    """A client that reads none of its response for this long is disconnected."""
+
+    grpc_handshake_timeout_s: float = Field(10.0, gt=0)
+    """A gRPC connection must complete its (TLS and) HTTP/2 handshake within this long, else it is closed."""
+
+    grpc_max_connection_idle_s: float = Field(300.0, gt=0)
+    """A gRPC connection without calls for this long is closed (GOAWAY: clients reconnect on their next call)."""
 
     grpc_keepalive_time_s: float = Field(60.0, gt=0)
     """Server-initiated keepalive ping interval on idle connections."""

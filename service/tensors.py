@@ -1,7 +1,9 @@
 """Open Inference Protocol tensors <-> numpy, with every validation of client data in this one module.
 
-Transports decode their wire format (JSON, the binary-data extension, protobuf typed or raw contents) with the
-``decode_*`` functions, and the data plane checks the result against the model's signature with ``bind_inputs``.
+Every tensor header (name, datatype, shape) is checked against the model's ``Signature`` first -- before any of its
+data is decoded, so that a request the model cannot take costs nothing to refuse. Transports then decode their wire
+format (JSON, the binary-data extension, protobuf typed or raw contents) with the ``decode_*`` functions, and the data
+plane checks the whole request against the signature with ``bind_inputs``.
 Every error is an ``InvalidArgument``/``PayloadTooLarge`` whose message names the offending field, e.g.
 ``inputs[0].shape``.
 """
@@ -12,7 +14,7 @@ import math
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -116,6 +118,68 @@ def check_shape(shape: Any, where: str, max_elements: int) -> tuple[int, ...]:
     return tuple(dims)
 
 
+def _check_against(spec: TensorSpec, shape: tuple[int, ...], where: str, max_rows: int) -> None:
+    """``shape`` fits ``spec``: same rank, the fixed dimensions equal, a batch (if variable) of 1 to ``max_rows``."""
+    if len(shape) != len(spec.shape) or any(e != -1 and e != d for e, d in zip(spec.shape, shape, strict=False)):
+        raise InvalidArgument(
+            f"{where}.shape: input {spec.name!r} expects {list(spec.shape)} (-1: any), got {list(shape)}"
+        )
+    if spec.shape and spec.shape[0] == -1:
+        if shape[0] < 1:
+            raise InvalidArgument(f"{where}.shape: the batch dimension must be at least 1, got {list(shape)}")
+        if shape[0] > max_rows:
+            raise PayloadTooLarge(
+                f"{where}.shape: a batch of {shape[0]} rows is more than this model takes in one request "
+                f"({max_rows}, max_request_rows)"
+            )
+
+
+class Declared(NamedTuple):
+    """A request tensor as its header declares it, checked against the model before any of its data is decoded."""
+
+    spec: TensorSpec
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+
+    @property
+    def elements(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What a request to one model version may carry: its inputs, the most rows (batch) per request, and the most
+    elements per tensor. Every tensor header is checked here first, so a request that cannot fit the model is
+    refused before its data is looked at: a BYTES tensor for a numeric input is refused without iterating it, and a
+    batch over ``max_rows`` without decoding it."""
+
+    inputs: tuple[TensorSpec, ...]
+    max_rows: int
+    max_elements: int
+
+    def spec(self, name: Any, where: str) -> TensorSpec:
+        for spec in self.inputs:
+            if spec.name == name:
+                return spec
+        raise InvalidArgument(
+            f"{where}.name: unknown input {name!r}; the model's inputs are {sorted(s.name for s in self.inputs)}"
+        )
+
+    def declare(self, name: Any, datatype: Any, shape: Any, where: str) -> Declared:
+        """Checks a tensor's header -- name, datatype, shape, rows, elements -- against the model."""
+        spec = self.spec(name, where)
+        dtype = check_datatype(datatype, where)
+        if datatype != spec.datatype:
+            raise InvalidArgument(f"{where}.datatype: input {spec.name!r} is {spec.datatype}, got {datatype}")
+        dims = check_shape(shape, where, self.max_elements)
+        _check_against(spec, dims, where, self.max_rows)
+        return Declared(spec, dtype, dims)
+
+    def raw_size(self, declared: Declared) -> int | None:
+        """The byte size raw data of ``declared`` must have (``None`` for BYTES: elements have their own lengths)."""
+        return None if declared.spec.datatype == "BYTES" else declared.elements * declared.dtype.itemsize
+
+
 def _flatten_json(data: Any, where: str, depth: int = 0) -> list[Any]:
     """Row-major flattening of nested JSON lists (OIP allows both flat and nested ``data``), at most ``MAX_RANK``
     levels deep (JSON parsers accept ~1000 levels, more than Python's recursion limit leaves for this)."""
@@ -135,12 +199,10 @@ def _flatten_json(data: Any, where: str, depth: int = 0) -> list[Any]:
     return out
 
 
-def decode_json(datatype: Any, shape: Any, data: Any, where: str, max_elements: int) -> np.ndarray:
-    """The ``data`` member of a JSON tensor (flat or nested, row-major) as an array of ``shape``."""
-    dtype = check_datatype(datatype, where)
-    dims = check_shape(shape, where, max_elements)
+def decode_json(declared: Declared, data: Any, where: str) -> np.ndarray:
+    """The ``data`` member of a JSON tensor (flat or nested, row-major) as an array of the declared shape."""
+    datatype, dims, expected = declared.spec.datatype, declared.shape, declared.elements
     values = _flatten_json(data, where)
-    expected = math.prod(dims)
     if len(values) != expected:
         raise InvalidArgument(f"{where}.data: {len(values)} values for shape {list(dims)}, expected {expected}")
     if datatype == "BYTES":
@@ -156,32 +218,29 @@ def decode_json(datatype: Any, shape: Any, data: Any, where: str, max_elements: 
         raise InvalidArgument(f"{where}.data: {datatype} tensors take numbers")
     try:
         with np.errstate(over="raise", invalid="raise"):
-            array = np.asarray(values, dtype=dtype)
+            array = np.asarray(values, dtype=declared.dtype)
     except (OverflowError, FloatingPointError, ValueError):
         raise InvalidArgument(f"{where}.data: values do not fit {datatype}") from None
     return array.reshape(dims)
 
 
-def decode_raw(datatype: Any, shape: Any, raw: bytes, where: str, max_elements: int) -> np.ndarray:
+def decode_raw(declared: Declared, raw: bytes | memoryview, where: str) -> np.ndarray:
     """Raw little-endian row-major bytes (gRPC ``raw_input_contents``, the REST binary extension)."""
-    dtype = check_datatype(datatype, where)
-    dims = check_shape(shape, where, max_elements)
-    expected = math.prod(dims)
+    datatype, dims, expected = declared.spec.datatype, declared.shape, declared.elements
     if datatype == "BYTES":
         return _decode_bytes_elements(raw, expected, where).reshape(dims)
-    if len(raw) != expected * dtype.itemsize:
+    if len(raw) != expected * declared.dtype.itemsize:
         raise InvalidArgument(
             f"{where}: {len(raw)} bytes of raw data for shape {list(dims)} {datatype}, "
-            f"expected {expected * dtype.itemsize}"
+            f"expected {expected * declared.dtype.itemsize}"
         )
-    return np.frombuffer(raw, dtype=_WIRE_DTYPES[datatype]).astype(dtype, copy=False).reshape(dims)
+    return np.frombuffer(raw, dtype=_WIRE_DTYPES[datatype]).astype(declared.dtype, copy=False).reshape(dims)
 
 
-def decode_typed(datatype: Any, shape: Any, values: Sequence[Any], where: str, max_elements: int) -> np.ndarray:
-    """gRPC typed contents (``fp32_contents`` etc., already the right Python types) as an array of ``shape``."""
-    dtype = check_datatype(datatype, where)
-    dims = check_shape(shape, where, max_elements)
-    expected = math.prod(dims)
+def decode_typed(declared: Declared, values: Sequence[Any], where: str) -> np.ndarray:
+    """gRPC typed contents (``fp32_contents`` etc., already the right Python types) as an array of the declared
+    shape."""
+    datatype, dims, expected = declared.spec.datatype, declared.shape, declared.elements
     if len(values) != expected:
         raise InvalidArgument(f"{where}.contents: {len(values)} values for shape {list(dims)}, expected {expected}")
     if datatype == "BYTES":
@@ -190,13 +249,15 @@ def decode_typed(datatype: Any, shape: Any, values: Sequence[Any], where: str, m
         return array.reshape(dims)
     try:
         with np.errstate(over="raise", invalid="raise"):
-            return np.asarray(values, dtype=dtype).reshape(dims)
+            return np.asarray(values, dtype=declared.dtype).reshape(dims)
     except (OverflowError, FloatingPointError, ValueError):
         raise InvalidArgument(f"{where}.contents: values do not fit {datatype}") from None
 
 
-def _decode_bytes_elements(raw: bytes, count: int, where: str) -> np.ndarray:
+def _decode_bytes_elements(raw: bytes | memoryview, count: int, where: str) -> np.ndarray:
     """BYTES wire form: each element is a 4-byte little-endian length followed by that many bytes."""
+    if len(raw) < 4 * count:  # every element takes at least its length prefix: refuse before iterating
+        raise InvalidArgument(f"{where}: {len(raw)} bytes cannot hold {count} BYTES elements")
     out = np.empty(count, dtype=object)
     offset = 0
     for i in range(count):
@@ -251,44 +312,36 @@ def float32_all_finite(values: np.ndarray) -> bool:
 
 
 def bind_inputs(
-    tensors: Sequence[Tensor], specs: Sequence[TensorSpec], *, allow_non_finite: bool = False
+    tensors: Sequence[Tensor], signature: Signature, *, allow_non_finite: bool = False
 ) -> dict[str, np.ndarray]:
-    """Checks request tensors against a model's inputs and returns ONNX Runtime feeds.
+    """Checks decoded request tensors against a model's signature and returns ONNX Runtime feeds.
 
-    Checks: every input given exactly once and no unknown ones, datatype, rank, fixed dimensions, a batch of at
-    least one shared by all inputs, and (unless the model allows it) finite values.
+    Checks: every input given exactly once and no unknown ones, datatype, rank, fixed dimensions, a batch of 1 to
+    ``max_rows`` shared by all inputs, and (unless the model allows it) finite values.
     """
-    by_name = {spec.name: spec for spec in specs}
     feeds: dict[str, np.ndarray] = {}
     batch: int | None = None
     for index, tensor in enumerate(tensors):
         where = f"inputs[{index}]"
-        spec = by_name.get(tensor.name)
-        if spec is None:
-            raise InvalidArgument(
-                f"{where}.name: unknown input {tensor.name!r}; the model's inputs are {sorted(by_name)}"
-            )
+        spec = signature.spec(tensor.name, where)
         if tensor.name in feeds:
             raise InvalidArgument(f"{where}.name: input {tensor.name!r} is given more than once")
         if tensor.datatype != spec.datatype:
             raise InvalidArgument(f"{where}.datatype: input {tensor.name!r} is {spec.datatype}, got {tensor.datatype}")
         shape = tensor.shape
-        if len(shape) != len(spec.shape) or any(e != -1 and e != d for e, d in zip(spec.shape, shape, strict=False)):
-            raise InvalidArgument(
-                f"{where}.shape: input {tensor.name!r} expects {list(spec.shape)} (-1: any), got {list(shape)}"
-            )
+        _check_against(spec, shape, where, signature.max_rows)
         if spec.shape and spec.shape[0] == -1:
-            if shape[0] < 1:
-                raise InvalidArgument(f"{where}.shape: the batch dimension must be at least 1, got {list(shape)}")
             if batch is not None and shape[0] != batch:
                 raise InvalidArgument(f"{where}.shape: batch {shape[0]} differs from the other inputs' {batch}")
             batch = shape[0]
         if not allow_non_finite and tensor.data.dtype.kind == "f" and not np.isfinite(tensor.data).all():
             raise InvalidArgument(f"{where}.data: input {tensor.name!r} contains NaN or infinity")
         feeds[tensor.name] = tensor.data
-    missing = sorted(set(by_name) - set(feeds))
+    missing = sorted({s.name for s in signature.inputs} - set(feeds))
     if missing:
-        raise InvalidArgument(f"inputs: missing {missing}; the model's inputs are {sorted(by_name)}")
+        raise InvalidArgument(
+            f"inputs: missing {missing}; the model's inputs are {sorted(s.name for s in signature.inputs)}"
+        )
     return feeds
 
 

@@ -126,9 +126,7 @@ def child_env(changes: dict[str, str | None] | None) -> dict[str, str]:
 
 
 @contextmanager
-def server_process(
-    repository: Path, *args: str, env: dict[str, str | None] | None = None
-) -> Iterator[ServerProcess]:
+def server_process(repository: Path, *args: str, env: dict[str, str | None] | None = None) -> Iterator[ServerProcess]:
     """``python -m service`` as a child process on ephemeral ports (read back from its log); ``env`` adds variables
     to this process's environment (``None`` removes one)."""
     cmd = [sys.executable, "-m", "service", "--repository", str(repository), "--host", "127.0.0.1",

@@ -297,9 +297,11 @@ GRPC_OIP = [
     Grpc("raw-and-typed", infer(ZEROS, typed=[0.0] * OBS), INVALID,
          "inputs[0].contents: give raw_input_contents or contents, not both"),
     Grpc("raw-count-mismatch", two_raw(infer(ZEROS)), INVALID, "raw_input_contents: 2 entries for 1 inputs"),
-    Grpc("fp16-typed", infer(typed=[0.0] * OBS, datatype="FP16"), INVALID, "FP16 tensors travel in raw"),
-    Grpc("int8-overflow", typed("INT8", int_contents=[1000] * OBS), INVALID, "inputs[0].contents: values do not fit"),
-    Grpc("bytes-malformed", infer(b"\xff\xff\xff\x7f", datatype="BYTES"), INVALID, "inputs[0]: BYTES element 0"),
+    # A datatype the model does not take is refused from the header, before the contents are decoded (the decoders'
+    # own errors -- FP16 typed, INT8 overflow, malformed BYTES -- are checked in test_tensors.py).
+    Grpc("fp16-typed", infer(typed=[0.0] * OBS, datatype="FP16"), INVALID, "input 'observation' is FP32, got FP16"),
+    Grpc("int8-overflow", typed("INT8", int_contents=[1000] * OBS), INVALID, "input 'observation' is FP32, got INT8"),
+    Grpc("bytes-malformed", infer(b"\xff\xff\xff\x7f", datatype="BYTES"), INVALID, "'observation' is FP32, got BYTES"),
     Grpc("nan-raw", infer(NAN), INVALID, "inputs[0].data: input 'observation' contains NaN or infinity"),
     Grpc("inf-raw", infer(INF), INVALID, "inputs[0].data: input 'observation' contains NaN or infinity"),
     Grpc("nan-typed", infer(typed=[float("nan")] * OBS), INVALID, "inputs[0].data: input 'observation' contains"),

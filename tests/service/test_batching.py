@@ -46,8 +46,8 @@ def test_requests_are_grouped_up_to_max_batch_and_answered_in_order(inline: bool
     executor = ThreadPoolExecutor(2)
 
     async def main() -> list[np.ndarray]:
-        b = Batcher(model, max_batch_size=8, max_queue_delay_us=20_000, max_queue_size=100, inline=inline,
-                    executor=executor)  # fmt: skip
+        b = Batcher(model, max_batch_size=8, max_queue_delay_us=20_000, max_queue_size=100,
+                    inline_rows=1000 if inline else 0, executor=executor)  # fmt: skip
         results = await asyncio.gather(*(b.submit(feeds(i, rows=2), ["y"]) for i in range(10)))
         await b.close()
         return [r[0][0] for r in results]
@@ -63,7 +63,7 @@ def test_idle_inline_batcher_computes_immediately_without_queueing() -> None:
     model = Recorder()
 
     async def main() -> float:
-        b = Batcher(model, max_batch_size=8, max_queue_delay_us=0, max_queue_size=1, inline=True)
+        b = Batcher(model, max_batch_size=8, max_queue_delay_us=0, max_queue_size=1, inline_rows=1000)
         (out,), timing = await b.submit(feeds(3.0), ["y"])
         assert timing.queue_ns < 1_000_000 and timing.batch_size == 1
         await b.close()
@@ -76,7 +76,7 @@ def test_incompatible_requests_are_not_mixed() -> None:
     model = Recorder()
 
     async def main() -> None:
-        b = Batcher(model, max_batch_size=64, max_queue_delay_us=20_000, max_queue_size=100, inline=True)
+        b = Batcher(model, max_batch_size=64, max_queue_delay_us=20_000, max_queue_size=100, inline_rows=1000)
         a = b.submit(feeds(1.0, width=3), ["y"])
         c = b.submit(feeds(1.0, width=4), ["y"])  # another per-row shape
         d = b.submit(feeds(1.0, width=3), ["y", "z"])  # other outputs
@@ -93,7 +93,7 @@ def test_queue_bound_rejects_with_queue_full() -> None:
     executor = ThreadPoolExecutor(1)
 
     async def main() -> list[object]:
-        b = Batcher(model, max_batch_size=1, max_queue_delay_us=0, max_queue_size=2, inline=False, executor=executor)
+        b = Batcher(model, max_batch_size=1, max_queue_delay_us=0, max_queue_size=2, inline_rows=0, executor=executor)
         results = await asyncio.gather(*(b.submit(feeds(i), ["y"]) for i in range(6)), return_exceptions=True)
         await b.close()
         return results
@@ -109,7 +109,7 @@ def test_expired_requests_are_answered_deadline_exceeded_and_not_computed() -> N
     executor = ThreadPoolExecutor(1)
 
     async def main() -> list[object]:
-        b = Batcher(model, max_batch_size=1, max_queue_delay_us=0, max_queue_size=10, inline=False, executor=executor)
+        b = Batcher(model, max_batch_size=1, max_queue_delay_us=0, max_queue_size=10, inline_rows=0, executor=executor)
         first = asyncio.ensure_future(b.submit(feeds(0), ["y"]))
         await asyncio.sleep(0.01)  # the first is computing for 100 ms
         late = b.submit(feeds(1), ["y"], deadline_ns=time.monotonic_ns() + 20_000_000)
@@ -129,7 +129,7 @@ def test_cancelled_requests_are_skipped() -> None:
     executor = ThreadPoolExecutor(1)
 
     async def main() -> None:
-        b = Batcher(model, max_batch_size=1, max_queue_delay_us=0, max_queue_size=10, inline=False, executor=executor)
+        b = Batcher(model, max_batch_size=1, max_queue_delay_us=0, max_queue_size=10, inline_rows=0, executor=executor)
         first = asyncio.ensure_future(b.submit(feeds(0), ["y"]))
         await asyncio.sleep(0.01)
         doomed = asyncio.ensure_future(b.submit(feeds(1), ["y"]))
@@ -147,7 +147,7 @@ def test_close_drains_queued_requests_then_refuses_new_ones() -> None:
     executor = ThreadPoolExecutor(1)
 
     async def main() -> list[object]:
-        b = Batcher(model, max_batch_size=1, max_queue_delay_us=0, max_queue_size=10, inline=False, executor=executor)
+        b = Batcher(model, max_batch_size=1, max_queue_delay_us=0, max_queue_size=10, inline_rows=0, executor=executor)
         pending = [asyncio.ensure_future(b.submit(feeds(i), ["y"])) for i in range(4)]
         await asyncio.sleep(0)
         await b.close(timeout=5)
@@ -164,7 +164,7 @@ def test_queue_delay_waits_for_a_fuller_batch() -> None:
     model = Recorder()
 
     async def main() -> None:
-        b = Batcher(model, max_batch_size=4, max_queue_delay_us=50_000, max_queue_size=10, inline=True)
+        b = Batcher(model, max_batch_size=4, max_queue_delay_us=50_000, max_queue_size=10, inline_rows=1000)
         first = asyncio.ensure_future(b.submit(feeds(0), ["y"]))
         await asyncio.sleep(0.01)
         second = asyncio.ensure_future(b.submit(feeds(1), ["y"]))

@@ -97,7 +97,7 @@ def test_metrics_can_be_closed_too(repo: Path, tmp_path: Path) -> None:
     token_file = tmp_path / "tokens"
     token_file.write_text(f"\n{TOKEN}\n")
     with running_server(repo, auth_token_file=token_file, auth_open_metrics=False) as server:
-        assert server.server._metrics_httpd is None  # the open metrics port is not started
+        assert server.server.metrics_server is None  # the open metrics port is not started
         assert httpx.get(server.http + "/metrics").status_code == 401
         r = httpx.get(server.http + "/metrics", headers={"authorization": f"Bearer {TOKEN}"})
         assert r.status_code == 200 and "odetoode_requests_total" in r.text

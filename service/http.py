@@ -1,0 +1,241 @@
+"""HTTP/1.1 hygiene for every HTTP port of the server (REST and metrics): what uvicorn leaves to a proxy in front.
+
+uvicorn closes idle keep-alive connections (``timeout_keep_alive``) but has no deadline for a request's head or body
+and no bound on open connections, so 800 sockets that each send half a request line stay open forever, and a thousand
+silent ones exhaust the process's file descriptors -- which stops every port, gRPC included. Here:
+
+* ``guarded_protocol``: uvicorn's h11 protocol with a bound on open connections per listener (beyond it, a new
+  connection is closed at once), a deadline for each request's head (from the connection's start or its previous
+  response), and a deadline for a client that reads none of its response (its connection is dropped);
+* ``FramingGuard``: refuses (400, connection closed) a request that carries both ``Content-Length`` and
+  ``Transfer-Encoding``, the classic request-smuggling ambiguity, which h11 would resolve silently;
+* ``BodyReader``: reads a request body in the chunks it arrives in, with a deadline between chunks (408 and the
+  connection closed), a byte limit, and a client that goes away mid-body logged once, at debug level;
+* ``PartsResponse``: a response sent in the parts it was rendered in (never joined into one copy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+from collections.abc import Sequence
+from typing import Any
+
+import h11
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from service.errors import InvalidArgument, PayloadTooLarge
+
+log = logging.getLogger(__name__)
+
+CLOSE = (b"connection", b"close")
+
+
+class BodyTimeoutError(Exception):
+    """The client stopped sending its request body; answered 408 and the connection is closed."""
+
+
+class ClientGoneError(Exception):
+    """The client closed its connection before its request body was complete; nothing is answered."""
+
+
+def guarded_protocol(max_connections: int, head_timeout_s: float, write_timeout_s: float) -> type[H11Protocol]:
+    """uvicorn's h11 protocol with a connection bound and head and write deadlines (one class per listener, so each
+    port counts its own connections)."""
+
+    class GuardedH11Protocol(H11Protocol):
+        _head_timer: asyncio.TimerHandle | None = None
+        _write_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            if len(self.connections) >= max_connections:
+                log.warning("%d connections open on this port (max_connections): closing a new one", max_connections)
+                transport.abort()
+                return
+            super().connection_made(transport)
+            self._arm_head_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._cancel_timers()
+            if self.transport is None:  # refused in connection_made: never counted
+                return
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE and self._head_timer is not None:
+                self._head_timer.cancel()  # the head is complete
+                self._head_timer = None
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm_head_timer()  # the next request's head gets its own deadline
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            if self._write_timer is None:
+                self._write_timer = self.loop.call_later(write_timeout_s, self._stalled_reader)
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            if self._write_timer is not None:
+                self._write_timer.cancel()
+                self._write_timer = None
+
+        def _arm_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+            self._head_timer = self.loop.call_later(head_timeout_s, self._head_overdue)
+
+        def _head_overdue(self) -> None:
+            self._head_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                log.debug("closing a connection that sent no complete request head in %.0f s", head_timeout_s)
+                self.transport.abort()
+
+        def _stalled_reader(self) -> None:
+            self._write_timer = None
+            log.debug("closing a connection that read none of its response in %.0f s", write_timeout_s)
+            self.transport.abort()
+
+        def _cancel_timers(self) -> None:
+            for timer in (self._head_timer, self._write_timer):
+                if timer is not None:
+                    timer.cancel()
+            self._head_timer = self._write_timer = None
+
+    return GuardedH11Protocol
+
+
+class FramingGuard:
+    """Pure ASGI middleware: a request with both ``Content-Length`` and ``Transfer-Encoding`` is refused (400) and
+    its connection closed, before any route sees it."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            names = {name for name, _ in scope["headers"]}
+            if b"content-length" in names and b"transfer-encoding" in names:
+                body = b'{"error":"request: Content-Length and Transfer-Encoding together are ambiguous"}'
+                length = (b"content-length", str(len(body)).encode())
+                headers = [(b"content-type", b"application/json"), length, CLOSE]
+                await send({"type": "http.response.start", "status": 400, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+class BodyReader:
+    """A request's body as it arrives: at most ``limit`` bytes, with at most ``timeout_s`` between two chunks.
+
+    ``body_pending`` tells whether a request's body is not (all) read: an error answered then (too large, refused
+    early, a model that does not exist) closes the connection instead of letting the server read and discard the rest.
+    """
+
+    def __init__(self, request: Request, limit: int, timeout_s: float) -> None:
+        self.request = request
+        self.limit = limit
+        self.timeout_s = timeout_s
+        self.size = 0
+        self._chunks = request.stream().__aiter__()
+        self._pending: list[bytes] = []
+
+    def declared_length(self) -> int | None:
+        """``Content-Length``, refused (413) when over the limit before a byte is read."""
+        declared = self.request.headers.get("content-length")
+        if declared is None:
+            return None
+        try:
+            length = int(declared)
+        except ValueError:
+            raise InvalidArgument("Content-Length: not an integer") from None
+        if length > self.limit:
+            raise PayloadTooLarge(f"request body of {length} bytes exceeds the {self.limit}-byte limit")
+        return length
+
+    async def _next(self) -> bytes | None:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                chunk = await anext(self._chunks)
+        except StopAsyncIteration:
+            return None
+        except TimeoutError:
+            raise BodyTimeoutError(f"request body: nothing received for {self.timeout_s:g} s") from None
+        except ClientDisconnect:
+            raise ClientGoneError from None
+        self.size += len(chunk)
+        if self.size > self.limit:
+            raise PayloadTooLarge(f"request body exceeds the {self.limit}-byte limit")
+        return chunk
+
+    async def prefix(self, size: int) -> bytes:
+        """The first ``size`` bytes (fewer if the body ends first); what follows stays for ``rest``."""
+        have = sum(len(c) for c in self._pending)
+        while have < size:
+            chunk = await self._next()
+            if chunk is None:
+                break
+            self._pending.append(chunk)
+            have += len(chunk)
+        joined = b"".join(self._pending)
+        self._pending = [joined[size:]] if len(joined) > size else []
+        return joined[:size]
+
+    async def rest(self) -> list[bytes]:
+        """Every remaining chunk, as it arrived (never joined: a large body is never copied whole)."""
+        parts, self._pending = self._pending, []
+        while (chunk := await self._next()) is not None:
+            parts.append(chunk)
+        self.request.state.body_read = True
+        return parts
+
+    async def read(self) -> bytes:
+        """The whole (small) body, joined."""
+        return b"".join(await self.rest())
+
+
+def body_pending(request: Request) -> bool:
+    """Whether ``request`` has a body that was not read to its end."""
+    if getattr(request.state, "body_read", False):
+        return False
+    headers = request.headers
+    return "transfer-encoding" in headers or headers.get("content-length", "0").strip() not in ("", "0")
+
+
+class PartsResponse(Response):
+    """A response body sent part after part, as rendered, with its ``Content-Length``."""
+
+    def __init__(self, parts: Sequence[bytes], media_type: str, headers: dict[str, str], status_code: int = 200):
+        super().__init__(None, status_code, headers, media_type)
+        self.parts = [p for p in parts if p]
+        self.headers["content-length"] = str(sum(len(p) for p in self.parts))
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        last = len(self.parts) - 1
+        for index, part in enumerate(self.parts):
+            await send({"type": "http.response.body", "body": part, "more_body": index < last})
+        if not self.parts:
+            await send({"type": "http.response.body", "body": b""})
+
+
+def raise_file_limit(wanted: int) -> int:
+    """Raises this process's open-file limit towards ``wanted`` (up to its hard limit); returns the soft limit now.
+
+    Many systems start processes at 1,024 descriptors with a far higher hard limit; a server that holds one per
+    connection, per model file and per worker wants the headroom (Go's runtime raises it the same way)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            log.warning("could not raise the open-file limit from %d to %d", soft, target)
+    return soft
