@@ -14,13 +14,12 @@ Wire format, over a socket pair with the server (``service.bulk``): a frame is `
 <u64 payload length><payload>``. The server sends a job frame, the worker answers with a reply frame whose header is
 either ``{"version", "queue_ns", "compute_ns", "rows", ...}`` or ``{"error": <ServingError class>, "message"}``.
 
-    python -m service.bulk_worker FD NICE LOG_FORMAT LOG_LEVEL
+    python -m service.bulk_worker FD PRIORITY LOG_FORMAT LOG_LEVEL
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import socket
@@ -38,6 +37,7 @@ from service._proto.inference import grpc_service_pb2 as pb
 from service.batching import Timing
 from service.errors import DeadlineExceeded, InternalError, InvalidArgument, ModelNotReady, ServingError
 from service.inference import InferResponse
+from service.memory import map_large_buffers, release_memory
 from service.model_config import ResolvedConfig
 from service.runtime import ModelRuntime
 from service.tensors import Signature, Tensor, bind_inputs, check_requested_outputs, datatype_of
@@ -124,7 +124,7 @@ class Runtimes:
             raise changed from None
         if (st.st_mtime_ns, st.st_size) != (mtime_ns, size):
             raise changed
-        runtime = ModelRuntime(path, config)
+        runtime = ModelRuntime(path, config, memory_arena=False)
         if not runtime.self_check().passed:
             raise changed
         return runtime
@@ -189,10 +189,19 @@ def _reply(version: str, timing: Timing, **extra: Any) -> dict[str, Any]:
             "rows": timing.batch_size, **extra}  # fmt: skip
 
 
-def _release_memory() -> None:
-    """Gives the heap a large request grew back to the system (glibc keeps freed memory otherwise)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+def lower_priority(priority: str) -> None:
+    """``idle``: ``SCHED_IDLE``, CPU time nobody else wants, preempted at once by any normal process that wakes up
+    (no privilege is needed to lower one's own policy); ``low``: nice 10; ``normal``: unchanged."""
+    if priority == "idle" and hasattr(os, "SCHED_IDLE"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            return
+        except OSError as exc:  # a sandbox may refuse it: fall back to the next best
+            log.warning("bulk worker: SCHED_IDLE refused (%s); running at nice 19 instead", exc)
+            os.nice(19)
+            return
+    if priority in ("idle", "low"):
+        os.nice(10 if priority == "low" else 19)
 
 
 def serve(sock: socket.socket) -> None:
@@ -203,6 +212,7 @@ def serve(sock: socket.socket) -> None:
         if frame is None:
             return
         job, payload = frame
+        del frame  # the payload (up to max_request_bytes) must go as soon as the job is done
         try:
             header, parts = execute(job, payload, runtimes)
         except ServingError as exc:
@@ -213,16 +223,16 @@ def serve(sock: socket.socket) -> None:
         del payload
         write_frame(sock, header, parts)
         del parts
-        _release_memory()
+        release_memory()
 
 
 def main() -> None:
-    fd, nice, log_format, log_level = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    fd, priority, log_format, log_level = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
     from service.logs import configure
 
     configure(log_format, log_level)
-    if nice:
-        os.nice(nice)
+    map_large_buffers()
+    lower_priority(priority)
     with socket.socket(fileno=fd) as sock, contextlib.suppress(BrokenPipeError, ConnectionResetError):
         serve(sock)  # returns (or the pipe breaks) when the server goes away
 

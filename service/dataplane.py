@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, TypeVar
 
@@ -179,7 +179,7 @@ class DataPlane:
         protocol: str,
         served: ServedVersion,
         job: dict[str, Any],
-        payload: Sequence[bytes | bytearray | memoryview],
+        payload: list[bytes | bytearray | memoryview],
         deadline_ns: int | None,
     ) -> BulkAnswer:
         """A large request, decoded, computed and encoded by a bulk worker process (``service.bulk``), with the same

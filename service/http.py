@@ -18,20 +18,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import resource
-from collections.abc import Sequence
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import h11
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from service.errors import InvalidArgument, PayloadTooLarge
+from service.ration import Ration
 
 log = logging.getLogger(__name__)
 
 CLOSE = (b"connection", b"close")
+_jitter = random.Random()  # its own generator: the global one is the application's (and the test suite's)
+READ_SIZE = 64 * 1024
+"""Bytes read from a socket at a time (asyncio reads 256 KiB). A large body then moves through the event loop in
+pieces of ~0.05 ms each, in buffers that glibc recycles in its heap instead of mapping and unmapping them
+(``service.memory``) -- which at 256 KiB cost ~1 ms of page faults per piece here."""
 
 
 class BodyTimeoutError(Exception):
@@ -42,38 +52,103 @@ class ClientGoneError(Exception):
     """The client closed its connection before its request body was complete; nothing is answered."""
 
 
-def guarded_protocol(max_connections: int, head_timeout_s: float, write_timeout_s: float) -> type[H11Protocol]:
+class RateLimitedWarning:
+    """A warning logged at most once per ``period_s``, with how many times it happened meanwhile: under a flood, one
+    line every few seconds instead of one per event."""
+
+    def __init__(self, message: str, period_s: float = 10.0) -> None:
+        self.message, self.period_s = message, period_s
+        self._count, self._last = 0, float("-inf")
+
+    def __call__(self) -> None:
+        self._count += 1
+        now = time.monotonic()
+        if now - self._last >= self.period_s:
+            log.warning("%s (%d times since the last such line)", self.message, self._count)
+            self._count, self._last = 0, now
+
+
+def guarded_protocol(
+    max_connections: int, head_timeout_s: float, write_timeout_s: float, ration: Ration | None = None
+) -> type[H11Protocol]:
     """uvicorn's h11 protocol with a connection bound and head and write deadlines (one class per listener, so each
-    port counts its own connections)."""
+    port counts its own connections).
+
+    At the bound, a new connection takes the place of the one that has waited longest without sending a complete
+    request head (a silent or half-open socket, or an idle keep-alive one): a client that sends its request at once
+    -- a health probe, a robot -- always gets in, and a flood of silent sockets only replaces its own. Only when
+    every connection has a request in progress is the new one refused.
+
+    With a ``ration``, the bytes a connection receives are parsed in their turn (``service.ration``)."""
+    waiting: OrderedDict[H11Protocol, None] = OrderedDict()  # connections without a request in progress, oldest first
+    evicted = RateLimitedWarning(f"{max_connections} connections open on a port (max_connections): closed the one "
+                                 "waiting longest without a request to make room")  # fmt: skip
+    refused = RateLimitedWarning(f"{max_connections} connections open on a port, all with requests in progress "
+                                 "(max_connections): refused a new one")  # fmt: skip
 
     class GuardedH11Protocol(H11Protocol):
         _head_timer: asyncio.TimerHandle | None = None
         _write_timer: asyncio.TimerHandle | None = None
+        _deferred: list[bytes] | None = None
+        _paused_for_turn = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             if len(self.connections) >= max_connections:
-                log.warning("%d connections open on this port (max_connections): closing a new one", max_connections)
-                transport.abort()
-                return
+                if not waiting:
+                    refused()
+                    transport.abort()
+                    return
+                oldest, _ = waiting.popitem(last=False)
+                evicted()
+                oldest.transport.abort()
             super().connection_made(transport)
-            self._arm_head_timer()
+            if hasattr(transport, "max_size"):
+                transport.max_size = READ_SIZE
+            self._waiting()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_timers()
+            waiting.pop(self, None)
             if self.transport is None:  # refused in connection_made: never counted
                 return
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
+            if ration is not None:
+                if self._deferred is not None:
+                    self._deferred.append(data)  # behind what waits already, in order
+                    return
+                if ration.spent():
+                    # Not now: read no more from this connection until these bytes had their turn (through
+                    # uvicorn's own flow control, so that the two do not undo each other's pauses).
+                    self._deferred = [data]
+                    self._paused_for_turn = not self.flow.read_paused
+                    self.flow.pause_reading()
+                    ration.later(self._deliver)
+                    return
+                ration.charge()
+            self._receive(data)
+
+        def _deliver(self) -> None:
+            data, self._deferred = b"".join(self._deferred or ()), None
+            if self.transport.is_closing():
+                return
+            self._receive(data)
+            body_full = self.cycle is not None and len(self.cycle.body) > HIGH_WATER_LIMIT
+            if self._paused_for_turn and not body_full and not self.transport.is_closing():
+                self.flow.resume_reading()  # unless uvicorn wants it paused itself now
+
+        def _receive(self, data: bytes) -> None:
             super().data_received(data)
             if self.conn.their_state is not h11.IDLE and self._head_timer is not None:
                 self._head_timer.cancel()  # the head is complete
                 self._head_timer = None
+                waiting.pop(self, None)
 
         def on_response_complete(self) -> None:
-            super().on_response_complete()
-            if not self.transport.is_closing():
-                self._arm_head_timer()  # the next request's head gets its own deadline
+            super().on_response_complete()  # may start a request pipelined behind this one
+            if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+                self._waiting()  # the next request's head gets its own deadline
 
         def pause_writing(self) -> None:
             super().pause_writing()
@@ -86,10 +161,14 @@ def guarded_protocol(max_connections: int, head_timeout_s: float, write_timeout_
                 self._write_timer.cancel()
                 self._write_timer = None
 
-        def _arm_head_timer(self) -> None:
+        def _waiting(self) -> None:
+            """No request in progress: the head of the next is due within ``head_timeout_s``."""
+            waiting[self] = None
+            waiting.move_to_end(self)
             if self._head_timer is not None:
                 self._head_timer.cancel()
-            self._head_timer = self.loop.call_later(head_timeout_s, self._head_overdue)
+            # up to 10% later at random: sockets opened together (a flood) are not all closed in the same turn
+            self._head_timer = self.loop.call_later(head_timeout_s * (1 + 0.1 * _jitter.random()), self._head_overdue)
 
         def _head_overdue(self) -> None:
             self._head_timer = None
@@ -112,14 +191,19 @@ def guarded_protocol(max_connections: int, head_timeout_s: float, write_timeout_
 
 
 class FramingGuard:
-    """Pure ASGI middleware: a request with both ``Content-Length`` and ``Transfer-Encoding`` is refused (400) and
-    its connection closed, before any route sees it."""
+    """Pure ASGI middleware, first in line: a request with both ``Content-Length`` and ``Transfer-Encoding`` is
+    refused (400) and its connection closed, before any route sees it; with a ``ration``, every request but those
+    under ``unrationed`` (health: probes must answer however busy the server is) waits for its turn first."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, ration: Ration | None = None, unrationed: tuple[str, ...] = ()) -> None:
         self.app = app
+        self.ration = ration
+        self.unrationed = unrationed
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
+            if self.ration is not None and not scope["path"].startswith(self.unrationed):
+                await self.ration.turn()
             names = {name for name, _ in scope["headers"]}
             if b"content-length" in names and b"transfer-encoding" in names:
                 body = b'{"error":"request: Content-Length and Transfer-Encoding together are ambiguous"}'
@@ -138,10 +222,11 @@ class BodyReader:
     early, a model that does not exist) closes the connection instead of letting the server read and discard the rest.
     """
 
-    def __init__(self, request: Request, limit: int, timeout_s: float) -> None:
+    def __init__(self, request: Request, limit: int, timeout_s: float, ration: Ration | None = None) -> None:
         self.request = request
         self.limit = limit
         self.timeout_s = timeout_s
+        self.ration = ration
         self.size = 0
         self._chunks = request.stream().__aiter__()
         self._pending: list[bytes] = []
@@ -160,6 +245,8 @@ class BodyReader:
         return length
 
     async def _next(self) -> bytes | None:
+        if self.ration is not None:
+            await self.ration.turn()
         try:
             async with asyncio.timeout(self.timeout_s):
                 chunk = await anext(self._chunks)
@@ -187,11 +274,14 @@ class BodyReader:
         self._pending = [joined[size:]] if len(joined) > size else []
         return joined[:size]
 
-    async def rest(self) -> list[bytes]:
-        """Every remaining chunk, as it arrived (never joined: a large body is never copied whole)."""
+    async def rest(self, pace: Callable[[int], Awaitable[None]] | None = None) -> list[bytes]:
+        """Every remaining chunk, as it arrived (never joined: a large body is never copied whole); ``pace`` is
+        awaited with each chunk's size before the next one is read."""
         parts, self._pending = self._pending, []
         while (chunk := await self._next()) is not None:
             parts.append(chunk)
+            if pace is not None:
+                await pace(len(chunk))
         self.request.state.body_read = True
         return parts
 
@@ -211,18 +301,37 @@ def body_pending(request: Request) -> bool:
 class PartsResponse(Response):
     """A response body sent part after part, as rendered, with its ``Content-Length``."""
 
-    def __init__(self, parts: Sequence[bytes], media_type: str, headers: dict[str, str], status_code: int = 200):
+    def __init__(
+        self,
+        parts: Sequence[bytes],
+        media_type: str,
+        headers: dict[str, str],
+        status_code: int = 200,
+        ration: Ration | None = None,
+    ) -> None:
         super().__init__(None, status_code, headers, media_type)
+        self.ration = ration
         self.parts = [p for p in parts if p]
         self.headers["content-length"] = str(sum(len(p) for p in self.parts))
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        last = len(self.parts) - 1
-        for index, part in enumerate(self.parts):
-            await send({"type": "http.response.body", "body": part, "more_body": index < last})
-        if not self.parts:
-            await send({"type": "http.response.body", "body": b""})
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            last = len(self.parts) - 1
+            for index, part in enumerate(self.parts):
+                await send({"type": "http.response.body", "body": part, "more_body": index < last})
+                if index < last:
+                    # send() returns at once while the client keeps up: wait a turn, for the loop's other work, and
+                    # so that a client gone meanwhile is noticed before the next part (asyncio warns of writes to a
+                    # lost connection).
+                    await asyncio.sleep(0)
+                    if self.ration is not None:
+                        await self.ration.turn()
+            if not self.parts:
+                await send({"type": "http.response.body", "body": b""})
+        finally:
+            if self.background is not None:  # gives back what the request held (a bulk place), sent or not
+                await self.background()
 
 
 def raise_file_limit(wanted: int) -> int:

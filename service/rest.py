@@ -32,6 +32,7 @@ from service.dataplane import DataPlane
 from service.errors import InvalidArgument, ServingError, client_message, status_of
 from service.http import BodyReader, BodyTimeoutError, ClientGoneError, FramingGuard, PartsResponse, body_pending
 from service.inference import InferRequest, ModelMetadata
+from service.ration import Ration
 from service.repository import ServedVersion
 from service.rest_codec import (
     HEADER_LENGTH,
@@ -68,13 +69,14 @@ def server_timing(timing: Timing, total_ns: int) -> str:
     )
 
 
-def rendered_response(rendered: Rendered, timing: Timing, total_ns: int, release: Any = None) -> PartsResponse:
+def rendered_response(
+    rendered: Rendered, timing: Timing, total_ns: int, release: Any = None, ration: Ration | None = None
+) -> PartsResponse:
     headers = {"Server-Timing": server_timing(timing, total_ns)}
     if rendered.header_length is not None:
         headers[HEADER_LENGTH] = str(rendered.header_length)
-    background = None if release is None else BackgroundTask(release)
-    response = PartsResponse(rendered.parts, rendered.media_type, headers)
-    response.background = background
+    response = PartsResponse(rendered.parts, rendered.media_type, headers, ration=ration)
+    response.background = None if release is None else BackgroundTask(release)
     return response
 
 
@@ -169,8 +171,8 @@ _NOT_READY = {"description": "not ready", "content": {"application/json": {"sche
     "properties": {"ready": {"type": "boolean"}, "name": {"type": "string"}}}}}}  # fmt: skip
 
 
-def create_app(plane: DataPlane) -> FastAPI:
-    """The REST application over ``plane``."""
+def create_app(plane: DataPlane, ration: Ration | None = None) -> FastAPI:
+    """The REST application over ``plane``; HTTP work takes its turns of the event loop from ``ration``."""
     settings = plane.settings
     max_bytes, small = settings.max_request_bytes, settings.bulk_request_bytes
     app = FastAPI(
@@ -186,7 +188,7 @@ def create_app(plane: DataPlane) -> FastAPI:
         if settings.auth_open_metrics:
             open_prefixes = (*open_prefixes, "/metrics")
         app.add_middleware(RestAuthMiddleware, check=check, open_prefixes=open_prefixes)
-    app.add_middleware(FramingGuard)
+    app.add_middleware(FramingGuard, ration=ration, unrationed=("/v2/health/",))
 
     def close_if_unread(request: Request, response: Response) -> Response:
         if body_pending(request):  # answered before its body was read: do not read and discard the rest
@@ -223,15 +225,20 @@ def create_app(plane: DataPlane) -> FastAPI:
         return error_response(exc)
 
     def body(request: Request, limit: int) -> BodyReader:
-        return BodyReader(request, limit, settings.http_body_timeout_s)
+        return BodyReader(request, limit, settings.http_body_timeout_s, ration)
 
     async def small_body(request: Request) -> bytes:
         """A body read whole on the event loop: small by definition (``bulk_request_bytes``)."""
         return await body(request, small).read()
 
     async def bulk(request: Request, served: ServedVersion, kind: str) -> Response:
-        """Admitted before the body is read; the place is given back once the answer is sent."""
+        """Admitted before the body is read, which is read at the pace of the event loop's budget for bulk bytes;
+        the place is given back once the answer is sent."""
         deadline = _deadline(request)
+
+        async def pace(size: int) -> None:
+            await plane.bulk.pace(size, deadline)
+
         release = plane.admit_bulk()
         try:
             reader = body(request, max_bytes)
@@ -246,11 +253,11 @@ def create_app(plane: DataPlane) -> FastAPI:
                     # The binary extension: its JSON header first, checked before the tensor data is read.
                     head.append(await reader.prefix(n))
                     check_binary_header(head[0], length - n, served.signature)
-            parts = head + await reader.rest()
+            parts: list[bytes | bytearray | memoryview] = [*head, *await reader.rest(pace)]
             answer = await plane.infer_bulk("rest", served, job, parts, deadline)
             h = answer.reply.header
             rendered = Rendered(answer.reply.parts, h.get("header_length"))
-            return rendered_response(rendered, answer.timing, answer.total_ns, release)
+            return rendered_response(rendered, answer.timing, answer.total_ns, release, ration)
         except BaseException:
             release()
             raise

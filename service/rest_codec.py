@@ -35,6 +35,28 @@ _INFLATE_STEP = 1 << 20
 """Bytes inflated per step: a small compressed chunk may expand a thousandfold, so inflating is bounded per call."""
 
 
+JSON_SLACK = 4096
+"""Commas a request may hold beyond its tensors' values (shapes, parameters, outputs)."""
+
+
+def check_json_budget(raw: Buffer, signature: Signature) -> None:
+    """Refuses (413) a JSON document with more values than the model could take, before parsing it.
+
+    Parsed JSON costs ~30-40 bytes of Python objects per number -- 60 MiB of short numbers would take a gigabyte --
+    and the declared shapes are inside the document. But every value of an array but the last is followed by a
+    comma, so counting commas (one pass in C) bounds the values without parsing: at most ``max_rows`` rows of each
+    input, plus ``JSON_SLACK``. A document that passes costs at most that many values of memory."""
+    budget = signature.json_values()
+    if budget is None:
+        return
+    commas = bytes(raw).count(b",") if isinstance(raw, memoryview) else raw.count(b",")
+    if commas > budget + JSON_SLACK:
+        raise PayloadTooLarge(
+            f"request body: about {commas} JSON values, more than this model takes in one request "
+            f"({budget}: {signature.max_rows} rows, max_request_rows); send fewer rows"
+        )
+
+
 def json_object(raw: Buffer, where: str) -> dict[str, Any]:
     try:
         value = orjson.loads(raw) if len(raw) else {}
@@ -140,6 +162,7 @@ def declare_inputs(obj: dict[str, Any], binary_length: int, signature: Signature
 def check_binary_header(header: Buffer, binary_length: int, signature: Signature) -> None:
     """The early refusal of a large binary-extension request: its JSON header alone, checked against the model
     before a byte of its tensor data is read."""
+    check_json_budget(header, signature)
     declare_inputs(json_object(header, "request body"), binary_length, signature)
 
 
@@ -152,6 +175,7 @@ def parse_infer_request(
     """
     header, binary_length = split_binary(body, header_length)
     binary = memoryview(body)[len(header) :]
+    check_json_budget(header, signature)
     obj = json_object(header, "request body")
     tensors: list[Tensor] = []
     for index, entry in enumerate(declare_inputs(obj, binary_length, signature)):
@@ -225,6 +249,7 @@ def render_infer_response(response: InferResponse, binary: set[str] | None) -> R
 
 def parse_predict(body: Buffer, signature: Signature) -> Tensor:
     """``{"instances": [...]}``: one instance per row of the model's (single) input."""
+    check_json_budget(body, signature)
     obj = json_object(body, "request body")
     instances = obj.get("instances")
     if not isinstance(instances, list) or not instances:

@@ -7,6 +7,7 @@ import contextlib
 import gc
 import logging
 import signal
+import socket
 import ssl
 from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,13 +21,19 @@ from service.bulk import BulkPool
 from service.dataplane import DataPlane
 from service.grpc_server import Health, build_grpc_server
 from service.http import FramingGuard, guarded_protocol, raise_file_limit
+from service.memory import map_large_buffers
 from service.metrics import ServerMetrics
+from service.ration import Ration
 from service.repository import ModelRepository
 from service.rest import create_app
 from service.runtime import available_cpus
 from service.settings import ServerSettings
 
 log = logging.getLogger(__name__)
+
+
+ACCEPT_BATCH = 16
+"""Connections the HTTP ports accept per turn of the event loop (see ``ServerSettings.http_backlog``)."""
 
 
 class _Uvicorn(uvicorn.Server):
@@ -50,17 +57,21 @@ class Server:
         self.metrics = ServerMetrics(registry)
         self.executor = ThreadPoolExecutor(max_workers=available_cpus(), thread_name_prefix="inference")
         self.repository = ModelRepository(settings, self.metrics, self.executor)
+        self.ration = Ration()
+        """The share of each event-loop turn for HTTP and bulk work; robots' calls are never rationed."""
         self.bulk = BulkPool(
             settings.bulk_workers or max(1, available_cpus() // 2),
             settings.bulk_max_requests,
-            settings.bulk_worker_nice,
+            settings.bulk_worker_priority,
             settings.log_format,
             settings.log_level,
+            settings.bulk_bytes_per_s,
+            self.ration,
         )
         self.plane = DataPlane(self.repository, self.metrics, settings, self.bulk)
         self.health = Health(self.plane)
         self.repository.on_change.append(self.health.update)
-        self.app = create_app(self.plane)
+        self.app = create_app(self.plane, self.ration)
         self._extra_grpc = extra_grpc_services or []
         self.grpc_server: grpc.aio.Server | None = None
         self.http_server: _Uvicorn | None = None
@@ -75,6 +86,7 @@ class Server:
     async def start(self) -> None:
         """Loads the models and opens the listeners; returns once every port accepts connections."""
         s = self.settings
+        map_large_buffers()  # a large request's chunks are unmapped when freed, not kept in the heap
         per_port = self._connection_bound()
         await asyncio.gather(self.repository.start(), self.bulk.start())
         self.grpc_server = build_grpc_server(self.plane, self.health, self._extra_grpc, per_port)
@@ -124,19 +136,25 @@ class Server:
             tls = {"ssl_certfile": str(s.tls_cert), "ssl_keyfile": str(s.tls_key)}
             if s.tls_client_ca is not None:
                 tls.update(ssl_ca_certs=str(s.tls_client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
-        protocol = guarded_protocol(max_connections, s.http_head_timeout_s, s.http_write_timeout_s)
+        protocol = guarded_protocol(max_connections, s.http_head_timeout_s, s.http_write_timeout_s, self.ration)
+        family = socket.AF_INET6 if ":" in s.host else socket.AF_INET
+        listener = socket.create_server((s.host, port), family=family, backlog=s.http_backlog)
         config = uvicorn.Config(
             app, host=s.host, port=port, log_config=None, access_log=False, lifespan="off", http=protocol,
+            backlog=ACCEPT_BATCH,
             timeout_keep_alive=s.http_keep_alive_s,  # type: ignore[arg-type]  # a float works (call_later)
             timeout_graceful_shutdown=1, **tls,
         )  # fmt: skip
         server = _Uvicorn(config)
-        task = asyncio.get_running_loop().create_task(server.serve())
+        task = asyncio.get_running_loop().create_task(server.serve(sockets=[listener]))
         while not server.started:
             if task.done():
-                task.result()  # re-raises the bind error
-                raise OSError(f"cannot listen for HTTP on {s.host}:{port}")
+                task.result()
+                raise OSError(f"cannot serve HTTP on {s.host}:{port}")
             await asyncio.sleep(0.01)
+        # asyncio accepts as many connections per turn as the backlog it was given, and listens with that backlog
+        # too: it got ACCEPT_BATCH; the system's queue gets its full length back (listen() may be called again).
+        listener.listen(s.http_backlog)
         return server, task
 
     async def stop(self) -> None:

@@ -84,10 +84,11 @@ class ServerSettings(BaseSettings):
     """Largest request body (REST, after decompression) or message (gRPC) accepted, and largest gRPC message sent.
     Also the most elements one tensor may declare."""
 
-    grpc_max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    grpc_max_message_bytes: int = Field(1024 * 1024, ge=1024)
     """Largest gRPC message received or sent (and never above ``max_request_bytes``). gRPC's Python binding copies a
-    whole message on the event loop that also answers robots, at about 1 ms per MiB here, so large payloads belong on
-    REST (binary tensor extension), which streams them in small pieces; 4 MiB is gRPC's own default."""
+    whole message on the event loop that also answers robots before any of our code sees it (a 4 MiB message, gRPC's
+    usual limit, held it 4-6 ms here; 1 MiB, about 1-2 ms), so large payloads belong on REST with the binary tensor
+    extension, which moves them in small pieces. Raise it knowing that it lengthens robots' worst round trips."""
 
     max_request_rows: int = Field(65536, ge=1)
     """Default largest batch (rows) one request may carry, whatever its size in bytes; a model's ``config.yaml``
@@ -104,12 +105,26 @@ class ServerSettings(BaseSettings):
     """Large requests admitted at once (being received, waiting for a worker, or computed); beyond, they are refused
     at once with 429 / RESOURCE_EXHAUSTED. Bounds the server's memory: each may hold up to ``max_request_bytes``."""
 
-    bulk_worker_nice: int = Field(10, ge=0, le=19)
-    """Scheduling niceness of the bulk workers: when CPUs are short, the robots' event loop runs first."""
+    bulk_bytes_per_s: float = Field(32 * 1024 * 1024, gt=0)
+    """Rate at which the bytes of large requests and their answers pass through the event loop that answers robots
+    (REST bodies as they are read, gRPC messages -- counted twice, since gRPC copies them whole on that loop -- as they
+    are taken in); beyond it they wait their turn, within their deadline. This bounds the event loop's share of bulk
+    work, and so what it adds to robots' round trips, whatever the bulk traffic."""
+
+    bulk_worker_priority: Literal["idle", "low", "normal"] = "idle"
+    """CPU priority of the bulk workers. ``idle`` (Linux ``SCHED_IDLE``): they use only CPU time nothing else wants,
+    and the kernel preempts them the moment the event loop that answers robots wakes up; ``low``: nice 10 (they
+    get a tenth of a busy CPU's time beside normal processes, and may run on a little before yielding it);
+    ``normal``: as the server itself."""
 
     max_connections: int = Field(512, ge=1)
     """Open connections per port (REST, gRPC, metrics); beyond, a new connection is closed at once. The server raises
     its open-file limit to cover all ports (and lowers this bound if the system's hard limit cannot)."""
+
+    http_backlog: int = Field(1024, ge=1)
+    """New connections the REST and metrics ports let wait to be accepted (beyond, the system makes them retry their
+    handshake a second later). They are accepted 16 per turn of the event loop, not all at once: accepting one costs
+    ~0.1 ms here, and a burst of 500 accepted in one go held the loop 50 ms."""
 
     http_head_timeout_s: float = Field(10.0, gt=0)
     """A REST or metrics connection must send each request's head (request line and headers) within this long of

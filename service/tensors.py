@@ -175,6 +175,17 @@ class Signature:
         _check_against(spec, dims, where, self.max_rows)
         return Declared(spec, dtype, dims)
 
+    def json_values(self) -> int | None:
+        """The most values a JSON request may carry in all its inputs together -- ``max_rows`` rows of each input --
+        or ``None`` if an input has a variable dimension besides the batch."""
+        total = 0
+        for spec in self.inputs:
+            row = spec.shape[1:] if spec.shape and spec.shape[0] == -1 else spec.shape
+            if any(d < 0 for d in row):
+                return None
+            total += (self.max_rows if spec.shape and spec.shape[0] == -1 else 1) * math.prod(row)
+        return total
+
     def raw_size(self, declared: Declared) -> int | None:
         """The byte size raw data of ``declared`` must have (``None`` for BYTES: elements have their own lengths)."""
         return None if declared.spec.datatype == "BYTES" else declared.elements * declared.dtype.itemsize

@@ -103,11 +103,15 @@ def test_bundled_classifier_accuracy_is_the_same_served_over_rest_and_grpc() -> 
     with running_server(ROOT / "models", model_control_mode="explicit", startup_models=["digits"]) as server:
         v1 = httpx.post(f"{server.http}/v1/models/digits:predict", json={"instances": x.tolist()}, timeout=60)
         rest_predictions = np.asarray([row["probabilities"] for row in v1.json()["predictions"]]).argmax(1)
-        request = pb.ModelInferRequest(model_name="digits", outputs=[{"name": "logits"}])
-        request.inputs.add(name="image", datatype="FP32", shape=list(x.shape))
-        request.raw_input_contents.append(x.tobytes())
+        parts = []
         with grpc.insecure_channel(server.grpc) as channel:
-            response = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=60)
-        grpc_logits = np.frombuffer(response.raw_output_contents[0], dtype=np.float32).reshape(len(x), 10)
+            # 200 images (627 KB) per message: the server takes gRPC messages up to 1 MiB (grpc_max_message_bytes)
+            for batch in np.array_split(x, -(-len(x) // 200)):
+                request = pb.ModelInferRequest(model_name="digits", outputs=[{"name": "logits"}])
+                request.inputs.add(name="image", datatype="FP32", shape=list(batch.shape))
+                request.raw_input_contents.append(batch.tobytes())
+                response = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=60)
+                parts.append(np.frombuffer(response.raw_output_contents[0], dtype=np.float32).reshape(len(batch), 10))
+        grpc_logits = np.concatenate(parts)
     assert float((rest_predictions == labels).mean()) == offline_accuracy
     assert float((grpc_logits.argmax(1) == labels).mean()) == offline_accuracy

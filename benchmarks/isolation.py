@@ -1,0 +1,701 @@
+"""Isolation: a robot's round trips while another client abuses the server, one kind of abuse at a time.
+
+A server process (``python -m service``, the bundled repository, loopback, started with the open-file limits systemd
+gives a service: 1,024 soft, 4,096 hard) serves a robot that calls ``PolicyService/Act`` every 5 ms and runs an
+``ActStream`` loop at 200 Hz on the ``halfcheetah`` policy (``service.client.AsyncPolicyClient``, a process of its
+own). The floor is that robot with
+nothing else running, measured first in the same run. Then each kind of abuse runs back-to-back (the next request as
+soon as the last is answered) for ``--seconds``, from a process of its own scheduled ``SCHED_IDLE`` (in a deployment
+the abuser is another machine; on a two-core test host its own CPU use would otherwise count against the server --
+``--abuser-sched normal`` shows that). With two CPUs or more the server (and its bulk workers) run on the first CPU
+and the robot, the prober and the sampler on the others, as in a deployment where they are different machines; the
+abuser runs on the server's CPU, where the system's network work for its traffic (which runs in the sender's
+context on loopback, whatever its priority) lands as it would on a server receiving it (``--no-pin``: unpinned):
+
+    json-60MiB                  REST v2 infer, a valid FP32 JSON body just under 60 MiB, to the policy
+    json-60MiB-unknown-model    the same body to a model that does not exist
+    bytes-15M                   REST binary extension: a BYTES tensor of 15M empty elements for the FP32 input
+    grpc-typed-64MiB            gRPC ModelInfer with 64 MiB of typed fp32_contents
+    act-16.7M-values            one Act with 16.7M observation_values
+    binary-1e6-rows             REST binary extension: 1e6 rows for the policy (computed inline before)
+    made-up-versions            ~3,000 requests naming made-up versions (REST, gRPC, Act), one of them 1 MiB long
+    half-open-800               800 sockets that send half a request line (REST 400, gRPC 200, metrics 200)
+    silent-1100                 1,100 sockets that send nothing (REST 500, gRPC 400, metrics 200)
+    disconnect-mid-body-500     500 clients that send half a body and hang up
+    largest-json                the largest JSON request the server accepts for the policy (max_request_rows)
+    largest-binary              the largest binary-extension request it accepts for the policy
+    largest-grpc                the largest gRPC ModelInfer it accepts for the policy (grpc_max_message_bytes)
+
+Meanwhile a prober asks ``/v2/health/live`` every 100 ms on a new connection (as a kubelet does), Prometheus' part
+is played by a scrape of the metrics port every second, and the server's process tree (server and bulk workers) is
+sampled for RSS and open file descriptors every 100 ms. Per kind it prints the robot's p50 / p99 / worst round trip,
+failed cycles (an error, or no answer within 50 ms), the worst health and scrape latency, peak and final RSS and open
+fds, the metrics series count, the server's log volume, and the abuser's outcomes; and checks the targets: worst
+<= 50 ms, p99 <= 2x the floor's p99, no failed cycle, health within 1 s, final RSS within 50 MiB of the start,
+series count unchanged by made-up versions.
+
+    python benchmarks/isolation.py [--seconds 10] [--kinds json-60MiB,silent-1100] [--abuser-nice 19]
+                                   [--out docs/results/isolation.json] [--plot docs/figures/isolation.png]
+
+Exits non-zero if a target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import re
+import resource
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import odetoode  # noqa: F401  (first: turns ONNX Runtime's telemetry off before onnxruntime is imported)
+
+# isort: split
+import numpy as np
+from _harness import add_pin_options, affinity, cpu_split
+
+ROOT = Path(__file__).resolve().parents[1]
+POLICY = "halfcheetah"
+OBS = 17
+PERIOD_S = 0.005
+FAILED_S = 0.050
+FD_LIMIT = (1024, 4096)
+"""The server's open-file limits (soft, hard) as systemd starts a service: it raises the soft one as it needs."""
+KINDS = [
+    "json-60MiB", "json-60MiB-unknown-model", "bytes-15M", "grpc-typed-64MiB", "act-16.7M-values", "binary-1e6-rows",
+    "made-up-versions", "half-open-800", "silent-1100", "disconnect-mid-body-500", "largest-json", "largest-binary",
+    "largest-grpc",
+]  # fmt: skip
+
+
+# -- the robot (its own process: ``isolation.py --robot GRPC OUT``) ---------------------------------------------------
+
+
+async def robot(target: str, out: Path) -> None:
+    """Act every 5 ms and an ActStream loop at 200 Hz until stdin closes; then writes (loop, sent, rtt, ok) rows."""
+    from service.client import Action, AsyncPolicyClient
+
+    rows: list[tuple[int, float, float, bool]] = []
+    observation = np.random.default_rng(0).normal(size=OBS).astype(np.float32)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_reader(sys.stdin.fileno(), stop.set)
+
+    async def paced(step: Callable[[], Any], kind: int) -> None:
+        tick = time.monotonic()
+        while not stop.is_set():
+            sent = time.monotonic()
+            try:
+                ok = await step()
+            except Exception:
+                ok = False
+            rtt = time.monotonic() - sent
+            rows.append((kind, sent, rtt, bool(ok) and rtt <= FAILED_S))
+            tick += PERIOD_S
+            delay = tick - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                tick = time.monotonic()  # behind: do not burst to catch up
+
+    async with AsyncPolicyClient(target, timeout=2.0) as client:
+        await client.act(POLICY, observation)  # connected and warm
+        queue: asyncio.Queue[tuple[int, np.ndarray]] = asyncio.Queue()
+
+        async def observations() -> Any:
+            while True:
+                yield await queue.get()
+
+        answers = client.act_stream(POLICY, observations()).__aiter__()
+        sequence = 0
+
+        async def act() -> bool:
+            return isinstance(await client.act(POLICY, observation), Action)
+
+        async def stream() -> bool:
+            nonlocal sequence
+            sequence += 1
+            await queue.put((sequence, observation))
+            answer = await asyncio.wait_for(anext(answers), 2.0)
+            return isinstance(answer, Action) and answer.sequence == sequence
+
+        await asyncio.gather(paced(act, 0), paced(stream, 1))
+    np.save(out, np.asarray(rows, dtype=float))
+
+
+# -- the abuser (its own process: ``isolation.py --abuse KIND HTTP GRPC METRICS SECONDS``) ----------------------------
+
+
+@dataclass
+class Ports:
+    http: int
+    grpc: int
+    metrics: int
+
+
+def http_exchange(port: int, head: bytes, body: bytes | memoryview = b"", chunk: int = 1 << 20) -> str:
+    """Sends a request (``head`` then ``body`` in chunks) and returns the response's status, or how the connection
+    ended: the server may answer and close before the body is all sent, as it should for a refused body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        try:
+            s.sendall(head)
+            view = memoryview(body)
+            for start in range(0, len(view), chunk):
+                if select.select([s], [], [], 0)[0]:
+                    break  # answered early
+                s.sendall(view[start : start + chunk])
+        except OSError:
+            pass
+        try:
+            answer = s.recv(256)
+        except OSError:
+            return "reset"
+    match = re.match(rb"HTTP/1.1 (\d+)", answer)
+    return match.group(1).decode() if match else "closed"
+
+
+def post(path: str, body: bytes, extra: str = "") -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        f"{extra}\r\n"
+    ).encode()
+
+
+def policy_json(rows: int, seed: int = 0) -> bytes:
+    import orjson
+
+    x = np.random.default_rng(seed).normal(size=(rows, OBS)).astype(np.float32)
+    return orjson.dumps({"inputs": [{"name": "observation", "shape": [rows, OBS], "datatype": "FP32",
+                                     "data": x.tolist()}]})  # fmt: skip
+
+
+def json_just_under(limit: int) -> bytes:
+    """A valid policy JSON body just under ``limit`` bytes."""
+    per_row = len(policy_json(1000)) / 1000
+    rows = int(limit / per_row)
+    while True:
+        body = policy_json(rows)
+        if len(body) < limit:
+            return body
+        rows = int(rows * 0.99)
+
+
+def binary_request(
+    rows: int, datatype: str = "FP32", shape: list[int] | None = None, size: int | None = None
+) -> tuple[bytes, bytes]:
+    import orjson
+
+    size = rows * OBS * 4 if size is None else size
+    header = orjson.dumps({"inputs": [{"name": "observation", "shape": shape or [rows, OBS], "datatype": datatype,
+                                       "parameters": {"binary_data_size": size}}],
+                           "parameters": {"binary_data_output": True}})  # fmt: skip
+    return header, bytes(size)
+
+
+def grpc_call(target: str, method: str, payload: bytes, timeout: float = 30) -> str:
+    import grpc
+
+    with grpc.insecure_channel(target, options=[("grpc.max_send_message_length", 1 << 30),
+                                                ("grpc.max_receive_message_length", 1 << 30)]) as channel:  # fmt: skip
+        call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+        try:
+            call(payload, timeout=timeout)
+            return "OK"
+        except grpc.RpcError as exc:
+            return exc.code().name
+
+
+def server_settings(server_args: list[str]) -> Any:
+    """The server's effective settings for these flags (its defaults otherwise): the largest requests it accepts."""
+    from pydantic_settings import CliApp
+
+    from service.settings import ServerSettings
+
+    return CliApp.run(ServerSettings, cli_args=server_args)
+
+
+def series_count(ports: Ports) -> int:
+    """Samples (lines that are not comments) on the metrics port."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{ports.metrics}/metrics", timeout=5) as r:
+        return sum(1 for line in r.read().decode().splitlines() if line and not line.startswith("#"))
+
+
+def abuse(kind: str, ports: Ports, seconds: float, limits: Any) -> dict[str, Any]:
+    """Runs one kind of abuse back-to-back for ``seconds``; returns the count of each outcome."""
+    from service._proto.inference import grpc_service_pb2 as pb
+    from service._proto.odetoode.v1 import policy_pb2 as ppb
+
+    outcomes: dict[str, int] = {}
+    grpc_target = f"127.0.0.1:{ports.grpc}"
+    infer_path = f"/v2/models/{POLICY}/infer"
+
+    def count(outcome: str) -> None:
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+
+    def repeat(step: Callable[[], str]) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            count(step())
+            time.sleep(float(os.environ.get("ABUSE_PAUSE", "0")))
+
+    if kind in ("json-60MiB", "json-60MiB-unknown-model"):
+        body = json_just_under(60 << 20)
+        path = infer_path if kind == "json-60MiB" else "/v2/models/does-not-exist/infer"
+        repeat(lambda: http_exchange(ports.http, post(path, body), body))
+    elif kind == "bytes-15M":
+        header, blob = binary_request(0, "BYTES", [15_000_000], 15_000_000 * 4)
+        extra = f"Inference-Header-Content-Length: {len(header)}\r\n"
+        repeat(lambda: http_exchange(ports.http, post(infer_path, header + blob, extra), header + blob))
+    elif kind == "binary-1e6-rows":
+        header, blob = binary_request(1_000_000)
+        extra = f"Inference-Header-Content-Length: {len(header)}\r\n"
+        repeat(lambda: http_exchange(ports.http, post(infer_path, header + blob, extra), header + blob))
+    elif kind == "grpc-typed-64MiB":
+        request = pb.ModelInferRequest(model_name=POLICY)
+        values = 64 * (1 << 20) // 4
+        request.inputs.add(name="observation", datatype="FP32", shape=[values // OBS, OBS])
+        request.inputs[0].contents.fp32_contents.extend(np.zeros(values // OBS * OBS, np.float32).tolist())
+        payload = request.SerializeToString()
+        repeat(lambda: grpc_call(grpc_target, "/inference.GRPCInferenceService/ModelInfer", payload))
+    elif kind == "act-16.7M-values":
+        payload = ppb.ActRequest(policy=POLICY, observation_values=[0.0] * 16_700_000).SerializeToString()
+        repeat(lambda: grpc_call(grpc_target, "/odetoode.v1.PolicyService/Act", payload))
+    elif kind == "made-up-versions":
+        rng = random.Random(0)
+        small = policy_json(1)
+        act = ppb.ActRequest(policy=POLICY, observation=np.zeros(OBS, "<f4").tobytes())
+        huge = "9" * (1 << 20)
+        count(grpc_call(grpc_target, "/inference.GRPCInferenceService/ModelInfer",
+                        pb.ModelInferRequest(model_name=POLICY, model_version=huge).SerializeToString()))  # fmt: skip
+        act.version = huge
+        count(grpc_call(grpc_target, "/odetoode.v1.PolicyService/Act", act.SerializeToString()))
+        import grpc as grpclib
+
+        with grpclib.insecure_channel(grpc_target) as channel:
+            infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer", None, None)
+            act_call = channel.unary_unary("/odetoode.v1.PolicyService/Act", None, None)
+            deadline = time.monotonic() + seconds
+            baseline = None
+            while time.monotonic() < deadline:
+                version = str(rng.randrange(2, 10**9))
+                count(http_exchange(ports.http, post(f"/v2/models/{POLICY}/versions/{version}/infer", small), small))
+                for call, message in ((infer, pb.ModelInferRequest(model_name=POLICY, model_version=version)),
+                                      (act_call, ppb.ActRequest(policy=POLICY, version=version,
+                                                                observation=act.observation))):  # fmt: skip
+                    try:
+                        call(message.SerializeToString(), timeout=5)
+                        count("OK")
+                    except grpclib.RpcError as exc:
+                        count(exc.code().name)
+                if baseline is None:  # every kind of made-up version has been seen once: later ones must add nothing
+                    baseline = series_count(ports)
+        outcomes["series after the first round"] = baseline or 0
+        outcomes["series at the end"] = series_count(ports)
+    elif kind in ("half-open-800", "silent-1100"):
+        spread = {"half-open-800": (400, 200, 200), "silent-1100": (500, 400, 200)}[kind]
+        greeting = {ports.http: b"POST /v2/models/halfcheetah/inf", ports.grpc: b"PRI * HTTP/2.0\r\n",
+                    ports.metrics: b"GET /metr"} if kind == "half-open-800" else {}  # fmt: skip
+        wanted = dict(zip((ports.http, ports.grpc, ports.metrics), spread, strict=True))
+        names = {ports.http: "rest", ports.grpc: "grpc", ports.metrics: "metrics"}
+        held: dict[socket.socket, int] = {}
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for port, n in wanted.items():
+                while sum(1 for p in held.values() if p == port) < n:
+                    try:
+                        s = socket.create_connection(("127.0.0.1", port), timeout=1)
+                        s.sendall(greeting.get(port, b""))
+                        held[s] = port
+                        count(f"opened on {names[port]}")
+                    except OSError:
+                        count(f"refused on {names[port]}")
+                        break
+            poller = select.poll()  # select() cannot watch descriptors above 1023
+            by_fd = {s.fileno(): s for s in held}
+            for fd in by_fd:
+                poller.register(fd, select.POLLIN)
+            for fd, _ in poller.poll(200):
+                s = by_fd[fd]  # closed by the server (or answered: it is not waiting any longer)
+                with contextlib.suppress(OSError):
+                    if s.recv(1 << 16):
+                        continue
+                count(f"closed by the server on {names[held.pop(s)]}")
+                s.close()
+        for s in held:
+            s.close()
+    elif kind == "disconnect-mid-body-500":
+        body_head = post(infer_path, b"", "").replace(b"Content-Length: 0", b"Content-Length: 1048576")
+        for _ in range(500):
+            with socket.create_connection(("127.0.0.1", ports.http)) as s:
+                s.sendall(body_head + b"[" * (256 << 10))
+            count("hung up")
+    elif kind == "largest-json":
+        body = policy_json(limits.max_request_rows)
+        repeat(lambda: http_exchange(ports.http, post(infer_path, body), body))
+    elif kind == "largest-binary":
+        header, blob = binary_request(limits.max_request_rows)
+        extra = f"Inference-Header-Content-Length: {len(header)}\r\n"
+        repeat(lambda: http_exchange(ports.http, post(infer_path, header + blob, extra), header + blob))
+    elif kind == "largest-grpc":
+        rows = limits.grpc_max_message_bytes // (OBS * 4) - 16  # the message's other fields take a few dozen bytes
+        request = pb.ModelInferRequest(model_name=POLICY)
+        request.inputs.add(name="observation", datatype="FP32", shape=[rows, OBS])
+        request.raw_input_contents.append(np.zeros((rows, OBS), np.float32).tobytes())
+        payload = request.SerializeToString()
+        repeat(lambda: grpc_call(grpc_target, "/inference.GRPCInferenceService/ModelInfer", payload))
+    else:
+        raise SystemExit(f"unknown kind {kind!r}")
+    return outcomes
+
+
+# -- the server and what is measured around it --------------------------------------------------------------------
+
+
+def process_tree(pid: int) -> list[int]:
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        with contextlib.suppress(OSError, ValueError):
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+    return pids
+
+
+def tree_usage(pid: int) -> tuple[float, int]:
+    """(RSS in MiB, open file descriptors) of ``pid`` and its descendants."""
+    rss, fds = 0.0, 0
+    for p in process_tree(pid):
+        with contextlib.suppress(OSError, IndexError, ValueError):  # gone meanwhile, or a zombie without VmRSS
+            status = Path(f"/proc/{p}/status").read_text()
+            rss += int(status.split("VmRSS:")[1].split()[0]) / 1024
+            fds += len(os.listdir(f"/proc/{p}/fd"))
+    return rss, fds
+
+
+@dataclass
+class Series:
+    """Timestamped samples of one quantity."""
+
+    t: list[float] = field(default_factory=list)
+    v: list[float] = field(default_factory=list)
+    ok: list[bool] = field(default_factory=list)
+
+    def add(self, value: float, ok: bool = True) -> None:
+        self.t.append(time.monotonic())
+        self.v.append(value)
+        self.ok.append(ok)
+
+    def window(self, start: float, end: float) -> tuple[np.ndarray, np.ndarray]:
+        t = np.asarray(self.t)
+        mask = (t >= start) & (t < end)
+        return np.asarray(self.v)[mask], np.asarray(self.ok, dtype=bool)[mask]
+
+
+class Watch:
+    """The prober, the scraper and the sampler, each a thread, until ``stop``."""
+
+    def __init__(self, ports: Ports, pid: int) -> None:
+        self.ports, self.pid = ports, pid
+        self.health, self.scrape, self.rss, self.fds = Series(), Series(), Series(), Series()
+        self.series_count = 0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=f, daemon=True) for f in (self._probe, self._scrape, self._sample)]
+        for t in self._threads:
+            t.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(5)
+
+    def _probe(self) -> None:
+        url = f"http://127.0.0.1:{self.ports.http}/v2/health/live"
+        while not self._stop.wait(0.1):
+            start = time.monotonic()
+            try:
+                with urllib.request.urlopen(url, timeout=1) as r:
+                    ok = r.status == 200
+            except OSError:
+                ok = False
+            self.health.add(time.monotonic() - start, ok)
+
+    def count_series(self) -> int:
+        return series_count(self.ports)
+
+    def _scrape(self) -> None:
+        while not self._stop.wait(1.0):
+            start = time.monotonic()
+            try:
+                self.series_count = self.count_series()
+                ok = True
+            except OSError:
+                ok = False
+            self.scrape.add(time.monotonic() - start, ok)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.1):
+            rss, fds = tree_usage(self.pid)
+            self.rss.add(rss)
+            self.fds.add(fds)
+
+
+@contextlib.contextmanager
+def server(
+    repository: Path, log: Path, extra: list[str], cpus: set[int] | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], Ports]]:
+    """``python -m service`` on ephemeral loopback ports, its open-file limits at ``FD_LIMIT``, on ``cpus`` (its bulk
+    workers inherit them); its log to ``log``."""
+
+    def limit_files() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, FD_LIMIT)
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
+    cmd = [sys.executable, "-m", "service", "--repository", str(repository), "--host", "127.0.0.1", "--http-port",
+           "0", "--grpc-port", "0", "--metrics-port", "0", "--model-control-mode", "none", *extra]  # fmt: skip
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, preexec_fn=limit_files)
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                found = re.search(r"http :(\d+), grpc :(\d+), metrics :(\d+)", log.read_text(errors="replace"))
+                if found:
+                    yield proc, Ports(*(int(g) for g in found.groups()))
+                    break
+                if proc.poll() is not None:
+                    raise RuntimeError("server exited:\n" + log.read_text(errors="replace"))
+                time.sleep(0.1)
+            else:
+                raise RuntimeError("server did not start:\n" + log.read_text(errors="replace"))
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def abuser_sched(policy: str, cpus: set[int] | None) -> Callable[[], None]:
+    def apply() -> None:
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+        if policy == "idle":
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+    return apply
+
+
+@dataclass
+class Row:
+    kind: str
+    robot_p50_ms: float
+    robot_p99_ms: float
+    robot_worst_ms: float
+    robot_calls: int
+    failed_cycles: int
+    health_worst_ms: float
+    health_failed: int
+    scrape_worst_ms: float
+    rss_peak_mib: float
+    rss_final_mib: float
+    fds_peak: int
+    fds_final: int
+    series: int
+    log_kib: float
+    abuser: dict[str, int]
+    targets: dict[str, bool] = field(default_factory=dict)
+
+
+def summarize(kind: str, robot_rows: np.ndarray, watch: Watch, start: float, end: float, log_bytes: int,
+              abuser: dict[str, int], series: int) -> Row:  # fmt: skip
+    window = robot_rows[(robot_rows[:, 1] >= start) & (robot_rows[:, 1] < end)]
+    rtt_ms = window[:, 2] * 1e3
+    health, health_ok = watch.health.window(start, end)
+    scrape, _ = watch.scrape.window(start, end)
+    rss, _ = watch.rss.window(start, end)
+    fds, _ = watch.fds.window(start, end)
+    return Row(
+        kind=kind,
+        robot_p50_ms=float(np.percentile(rtt_ms, 50)),
+        robot_p99_ms=float(np.percentile(rtt_ms, 99)),
+        robot_worst_ms=float(rtt_ms.max()),
+        robot_calls=len(window),
+        failed_cycles=int((window[:, 3] == 0).sum()),
+        health_worst_ms=float(health.max() * 1e3) if len(health) else float("nan"),
+        health_failed=int((~health_ok).sum()),
+        scrape_worst_ms=float(scrape.max() * 1e3) if len(scrape) else float("nan"),
+        rss_peak_mib=float(rss.max()),
+        rss_final_mib=float(rss[-1]),
+        fds_peak=int(fds.max()),
+        fds_final=int(fds[-1]),
+        series=series,
+        log_kib=log_bytes / 1024,
+        abuser=abuser,
+    )
+
+
+def print_row(row: Row) -> None:
+    met = " ".join(f"{name}:{'ok' if ok else 'MISSED'}" for name, ok in row.targets.items())
+    outcomes = ", ".join(f"{k} x{v}" for k, v in sorted(row.abuser.items(), key=lambda kv: -kv[1]))
+    print(
+        f"{row.kind:<26}{row.robot_p50_ms:>7.2f}{row.robot_p99_ms:>7.2f}{row.robot_worst_ms:>8.1f}{row.failed_cycles:>6}"
+        f"{row.health_worst_ms:>8.1f}{row.scrape_worst_ms:>8.1f}{row.rss_peak_mib:>7.0f}{row.rss_final_mib:>7.0f}"
+        f"{row.fds_peak:>6}{row.fds_final:>6}{row.series:>7}{row.log_kib:>7.1f}  {met}\n{'':<26}abuser: {outcomes}",
+        flush=True,
+    )
+
+
+def plot(rows: list[Row], robot_rows: np.ndarray, phases: list[tuple[str, float, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(13, 4.5))
+    t0 = phases[0][1]
+    for kind, loop, color in ((0, "Act", "tab:blue"), (1, "ActStream", "tab:orange")):
+        sel = robot_rows[robot_rows[:, 0] == kind]
+        ax.plot(sel[:, 1] - t0, sel[:, 2] * 1e3, ".", ms=1.5, color=color, label=f"robot {loop}")
+    for i, (name, start, end) in enumerate(phases):
+        if i % 2:
+            ax.axvspan(start - t0, end - t0, color="0.93", zorder=0)
+        ax.text((start + end) / 2 - t0, 0.98, name, rotation=90, va="top", ha="center", fontsize=7,
+                transform=ax.get_xaxis_transform())  # fmt: skip
+    ax.axhline(FAILED_S * 1e3, color="tab:red", lw=0.8, ls="--", label="failed cycle (50 ms)")
+    ax.set_yscale("log")
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("robot round trip (ms)")
+    ax.set_title("A robot's round trips while another client abuses the server, one kind at a time")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10.0, help="each kind of abuse (and the floor) runs this long")
+    parser.add_argument("--kinds", default=",".join(KINDS), help="comma-separated kinds (default: all)")
+    parser.add_argument("--abuser-sched", choices=["idle", "normal"], default="idle",
+                        help="idle (SCHED_IDLE: as if on another machine) or normal")  # fmt: skip
+    parser.add_argument("--repository", type=Path, default=ROOT / "models")
+    parser.add_argument("--server-arg", action="append", default=[], help="extra flag for the server (repeatable)")
+    parser.add_argument("--out", type=Path, help="write the rows as JSON here")
+    parser.add_argument("--plot", type=Path, help="plot the robot's round trips over the run here (PNG)")
+    parser.add_argument("--samples", type=Path, help="keep every robot round trip and the phases here (.npz)")
+    add_pin_options(parser)
+    parser.add_argument("--robot", nargs=2, metavar=("GRPC", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--abuse", nargs=5, metavar=("KIND", "HTTP", "GRPC", "METRICS", "SECONDS"),
+                        help=argparse.SUPPRESS)  # fmt: skip
+    args = parser.parse_args()
+    if args.robot:
+        asyncio.run(robot(args.robot[0], Path(args.robot[1])))
+        return 0
+    if args.abuse:
+        kind, http, grpc_port, metrics, seconds = args.abuse
+        limits = server_settings(args.server_arg)
+        outcomes = abuse(kind, Ports(int(http), int(grpc_port), int(metrics)), float(seconds), limits)
+        print(json.dumps(outcomes), flush=True)
+        return 0
+
+    kinds = [k for k in args.kinds.split(",") if k]
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        parser.error(f"unknown kinds {sorted(unknown)}; known: {KINDS}")
+    server_cpus, client_cpus = cpu_split(args.pin)
+    with tempfile.TemporaryDirectory() as tmp, affinity(client_cpus):
+        log = Path(tmp) / "server.log"
+        samples = Path(tmp) / "robot.npy"
+        with server(args.repository, log, args.server_arg, server_cpus) as (proc, ports):
+            where = (
+                f"server on CPUs {sorted(server_cpus)}, clients on {sorted(client_cpus)}" if server_cpus else "unpinned"
+            )
+            print(f"server pid {proc.pid}: http :{ports.http}, grpc :{ports.grpc}, metrics :{ports.metrics}; open-file "
+                  f"limits {FD_LIMIT}; robot: Act every {PERIOD_S * 1e3:.0f} ms + ActStream at {1 / PERIOD_S:.0f} Hz; "
+                  f"abuser {args.abuser_sched}, {args.seconds:g} s per kind; {where}", flush=True)  # fmt: skip
+            # Warm the bulk workers' sessions, so that the floor's RSS includes them.
+            for _ in range(3):
+                body = policy_json(2000)
+                http_exchange(ports.http, post(f"/v2/models/{POLICY}/infer", body), body)
+            bot = subprocess.Popen([sys.executable, __file__, "--robot", f"127.0.0.1:{ports.grpc}", str(samples)],
+                                   stdin=subprocess.PIPE, cwd=ROOT)  # fmt: skip
+            watch = Watch(ports, proc.pid)
+            time.sleep(2.0)  # the robot connects and settles
+            phases: list[tuple[str, float, float, dict[str, int], int, int]] = []
+            log_mark = log.stat().st_size
+            start = time.monotonic()
+            time.sleep(args.seconds)
+            phases.append(("floor", start, time.monotonic(), {}, log.stat().st_size - log_mark, watch.count_series()))
+            for kind in kinds:
+                log_mark = log.stat().st_size
+                start = time.monotonic()
+                out = subprocess.run(
+                    [sys.executable, __file__, "--abuse", kind, str(ports.http), str(ports.grpc), str(ports.metrics),
+                     str(args.seconds), *(f"--server-arg={a}" for a in args.server_arg)],
+                    cwd=ROOT, capture_output=True, text=True, preexec_fn=abuser_sched(args.abuser_sched, server_cpus),
+                )  # fmt: skip
+                if out.returncode != 0:
+                    print(out.stderr, file=sys.stderr)
+                outcome = json.loads(out.stdout.splitlines()[-1]) if out.returncode == 0 else {"ABUSER FAILED": 1}
+                time.sleep(1.0)  # what the abuse left behind settles (closed sockets, freed memory)
+                phases.append((kind, start, time.monotonic(), outcome, log.stat().st_size - log_mark,
+                               watch.count_series()))  # fmt: skip
+                print(f"  {kind}: done", flush=True)
+            watch.stop()
+            assert bot.stdin is not None
+            bot.stdin.close()
+            bot.wait(30)
+        robot_rows = np.load(samples)
+
+    print(f"\n{'':<26}{'robot round trip ms':^22}{'fail':>6}{'health':>8}{'scrape':>8}{'RSS MiB':^14}{'fds':^12}"
+          f"{'series':>7}{'log':>7}\n{'kind':<26}{'p50':>7}{'p99':>7}{'worst':>8}{'':>6}{'ms':>8}{'ms':>8}"
+          f"{'peak':>7}{'final':>7}{'peak':>6}{'final':>6}{'':>7}{'KiB':>7}")  # fmt: skip
+    rows = [summarize(name, robot_rows, watch, a, b, lb, ab, n) for name, a, b, ab, lb, n in phases]
+    floor = rows[0]
+    for row in rows:
+        if row is not floor:
+            row.targets = {
+                "worst<=50ms": row.robot_worst_ms <= 50,
+                "p99<=2xfloor": row.robot_p99_ms <= 2 * floor.robot_p99_ms,
+                "no-failed-cycle": row.failed_cycles == 0,
+                "health<=1s": row.health_failed == 0 and row.health_worst_ms <= 1000,
+                "rss<=start+50MiB": row.rss_final_mib <= floor.rss_final_mib + 50,
+            }
+            if row.kind == "made-up-versions":
+                seen = row.abuser.pop("series after the first round"), row.abuser.pop("series at the end")
+                row.targets["series-unchanged"] = seen[0] == seen[1]
+        print_row(row)
+    missed = [(r.kind, name) for r in rows for name, ok in r.targets.items() if not ok]
+    missed += [(r.kind, "abuser ran") for r in rows if "ABUSER FAILED" in r.abuser]
+    print(f"\n{'all targets met' if not missed else f'MISSED: {missed}'}")
+    if args.out:
+        meta = {"seconds": args.seconds, "abuser_sched": args.abuser_sched, "fd_limit": FD_LIMIT,
+                "pinned": bool(server_cpus), "server_args": args.server_arg,
+                "cpus": len(os.sched_getaffinity(0))}  # fmt: skip
+        args.out.write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1) + "\n")
+    if args.plot:
+        plot(rows, robot_rows, [(n, a, b) for n, a, b, *_ in phases], args.plot)
+    if args.samples:
+        np.savez(args.samples, robot=robot_rows, phases=np.asarray([(a, b) for _, a, b, *_ in phases]),
+                 names=np.asarray([n for n, *_ in phases]))  # fmt: skip
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
