@@ -18,11 +18,14 @@ def main() -> None:
 
     from service.logs import configure
     from service.server import Server
-    from service.settings import ServerSettings
+    from service.settings import ConfigurationError, ServerSettings
 
     settings = CliApp.run(ServerSettings)
     configure(settings.log_format, settings.log_level)
-    asyncio.run(Server(settings).serve_forever())
+    try:
+        asyncio.run(Server(settings).serve_forever())
+    except ConfigurationError as exc:  # a refused start: one line, no traceback
+        sys.exit(f"python -m service: {exc}")
 
 
 if __name__ == "__main__":

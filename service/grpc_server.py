@@ -337,11 +337,11 @@ def build_grpc_server(
     health: Health,
     extra_services: list[Callable[[grpc.aio.Server], str]] | None = None,
     max_connections: int | None = None,
+    check: TokenCheck | None = None,
 ) -> grpc.aio.Server:
     """An unstarted grpc.aio server with the OIP service, health and reflection (plus ``extra_services``)."""
     interceptors: list[grpc.aio.ServerInterceptor] = []
-    check = TokenCheck(plane.settings.tokens())
-    if check.enabled:
+    if check is not None and check.enabled:
         open_prefixes = OPEN_GRPC_PREFIXES if plane.settings.auth_open_health else ()
         interceptors.append(GrpcAuthInterceptor(check, open_prefixes))
     server = grpc.aio.server(interceptors=interceptors, options=grpc_options(plane.settings, max_connections))

@@ -171,8 +171,9 @@ _NOT_READY = {"description": "not ready", "content": {"application/json": {"sche
     "properties": {"ready": {"type": "boolean"}, "name": {"type": "string"}}}}}}  # fmt: skip
 
 
-def create_app(plane: DataPlane, ration: Ration | None = None) -> FastAPI:
-    """The REST application over ``plane``; HTTP work takes its turns of the event loop from ``ration``."""
+def create_app(plane: DataPlane, ration: Ration | None = None, check: TokenCheck | None = None) -> FastAPI:
+    """The REST application over ``plane``; HTTP work takes its turns of the event loop from ``ration``; ``check``
+    authenticates (``None``: nobody needs a token)."""
     settings = plane.settings
     max_bytes, small = settings.max_request_bytes, settings.bulk_request_bytes
     app = FastAPI(
@@ -182,8 +183,7 @@ def create_app(plane: DataPlane, ration: Ration | None = None) -> FastAPI:
         default_response_class=JSON,
     )
 
-    check = TokenCheck(settings.tokens())
-    if check.enabled:
+    if check is not None and check.enabled:
         open_prefixes = OPEN_REST_PREFIXES if settings.auth_open_health else ()
         if settings.auth_open_metrics:
             open_prefixes = (*open_prefixes, "/metrics")

@@ -17,6 +17,7 @@ import grpc
 import uvicorn
 from prometheus_client import CollectorRegistry, make_asgi_app
 
+from service.auth import TokenCheck, TokenSource
 from service.bulk import BulkPool
 from service.dataplane import DataPlane
 from service.grpc_server import Health, build_grpc_server
@@ -71,11 +72,14 @@ class Server:
         self.plane = DataPlane(self.repository, self.metrics, settings, self.bulk)
         self.health = Health(self.plane)
         self.repository.on_change.append(self.health.update)
-        self.app = create_app(self.plane, self.ration)
+        self.tokens = TokenSource(settings)  # raises ConfigurationError: authentication fails closed
+        self.auth = TokenCheck(self.tokens)
+        self.app = create_app(self.plane, self.ration, self.auth)
         self._extra_grpc = extra_grpc_services or []
         self.grpc_server: grpc.aio.Server | None = None
         self.http_server: _Uvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
+        self._token_watch: asyncio.Task[None] | None = None
         self.metrics_server: _Uvicorn | None = None
         self._metrics_task: asyncio.Task[None] | None = None
         self.http_port = settings.http_port
@@ -89,7 +93,7 @@ class Server:
         map_large_buffers()  # a large request's chunks are unmapped when freed, not kept in the heap
         per_port = self._connection_bound()
         await asyncio.gather(self.repository.start(), self.bulk.start())
-        self.grpc_server = build_grpc_server(self.plane, self.health, self._extra_grpc, per_port)
+        self.grpc_server = build_grpc_server(self.plane, self.health, self._extra_grpc, per_port, self.auth)
         address = f"{s.host}:{s.grpc_port}"
         if s.tls_cert is not None and s.tls_key is not None:
             credentials = grpc.ssl_server_credentials(
@@ -105,7 +109,9 @@ class Server:
         await self.grpc_server.start()
         self.http_server, self._http_task = await self._serve_http(self.app, s.http_port, per_port)
         self.http_port = self.http_server.servers[0].sockets[0].getsockname()[1]
-        if s.metrics_port is not None and s.tokens() and not s.auth_open_metrics:
+        if self.tokens.file is not None:
+            self._token_watch = asyncio.get_running_loop().create_task(self.tokens.watch(s.auth_token_reload_s))
+        if s.metrics_port is not None and self.auth.enabled and not s.auth_open_metrics:
             log.info("metrics port disabled: auth covers metrics, which stay on the REST /metrics")
         elif s.metrics_port is not None:
             app = FramingGuard(make_asgi_app(registry=self.metrics.registry))
@@ -173,6 +179,8 @@ class Server:
             if server is not None and task is not None:
                 server.should_exit = True
                 await asyncio.gather(task, return_exceptions=True)
+        if self._token_watch is not None:
+            self._token_watch.cancel()
         await self.bulk.close()
         await self.repository.close()
         self.executor.shutdown(wait=False, cancel_futures=True)

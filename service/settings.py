@@ -15,6 +15,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from service.model_config import Provider
 
 
+class ConfigurationError(ValueError):
+    """Settings the server cannot serve with (an auth token file without tokens, for one): the start is refused."""
+
+
 class ServerSettings(BaseSettings):
     """How the server listens, which models it serves and how it runs them."""
 
@@ -164,7 +168,12 @@ class ServerSettings(BaseSettings):
     metadata); several allow rotation. Empty: no authentication. Prefer ``auth_token_file`` in deployments."""
 
     auth_token_file: Path | None = None
-    """A file with one accepted token per line (a mounted Kubernetes secret), added to ``auth_tokens``."""
+    """A file with one accepted token per line (a mounted Kubernetes secret), added to ``auth_tokens``; blank lines and
+    ``#`` comments are not tokens. A file that yields no token refuses the start (authentication never turns itself
+    off); the file is re-read when it changes (a rotated secret), and a change that yields no token is ignored."""
+
+    auth_token_reload_s: float = Field(2.0, gt=0)
+    """How often ``auth_token_file`` is checked for changes (one ``stat``; it is read only when it changed)."""
 
     auth_open_health: bool = True
     """Leave health (REST ``/v2/health/*``, gRPC ``grpc.health.v1``), docs and reflection open with auth on."""
@@ -194,10 +203,3 @@ class ServerSettings(BaseSettings):
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
         return self
-
-    def tokens(self) -> list[bytes]:
-        """Every accepted token, from ``auth_tokens`` and ``auth_token_file``."""
-        tokens = [t.get_secret_value().encode() for t in self.auth_tokens]
-        if self.auth_token_file is not None:
-            tokens += [line.strip().encode() for line in self.auth_token_file.read_text().splitlines() if line.strip()]
-        return tokens

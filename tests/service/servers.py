@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -11,7 +12,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,7 +60,7 @@ def test_settings(repository: Path, **overrides: Any) -> ServerSettings:
     return ServerSettings(**values)
 
 
-@contextmanager
+@contextlib.contextmanager
 def running_server(repository: Path, **overrides: Any) -> Iterator[RunningServer]:
     """A ``Server`` on ephemeral ports in a thread with its own event loop; stopped (drained) on exit."""
     settings = test_settings(repository, **overrides)
@@ -70,14 +70,18 @@ def running_server(repository: Path, **overrides: Any) -> Iterator[RunningServer
     def run() -> None:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
-        server = Server(settings, registry=CollectorRegistry())
-        holder["server"], holder["loop"] = server, loop
-        stop = asyncio.Event()
-        holder["stop"] = stop
         try:
+            server = Server(settings, registry=CollectorRegistry())
+            holder["server"], holder["loop"] = server, loop
+            stop = asyncio.Event()
+            holder["stop"] = stop
             loop.run_until_complete(server.start())
         except BaseException as exc:
             holder["error"] = exc
+            if "server" in holder:  # started part of the way: stop what did start (workers, listeners)
+                with contextlib.suppress(BaseException):
+                    loop.run_until_complete(holder["server"].stop())
+            loop.close()
             started.set()
             return
         started.set()
@@ -125,7 +129,7 @@ def child_env(changes: dict[str, str | None] | None) -> dict[str, str]:
     return {k: v for k, v in env.items() if v is not None}
 
 
-@contextmanager
+@contextlib.contextmanager
 def server_process(repository: Path, *args: str, env: dict[str, str | None] | None = None) -> Iterator[ServerProcess]:
     """``python -m service`` as a child process on ephemeral ports (read back from its log); ``env`` adds variables
     to this process's environment (``None`` removes one)."""

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import ssl
-from collections.abc import Iterator
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,10 +23,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from service._proto.inference import grpc_service_pb2 as pb
+from service._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from service.client import PolicyClient, RestClient, RestError
+from service.settings import ConfigurationError
 from tests.service.clients import infer_proto, observation_json, stub
 from tests.service.models import OBS, add_policy
-from tests.service.servers import running_server
+from tests.service.servers import ROOT, RunningServer, child_env, running_server, server_process
 
 TOKEN = "s3cret-token"
 
@@ -101,6 +108,109 @@ def test_metrics_can_be_closed_too(repo: Path, tmp_path: Path) -> None:
         assert httpx.get(server.http + "/metrics").status_code == 401
         r = httpx.get(server.http + "/metrics", headers={"authorization": f"Bearer {TOKEN}"})
         assert r.status_code == 200 and "odetoode_requests_total" in r.text
+
+
+# -- authentication fails closed, and follows a rotated secret --------------------------------------------------------
+
+NO_TOKENS = {"empty": "", "blank": "\n   \n\t\n", "comments only": "# the token goes here\n\n#another\n"}
+
+
+@pytest.mark.parametrize("content", NO_TOKENS)
+def test_a_token_file_without_tokens_refuses_the_start(repo: Path, tmp_path: Path, content: str) -> None:
+    """Never a server without the authentication its settings ask for: in process and as ``python -m service``."""
+    token_file = tmp_path / "tokens"
+    token_file.write_text(NO_TOKENS[content])
+    with pytest.raises(ConfigurationError, match="auth_token_file: it holds no token"):
+        running_server(repo, auth_token_file=token_file).__enter__()
+    out = subprocess.run(
+        [sys.executable, "-m", "service", "--repository", str(repo), "--auth-token-file", str(token_file)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode != 0
+    assert "auth_token_file: it holds no token" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_missing_token_file_or_an_empty_token_refuses_the_start(repo: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="auth_token_file: cannot read it"):
+        running_server(repo, auth_token_file=tmp_path / "absent").__enter__()
+    with pytest.raises(ConfigurationError, match="auth_tokens: a token is empty"):
+        running_server(repo, auth_tokens=[TOKEN, " "]).__enter__()
+
+
+def test_comment_lines_are_not_tokens(repo: Path, tmp_path: Path) -> None:
+    token_file = tmp_path / "tokens"
+    token_file.write_text(f"# rotate monthly\n\n  {TOKEN}  \n")
+    with running_server(repo, auth_token_file=token_file) as server:
+        assert rest_status(server, "# rotate monthly") == 401
+        assert rest_status(server, "#") == 401
+        assert rest_status(server, TOKEN) == 200
+
+
+def kubernetes_secret(volume: Path, generation: int, content: str) -> None:
+    """Writes ``content`` as the key ``token`` of a secret volume the way the kubelet updates one: the files go in a
+    new timestamped directory, a new ``..data`` symlink to it is renamed over the old one (atomically), and the old
+    directory goes; ``token`` itself is a symlink to ``..data/token`` and never changes."""
+    timestamped = volume / f"..2026_11_30_{generation:02d}"
+    timestamped.mkdir()
+    (timestamped / "token").write_text(content)
+    (volume / "..data_tmp").symlink_to(timestamped.name)
+    old = (volume / "..data").resolve() if (volume / "..data").exists() else None
+    os.replace(volume / "..data_tmp", volume / "..data")
+    if old is not None:
+        shutil.rmtree(old)
+    if not (volume / "token").is_symlink():
+        (volume / "token").symlink_to("..data/token")
+
+
+def test_a_rotated_kubernetes_secret_is_taken_without_a_restart(repo: Path, tmp_path: Path) -> None:
+    """Rotation by the ``..data`` symlink swap: the new token is accepted and the old one refused within a few
+    reload intervals; a rotation to a secret without tokens changes nothing (never fails open)."""
+    volume = tmp_path / "secret"
+    volume.mkdir()
+    kubernetes_secret(volume, 1, f"{TOKEN}\n")
+    with running_server(repo, auth_token_file=volume / "token", auth_token_reload_s=0.05) as server:
+        assert rest_status(server, TOKEN) == 200 and rest_status(server, "next-token") == 401
+        kubernetes_secret(volume, 2, "next-token\n")
+        assert wait_until(lambda: rest_status(server, "next-token") == 200)
+        assert rest_status(server, TOKEN) == 401
+        with grpc.insecure_channel(server.grpc) as channel:
+            metadata = (("authorization", "Bearer next-token"),)
+            assert pb_grpc.GRPCInferenceServiceStub(channel).ServerLive(pb.ServerLiveRequest(), metadata=metadata).live
+        kubernetes_secret(volume, 3, "# emptied by mistake\n")
+        time.sleep(0.5)  # ten reload intervals
+        assert rest_status(server, "next-token") == 200
+        assert rest_status(server, "no-token-at-all") == 401
+
+
+def test_the_container_health_check_sends_the_token_when_health_is_closed(repo: Path, tmp_path: Path) -> None:
+    """docker/healthcheck.py (the images' HEALTHCHECK) against a server whose health needs the token."""
+    token_file = tmp_path / "tokens"
+    token_file.write_text(f"# the probe reads the same file\n{TOKEN}\n")
+    with server_process(repo, "--auth-token-file", str(token_file), "--auth-open-health", "false") as proc:
+        check = [sys.executable, str(ROOT / "docker" / "healthcheck.py")]
+        base = {"ODETOODE_HTTP_PORT": str(proc.http_port), "ODETOODE_AUTH_OPEN_HEALTH": "false"}
+        with_token = subprocess.run(check, env=child_env({**base, "ODETOODE_AUTH_TOKEN_FILE": str(token_file)}),
+                                    capture_output=True, text=True, timeout=30)  # fmt: skip
+        listed = subprocess.run(check, env=child_env({**base, "ODETOODE_AUTH_TOKENS": f'["{TOKEN}"]'}),
+                                capture_output=True, text=True, timeout=30)  # fmt: skip
+        without = subprocess.run(check, env=child_env(base), capture_output=True, text=True, timeout=30)
+    assert with_token.returncode == 0, with_token.stderr
+    assert listed.returncode == 0, listed.stderr
+    assert without.returncode == 1 and "401" in without.stderr
+
+
+def rest_status(server: RunningServer, token: str) -> int:
+    return httpx.post(server.http + "/v2/models/policy/infer", json=observation_json(),
+                      headers={"authorization": f"Bearer {token}"}, timeout=30).status_code  # fmt: skip
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
 
 
 @dataclass
