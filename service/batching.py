@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from service.errors import DeadlineExceeded, ModelNotReady, QueueFull
+from service.errors import DeadlineExceeded, ModelNotReady, QueueFull, ServingError
 
 RunFn = Callable[[dict[str, np.ndarray], Sequence[str]], list[np.ndarray]]
 
@@ -87,6 +87,7 @@ class Batcher:
         self._busy = 0
         self._queued_rows = 0
         self._closed = False
+        self._closing_error: BaseException = ModelNotReady("this model version was unloaded before the request ran")
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -230,10 +231,14 @@ class Batcher:
                 loop = asyncio.get_running_loop()
                 results = await loop.run_in_executor(self._executor, self._run, feeds, outputs)
             compute = time.monotonic_ns() - start
-        except Exception as exc:
+        except BaseException as exc:
+            # cancelled with the batcher (a shutdown's grace is over): its requests hear why, not nothing
+            failure = self._closing_error if isinstance(exc, asyncio.CancelledError) else exc
             for p in batch:
                 if not p.future.done():
-                    p.future.set_exception(exc)
+                    p.future.set_exception(failure)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
             return
         if self._on_batch is not None:
             self._on_batch(rows)
@@ -244,9 +249,13 @@ class Batcher:
             if not p.future.done():
                 p.future.set_result((part, Timing(dispatched - p.enqueued_ns, compute, rows)))
 
-    async def close(self, timeout: float | None = None) -> None:
-        """Refuses new requests, lets queued and running ones finish (up to ``timeout`` s), stops the workers."""
+    async def close(self, timeout: float | None = None, error: ServingError | None = None) -> None:
+        """Refuses new requests, lets queued and running ones finish (up to ``timeout`` s), stops the workers; what did
+        not finish is answered ``error`` (default: ``ModelNotReady``, the version was unloaded)."""
         self._closed = True
+        if error is None:
+            error = ModelNotReady("this model version was unloaded before the request ran")
+        self._closing_error = error
         if self._queue or self._busy:
             self._ensure_workers()
             with contextlib.suppress(TimeoutError):
@@ -254,7 +263,7 @@ class Batcher:
         while self._queue:
             p = self._pop()
             if not p.future.done():
-                p.future.set_exception(ModelNotReady("this model version was unloaded before the request ran"))
+                p.future.set_exception(error)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -16,7 +16,6 @@ then free and consistent again), and its answer is dropped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import struct
@@ -148,16 +147,16 @@ class _Worker:
         return header, parts
 
     async def stop(self) -> None:
+        """Ends the worker now: a job it is computing is abandoned (its request is answered by whoever waits)."""
         if self.writer is not None:
             self.writer.close()
-            with contextlib.suppress(ConnectionError):
-                await self.writer.wait_closed()
-        if self.process is not None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
             try:
-                await asyncio.get_running_loop().run_in_executor(None, self.process.wait, 5)
+                await asyncio.get_running_loop().run_in_executor(None, self.process.wait, 2)
             except subprocess.TimeoutExpired:
                 self.process.kill()
-                self.process.wait(5)
+                await asyncio.get_running_loop().run_in_executor(None, self.process.wait, 2)
 
 
 class BulkPool:
@@ -196,6 +195,7 @@ class BulkPool:
         self._idle.extend(self._workers)
 
     async def close(self) -> None:
+        """Stops the workers; requests waiting for one, or computed by one, are answered ``Unavailable``."""
         self._closed = True
         for waiter in self._waiting:
             if not waiter.done():
@@ -261,6 +261,8 @@ class BulkPool:
         try:
             return await worker.run(job, payload)
         except (ConnectionError, OSError) as exc:
+            if self._closed:  # stopped by the shutdown, not failed
+                raise errors.Unavailable("the server shut down before this request was computed") from None
             log.error("bulk worker %d failed (%s); starting a new one", worker.index, exc)
             await worker.stop()
             replacement = _Worker(worker.index, self._command, self.ration)

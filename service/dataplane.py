@@ -150,6 +150,8 @@ class DataPlane:
         """The version that answers a request for ``name`` (``version``: a number, or the highest ready one); a
         refusal (no such model, not ready) is counted like any failed request of ``protocol``."""
         try:
+            if self._draining:
+                raise Unavailable("the server is shutting down and accepts no new requests")
             return self.repository.resolve(name, version)
         except ServingError as exc:
             self._count_failure(protocol, name, version or "", exc)
@@ -268,6 +270,8 @@ class DataPlane:
 
     def policy(self, name: str, version: str | None = None) -> ServedVersion:
         """The served version of a policy; a classifier is refused with a message that says so."""
+        if self._draining:
+            raise Unavailable("the server is shutting down and accepts no new requests")
         served = self.repository.resolve(name, version)
         if served.runtime.description.kind != "policy":
             raise InvalidArgument(f"policy: {name!r} is a {served.runtime.description.kind}, not a policy")

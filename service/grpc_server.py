@@ -7,6 +7,7 @@ request bytes into INVALID_ARGUMENT (grpc would report them as INTERNAL).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -94,15 +95,48 @@ async def _abort(context: grpc.aio.ServicerContext, error: BaseException) -> Non
     await context.abort(status_of(error)[1], client_message(error))
 
 
-def guard(handler: grpc.RpcMethodHandler, limit: int, bulk: bool = False) -> grpc.RpcMethodHandler:
+class OpenStreams:
+    """The streaming calls in progress, so that a shutdown can end each one itself -- UNAVAILABLE, "shutting down" --
+    instead of leaving them to grpc, which cancels what is still open when it stops and logs a traceback for each."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.closing = False
+
+    def add(self) -> asyncio.Task[Any] | None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        return task
+
+    def discard(self, task: asyncio.Task[Any] | None) -> None:
+        if task is not None:
+            self._tasks.discard(task)
+
+    def close_all(self) -> None:
+        self.closing = True
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def ended(self, context: grpc.aio.ServicerContext) -> None:
+        """How a stream ends when ``close_all`` cancelled it (any other cancellation propagates)."""
+        if not self.closing:
+            raise asyncio.CancelledError
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; call another replica")
+
+
+def guard(
+    handler: grpc.RpcMethodHandler, limit: int, bulk: bool = False, streams: OpenStreams | None = None
+) -> grpc.RpcMethodHandler:
     """``handler`` with ``ServingError`` (and anything unexpected) mapped to the gRPC status of
     ``service.errors.ERROR_TABLE``, messages over ``limit`` bytes never parsed here (``_sized``), and undecodable
-    request bytes answered INVALID_ARGUMENT.
+    request bytes answered INVALID_ARGUMENT; streaming calls are registered in ``streams`` while they run.
 
     One wrapper per handler kind: a unary handler returns, a streaming one yields, so the try/except cannot be
     shared without a context manager, which would cost every call an object of its own."""
     deserialize = _sized(handler.request_deserializer, limit, bulk)
     serialize = _serializer(handler.response_serializer)
+    open_streams = streams if streams is not None else OpenStreams()
     if handler.unary_unary is not None:
         unary = handler.unary_unary
 
@@ -127,19 +161,25 @@ def guard(handler: grpc.RpcMethodHandler, limit: int, bulk: bool = False) -> grp
                 yield request
 
         async def stream_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+            task = open_streams.add()
             try:
                 async for response in stream(checked(requests), context):
                     yield response
             except grpc.aio.AbortError:
                 raise
+            except asyncio.CancelledError:
+                await open_streams.ended(context)
             except Exception as exc:  # ServingError and anything unexpected
                 await _abort(context, exc)
+            finally:
+                open_streams.discard(task)
 
         return grpc.stream_stream_rpc_method_handler(stream_stream, deserialize, serialize)
     if handler.unary_stream is not None:
         produce = handler.unary_stream
 
         async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            task = open_streams.add()
             try:
                 if isinstance(request, _Undecodable):
                     raise request.error
@@ -147,8 +187,12 @@ def guard(handler: grpc.RpcMethodHandler, limit: int, bulk: bool = False) -> grp
                     yield response
             except grpc.aio.AbortError:
                 raise
+            except asyncio.CancelledError:
+                await open_streams.ended(context)
             except Exception as exc:  # ServingError and anything unexpected
                 await _abort(context, exc)
+            finally:
+                open_streams.discard(task)
 
         return grpc.unary_stream_rpc_method_handler(unary_stream, deserialize, serialize)
     return handler  # stream-unary: none registered here
@@ -159,16 +203,19 @@ class GuardedRegistration:
     once, at registration -- no interceptor runs per call (an aio interceptor costs tens of microseconds per RPC,
     as much as a policy's computation). ``bulk`` names the methods that take large requests."""
 
-    def __init__(self, server: grpc.aio.Server, limit: int, bulk: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self, server: grpc.aio.Server, limit: int, streams: OpenStreams, bulk: frozenset[str] = frozenset()
+    ) -> None:
         self._server = server
         self._limit = limit
+        self._streams = streams
         self._bulk = bulk
 
     def add_generic_rpc_handlers(self, handlers: Any) -> None:
         pass  # generated code registers the same handlers by name next; they are added, guarded, there
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
-        guarded = {name: guard(h, self._limit, name in self._bulk) for name, h in handlers.items()}
+        guarded = {name: guard(h, self._limit, name in self._bulk, self._streams) for name, h in handlers.items()}
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, guarded),))
         self._server.add_registered_method_handlers(service, guarded)
 
@@ -338,6 +385,7 @@ def build_grpc_server(
     extra_services: list[Callable[[grpc.aio.Server], str]] | None = None,
     max_connections: int | None = None,
     check: TokenCheck | None = None,
+    streams: OpenStreams | None = None,
 ) -> grpc.aio.Server:
     """An unstarted grpc.aio server with the OIP service, health and reflection (plus ``extra_services``)."""
     interceptors: list[grpc.aio.ServerInterceptor] = []
@@ -346,19 +394,21 @@ def build_grpc_server(
         interceptors.append(GrpcAuthInterceptor(check, open_prefixes))
     server = grpc.aio.server(interceptors=interceptors, options=grpc_options(plane.settings, max_connections))
     limit = plane.settings.bulk_request_bytes  # larger messages are never parsed on the event loop
+    streams = streams if streams is not None else OpenStreams()
+    bulk = frozenset({"ModelInfer", "ModelStreamInfer"})
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceService(plane), GuardedRegistration(server, limit, frozenset({"ModelInfer", "ModelStreamInfer"}))
+        InferenceService(plane), GuardedRegistration(server, limit, streams, bulk)
     )
-    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, GuardedRegistration(server, limit))
+    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, GuardedRegistration(server, limit, streams))
     names = [
         SERVICE_NAME,
-        add_policy_service(plane, GuardedRegistration(server, limit)),
+        add_policy_service(plane, GuardedRegistration(server, limit, streams)),
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         reflection.SERVICE_NAME,
     ]
     for add in extra_services or []:
         names.append(add(server))
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-        reflection.aio.ReflectionServicer(names, pool=reflection_pool()), GuardedRegistration(server, limit)
+        reflection.aio.ReflectionServicer(names, pool=reflection_pool()), GuardedRegistration(server, limit, streams)
     )
     return server

@@ -52,6 +52,25 @@ class ClientGoneError(Exception):
     """The client closed its connection before its request body was complete; nothing is answered."""
 
 
+CLIENT_MISTAKES = ("Invalid HTTP request received.", "Unsupported upgrade request.")
+"""What uvicorn logs as warnings about a client's request (a client that hangs up mid-body makes the first)."""
+
+
+class ClientMistakesAtDebug:
+    """uvicorn's logger for one connection, with its warnings about what the client did wrong at debug level: a
+    truncated or invalid request is not the server's problem, and a flood of them must not flood the log."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+
+    def warning(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        level = logging.DEBUG if msg in CLIENT_MISTAKES else logging.WARNING
+        self._logger.log(level, msg, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._logger, name)
+
+
 class RateLimitedWarning:
     """A warning logged at most once per ``period_s``, with how many times it happened meanwhile: under a flood, one
     line every few seconds instead of one per event."""
@@ -93,6 +112,7 @@ def guarded_protocol(
         _paused_for_turn = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            self.logger = ClientMistakesAtDebug(self.logger)  # type: ignore[assignment]
             if len(self.connections) >= max_connections:
                 if not waiting:
                     refused()

@@ -146,14 +146,17 @@ class ModelRepository:
             except Exception:  # a scan must never kill the poller
                 log.exception("repository scan failed")
 
-    async def close(self) -> None:
-        """Stops polling and unloads every version, letting queued requests finish."""
+    async def close(self, timeout: float = 0.0, error: ServingError | None = None) -> None:
+        """Stops polling and unloads every version at once: queued requests get ``timeout`` s to finish, then are
+        answered ``error``. Does not wait for a load in progress (its thread is abandoned)."""
         if self._poller is not None:
             self._poller.cancel()
             await asyncio.gather(self._poller, return_exceptions=True)
-        async with self._lock:
-            for name in list(self._served):
-                await self._release(name, list(self._served[name].values()))
+        served = [sv for versions in self._served.values() for sv in versions.values()]
+        await asyncio.gather(*(sv.batcher.close(timeout, error) for sv in served))
+        for sv in served:
+            self._set(sv.name, sv.version, State.UNAVAILABLE, "the server is shutting down")
+        self._served.clear()
         self._loader.shutdown(wait=False, cancel_futures=True)
 
     # -- queries --------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import logging
 import signal
 import socket
 import ssl
+import time
 from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -20,7 +21,8 @@ from prometheus_client import CollectorRegistry, make_asgi_app
 from service.auth import TokenCheck, TokenSource
 from service.bulk import BulkPool
 from service.dataplane import DataPlane
-from service.grpc_server import Health, build_grpc_server
+from service.errors import Unavailable
+from service.grpc_server import Health, OpenStreams, build_grpc_server
 from service.http import FramingGuard, guarded_protocol, raise_file_limit
 from service.memory import map_large_buffers
 from service.metrics import ServerMetrics
@@ -33,6 +35,8 @@ from service.settings import ServerSettings
 log = logging.getLogger(__name__)
 
 
+FLUSH_S = 0.5
+"""At shutdown, once the grace period is over: how long the last answers get to leave before connections close."""
 ACCEPT_BATCH = 16
 """Connections the HTTP ports accept per turn of the event loop (see ``ServerSettings.http_backlog``)."""
 
@@ -76,6 +80,7 @@ class Server:
         self.auth = TokenCheck(self.tokens)
         self.app = create_app(self.plane, self.ration, self.auth)
         self._extra_grpc = extra_grpc_services or []
+        self.streams = OpenStreams()
         self.grpc_server: grpc.aio.Server | None = None
         self.http_server: _Uvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
@@ -93,7 +98,9 @@ class Server:
         map_large_buffers()  # a large request's chunks are unmapped when freed, not kept in the heap
         per_port = self._connection_bound()
         await asyncio.gather(self.repository.start(), self.bulk.start())
-        self.grpc_server = build_grpc_server(self.plane, self.health, self._extra_grpc, per_port, self.auth)
+        self.grpc_server = build_grpc_server(
+            self.plane, self.health, self._extra_grpc, per_port, self.auth, self.streams
+        )
         address = f"{s.host}:{s.grpc_port}"
         if s.tls_cert is not None and s.tls_key is not None:
             credentials = grpc.ssl_server_credentials(
@@ -149,7 +156,8 @@ class Server:
             app, host=s.host, port=port, log_config=None, access_log=False, lifespan="off", http=protocol,
             backlog=ACCEPT_BATCH,
             timeout_keep_alive=s.http_keep_alive_s,  # type: ignore[arg-type]  # a float works (call_later)
-            timeout_graceful_shutdown=1, **tls,
+            timeout_graceful_shutdown=FLUSH_S,  # type: ignore[arg-type]  # a float works (asyncio.wait_for)
+            **tls,
         )  # fmt: skip
         server = _Uvicorn(config)
         task = asyncio.get_running_loop().create_task(server.serve(sockets=[listener]))
@@ -164,25 +172,31 @@ class Server:
         return server, task
 
     async def stop(self) -> None:
-        """Graceful drain: not ready, refuse new requests, finish accepted ones (up to the grace period), exit."""
+        """Graceful drain, within ``drain_grace_s`` plus about ``FLUSH_S`` in all: not ready at once and new requests
+        refused; accepted ones get the rest of the grace period to finish; then those still queued or computed are
+        answered UNAVAILABLE (with their ids, on streams), the answers get ``FLUSH_S`` to leave, and it stops."""
         if self._stopped.is_set():
             return
         grace = self.settings.drain_grace_s
+        deadline = time.monotonic() + grace
         self.plane.start_drain()
         await self.health.update()
         log.info("draining: waiting up to %.1f s for in-flight requests", grace)
-        if not await self.plane.wait_idle(grace):
-            log.warning("grace period over with requests still in flight")
+        if not await self.plane.wait_idle(max(0.0, deadline - time.monotonic())):
+            log.warning("grace period over with requests still in flight: they are answered UNAVAILABLE")
+        if self._token_watch is not None:
+            self._token_watch.cancel()
+        shut = Unavailable("the server shut down before this request was computed")
+        await asyncio.gather(self.repository.close(0.0, shut), self.bulk.close())
+        self.streams.close_all()  # each open stream ends UNAVAILABLE, by itself rather than cancelled by grpc
+        stops: list[Any] = []
         if self.grpc_server is not None:
-            await self.grpc_server.stop(grace=1.0)
+            stops.append(self.grpc_server.stop(grace=FLUSH_S))
         for server, task in ((self.http_server, self._http_task), (self.metrics_server, self._metrics_task)):
             if server is not None and task is not None:
                 server.should_exit = True
-                await asyncio.gather(task, return_exceptions=True)
-        if self._token_watch is not None:
-            self._token_watch.cancel()
-        await self.bulk.close()
-        await self.repository.close()
+                stops.append(asyncio.wait_for(asyncio.shield(task), FLUSH_S + 0.5))
+        await asyncio.gather(*stops, return_exceptions=True)
         self.executor.shutdown(wait=False, cancel_futures=True)
         self._stopped.set()
         log.info("stopped")
