@@ -313,6 +313,9 @@ class DataPlane:
     # -- repository ------------------------------------------------------------------------------------------------
 
     def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:
+        """The repository extension's index: like ``load`` and ``unload``, only with ``repository_api`` on (it tells
+        every model name and why a version failed)."""
+        self._require_repository_api("index")
         return self.repository.index(ready_only)
 
     async def load(self, name: str, parameters: Mapping[str, Any] | None = None) -> None:

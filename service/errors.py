@@ -7,6 +7,7 @@ registration (``service.grpc_server.guard``), both of which look the error up he
 
 from __future__ import annotations
 
+import re
 from http import HTTPStatus
 from typing import Final
 
@@ -88,6 +89,16 @@ MAX_MESSAGE_BYTES: Final = 1024
 """Longest message sent to a client, in UTF-8 bytes. gRPC clients refuse status details beyond 8-16 KiB (after
 percent-encoding, up to 3 characters per byte) and would see RESOURCE_EXHAUSTED instead of the real status, so a
 message that echoes a huge client-chosen name is cut."""
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s/'\"():,;]+/)+([^\s/'\"():,;]*)")
+
+
+def without_paths(text: str) -> str:
+    """``text`` with every absolute path cut to its last part (``/srv/models/a/1/model.onnx`` -> ``model.onnx``):
+    what a dependency says about a file (ONNX Runtime names the path it loaded, through any symlink) must not tell
+    a client where the server keeps its files."""
+    return _ABSOLUTE_PATH.sub(r"\1", text)
 
 
 def client_message(error: BaseException) -> str:

@@ -344,7 +344,7 @@ class Health:
         await self.servicer.set("", server)
         await self.servicer.set(SERVICE_NAME, server)
         await self.servicer.set(POLICY_SERVICE_NAME, server)
-        names = {e.name for e in self.plane.repository_index()}
+        names = {e.name for e in self.plane.repository.index()}
         for name in names | self._models:
             try:
                 ok = name in names and not self.plane.draining and self.plane.model_ready(name)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from odetoode.modelfile import MODEL_NAME, VERSION_NAME
 from service.batching import Batcher
-from service.errors import InvalidArgument, ModelLoadError, ModelNotFound, ModelNotReady, ServingError
+from service.errors import InvalidArgument, ModelLoadError, ModelNotFound, ModelNotReady, ServingError, without_paths
 from service.metrics import ServerMetrics
 from service.model_config import CONFIG_FILE, ResolvedConfig, load_serving_config, resolve
 from service.runtime import ORT_PROVIDERS, ModelRuntime, available_cpus
@@ -336,7 +336,9 @@ class ModelRepository:
             return None
         except Exception as exc:
             log.exception("loading %s v%d crashed", name, version)
-            self._failed(name, version, fp, f"unexpected error: {type(exc).__name__}: {exc}", replacing)
+            self._failed(
+                name, version, fp, f"unexpected error: {type(exc).__name__}: {without_paths(str(exc))}", replacing
+            )
             return None
         if ORT_PROVIDERS["cpu"] == runtime.providers[0] and any(p != "cpu" for p in config.providers):
             self.metrics.provider_fallbacks.labels(name, str(version)).inc()

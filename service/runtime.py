@@ -20,7 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 from odetoode.modelfile import ModelDescription, ModelFormatError
-from service.errors import ModelLoadError
+from service.errors import ModelLoadError, without_paths
 from service.model_config import Provider, ResolvedConfig
 from service.tensors import TensorSpec, datatype_of_onnx
 
@@ -230,5 +230,5 @@ def _concrete(shape: Sequence[int]) -> tuple[int, ...]:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
+    text = without_paths(str(exc)).strip().splitlines()
     return text[0][:300] if text else type(exc).__name__

@@ -46,7 +46,7 @@ from tests.service.servers import RunningServer, ServerProcess, running_server, 
 
 ACT_STREAM = "/odetoode.v1.PolicyService/ActStream"
 OBSERVATION = np.full(OBS, 0.1, np.float32)
-POLL = {"model_control_mode": "poll", "poll_interval_s": 0.1}
+POLL = {"model_control_mode": "poll", "poll_interval_s": 0.1, "repository_api": True}  # the index tells states
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> None:

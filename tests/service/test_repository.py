@@ -41,7 +41,7 @@ def direct(path: Path, value: float = 0.1) -> np.ndarray:
 
 
 def test_readiness_is_false_with_zero_models(tmp_path: Path) -> None:
-    with running_server(tmp_path, model_control_mode="poll", poll_interval_s=0.1) as server:
+    with running_server(tmp_path, model_control_mode="poll", poll_interval_s=0.1, repository_api=True) as server:
         assert httpx.get(server.http + "/v2/health/ready").status_code == 503
         assert httpx.get(server.http + "/v2/health/live").status_code == 200
         add_policy(tmp_path, "late")
@@ -58,7 +58,7 @@ def test_version_policy_latest_all_and_specific(tmp_path: Path) -> None:
         ({"specific": [1, 3]}, ["1", "3"]),
     ):
         (tmp_path / "m" / "config.yaml").write_text(f"version_policy: {policy}\n".replace("'", ""))
-        with running_server(tmp_path) as server:
+        with running_server(tmp_path, repository_api=True) as server:
             meta = httpx.get(server.http + "/v2/models/m").json()
             assert meta["versions"] == served
             assert infer(server, "m").json()["model_version"] == served[-1]  # no version: the highest ready one
@@ -77,7 +77,7 @@ def test_version_policy_latest_all_and_specific(tmp_path: Path) -> None:
 def test_hot_reload_under_traffic_loses_no_request(tmp_path: Path) -> None:
     """A client streams requests while version 2 appears and version 1 disappears: zero failures."""
     add_policy(tmp_path, "live", 1, seed=1)
-    with running_server(tmp_path, model_control_mode="poll", poll_interval_s=0.1) as server:
+    with running_server(tmp_path, model_control_mode="poll", poll_interval_s=0.1, repository_api=True) as server:
         results: list[tuple[int, str]] = []
         stop = threading.Event()
 
@@ -114,7 +114,7 @@ def test_hot_reload_under_traffic_loses_no_request(tmp_path: Path) -> None:
 def test_corrupt_model_is_reported_and_does_not_stop_the_others(tmp_path: Path) -> None:
     add_policy(tmp_path, "good")
     add_garbage(tmp_path, "bad")
-    with running_server(tmp_path) as server:
+    with running_server(tmp_path, repository_api=True) as server:
         assert httpx.get(server.http + "/v2/health/ready").status_code == 200
         assert infer(server, "good").status_code == 200
         entry = next(e for e in index(server) if e["name"] == "bad")
@@ -129,7 +129,7 @@ def test_corrupt_model_is_reported_and_does_not_stop_the_others(tmp_path: Path) 
 def test_a_replaced_file_that_is_garbage_keeps_the_old_one_serving(tmp_path: Path) -> None:
     path = add_policy(tmp_path, "m")
     expected = direct(path)
-    with running_server(tmp_path, model_control_mode="poll", poll_interval_s=0.1) as server:
+    with running_server(tmp_path, model_control_mode="poll", poll_interval_s=0.1, repository_api=True) as server:
         add_garbage(tmp_path, "m", 1, content=path.read_bytes()[:1000])  # truncated in place
         wait_for(lambda: "reload failed" in next(e for e in index(server) if e["name"] == "m").get("reason", ""))
         response = infer(server, "m")
@@ -146,7 +146,7 @@ def test_golden_self_check_rejects_a_file_that_computes_something_else(tmp_path:
     weight = next(t for t in model.graph.initializer if t.name.endswith("weight_t"))
     weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * 1.5, weight.name))
     onnx.save_model(model, str(path))
-    with running_server(tmp_path) as server:
+    with running_server(tmp_path, repository_api=True) as server:
         entry = next(e for e in index(server) if e["name"] == "tampered")
         assert entry["state"] == "FAILED" and "golden self-check failed" in entry["reason"]
 
@@ -154,7 +154,7 @@ def test_golden_self_check_rejects_a_file_that_computes_something_else(tmp_path:
 def test_bad_config_yaml_is_reported(tmp_path: Path) -> None:
     add_policy(tmp_path, "m", serving_config={"max_batch_size": 0})
     add_policy(tmp_path, "ok")
-    with running_server(tmp_path) as server:
+    with running_server(tmp_path, repository_api=True) as server:
         entry = next(e for e in index(server) if e["name"] == "m")
         assert entry["state"] == "FAILED" and "m/config.yaml: max_batch_size" in entry["reason"]
         assert infer(server, "ok").status_code == 200
