@@ -174,6 +174,12 @@ class BulkPool:
     ) -> None:
         self.max_requests = max_requests
         self.ration = ration or Ration()
+        self.jobs = 0
+        """Jobs the workers have answered (successfully or not)."""
+        self.restarts = 0
+        """Workers that died and were replaced."""
+        self.refused = 0
+        """Large requests refused because ``max_requests`` were admitted."""
         self._rate = ByteRate(bytes_per_s, PIECE * 16)
         self._command = [priority, log_format, log_level]
         self._workers = [_Worker(i, self._command, self.ration) for i in range(workers)]
@@ -211,6 +217,7 @@ class BulkPool:
         """A place for one large request, taken before its body is read (``QueueFull`` at once when none is left);
         returns the function that gives it back (idempotent), called once the answer is sent."""
         if self._admitted >= self.max_requests:
+            self.refused += 1
             raise QueueFull(f"{self.max_requests} large requests are being served (bulk_max_requests); retry later")
         self._admitted += 1
         released = False
@@ -259,11 +266,14 @@ class BulkPool:
 
     async def _run_on(self, worker: _Worker, job: dict[str, Any], payload: list[Any]) -> BulkReply:
         try:
-            return await worker.run(job, payload)
+            reply = await worker.run(job, payload)
+            self.jobs += 1
+            return reply
         except (ConnectionError, OSError) as exc:
             if self._closed:  # stopped by the shutdown, not failed
                 raise errors.Unavailable("the server shut down before this request was computed") from None
             log.error("bulk worker %d failed (%s); starting a new one", worker.index, exc)
+            self.restarts += 1
             await worker.stop()
             replacement = _Worker(worker.index, self._command, self.ration)
             self._workers[worker.index] = replacement

@@ -21,10 +21,11 @@ import bisect
 import contextlib
 import time
 from collections.abc import Iterator, Sequence
+from typing import Protocol
 
 import prometheus_client.metrics
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
@@ -161,6 +162,49 @@ class _PerRequestCollector(Collector):
         return HistogramMetricFamily("odetoode_batch_size", "Rows per executed batch.", labels=BATCH_LABELS)
 
 
+class BulkState(Protocol):
+    """What ``service.bulk.BulkPool`` tells about itself."""
+
+    @property
+    def admitted(self) -> int: ...
+    @property
+    def max_requests(self) -> int: ...
+    @property
+    def jobs(self) -> int: ...
+    @property
+    def refused(self) -> int: ...
+    @property
+    def restarts(self) -> int: ...
+
+
+class _BulkCollector(Collector):
+    def __init__(self, pool: BulkState) -> None:
+        self._pool = pool
+
+    def describe(self) -> list[Metric]:
+        return list(self.collect())
+
+    def collect(self) -> Iterator[Metric]:
+        p = self._pool
+        yield GaugeMetricFamily(
+            "odetoode_bulk_requests",
+            "Large requests admitted now (being received, waiting for a bulk worker, or computed by one).",
+            value=p.admitted,
+        )
+        yield GaugeMetricFamily(
+            "odetoode_bulk_requests_limit", "The most large requests admitted at once (bulk_max_requests).",
+            value=p.max_requests,
+        )  # fmt: skip
+        yield CounterMetricFamily("odetoode_bulk_jobs", "Large requests answered by a bulk worker.", value=p.jobs)
+        yield CounterMetricFamily(
+            "odetoode_bulk_refusals", "Large requests refused at once: bulk_max_requests were admitted.",
+            value=p.refused,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "odetoode_bulk_worker_restarts", "Bulk worker processes that died and were replaced.", value=p.restarts
+        )
+
+
 class ServerMetrics:
     """Every metric the server exports, registered on ``registry``."""
 
@@ -223,6 +267,10 @@ class ServerMetrics:
             self.inflight.labels(protocol).set_function(lambda: level.value)
             return level
         return found
+
+    def watch_bulk(self, pool: BulkState) -> None:
+        """Exports the bulk pool's state, read when scraped."""
+        self.registry.register(_BulkCollector(pool))
 
     def set_model_state(self, model: str, version: str, state: str) -> None:
         for s in MODEL_STATES:

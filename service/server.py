@@ -74,6 +74,7 @@ class Server:
             self.ration,
         )
         self.plane = DataPlane(self.repository, self.metrics, settings, self.bulk)
+        self.metrics.watch_bulk(self.bulk)
         self.health = Health(self.plane)
         self.repository.on_change.append(self.health.update)
         self.tokens = TokenSource(settings)  # raises ConfigurationError: authentication fails closed

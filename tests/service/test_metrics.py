@@ -1,14 +1,25 @@
 """The per-request series are kept by hand (``service.metrics``) and read through a custom collector: the oracle is
-prometheus_client's own ``Counter``/``Histogram`` fed the same values -- the exposition must not differ."""
+prometheus_client's own ``Counter``/``Histogram`` fed the same values -- the exposition must not differ. And label
+values only ever come from the repository: what clients make up collapses to one value."""
 
 from __future__ import annotations
 
+import contextlib
+import random
+
+import grpc
+import httpx
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from service._proto.inference import grpc_service_pb2_grpc as pb_grpc
+from service._proto.odetoode.v1 import policy_pb2 as ppb
+from service._proto.odetoode.v1 import policy_pb2_grpc as ppb_grpc
 from service.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, ServerMetrics
+from tests.service.clients import OBS, infer_proto, observation_json
+from tests.service.servers import RunningServer
 
 
 def samples(registry: CollectorRegistry, families: set[str]) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -78,3 +89,37 @@ def test_a_series_appears_as_soon_as_it_is_looked_up() -> None:
     assert got[("odetoode_requests_total", frozenset({("model", "m"), ("version", "1"), ("protocol", "rest")}))] == 0
     count = ("odetoode_batch_size_count", frozenset({("model", "m"), ("version", "1")}))
     assert got[count] == 0
+
+
+def test_made_up_names_and_versions_create_no_series(server: RunningServer) -> None:
+    """Client-chosen model names and versions never become label values: after one round of every kind of request
+    naming what does not exist (REST, gRPC, Act; made-up versions, unknown models, a 100 KiB version string), hundreds
+    more add no series and nothing to the exposition; the one value they collapse to is ``_unknown``."""
+    rng = random.Random(0)
+    act = ppb.ActRequest(policy="policy", observation=np.zeros(OBS, "<f4").tobytes())
+
+    def round_of_nonsense(version: str, model: str) -> None:
+        for path in (f"policy/versions/{version[:2000]}", model[:2000]):  # (URLs stop at a few KB)
+            httpx.post(f"{server.http}/v2/models/{path}/infer", json=observation_json(), timeout=30)
+        with grpc.insecure_channel(server.grpc) as channel:
+            for request in (infer_proto("policy", version=version), infer_proto(model)):
+                with contextlib.suppress(grpc.RpcError):
+                    pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+            act.version = version
+            with contextlib.suppress(grpc.RpcError):
+                ppb_grpc.PolicyServiceStub(channel).Act(act, timeout=30)
+
+    def exposition() -> str:
+        return httpx.get(server.metrics_url, timeout=30).text
+
+    round_of_nonsense("7", "no-such-model")  # every kind once: a version that does not exist, one that cannot
+    round_of_nonsense("9" * 20, "no-such-model")  # (two failure reasons: NOT_FOUND and INVALID_ARGUMENT)
+    before = exposition()
+    round_of_nonsense("9" * (100 << 10), "x" * 1000)
+    for _ in range(100):
+        round_of_nonsense(str(rng.randrange(3, 10**9)), f"model-{rng.randrange(10**9)}")
+    after = exposition()
+    series = [line.rsplit(" ", 1)[0] for line in after.splitlines() if line and not line.startswith("#")]
+    assert series == [line.rsplit(" ", 1)[0] for line in before.splitlines() if line and not line.startswith("#")]
+    assert 'version="_unknown"' in after and 'model="_unknown"' in after
+    assert "model-" not in after and "xxxx" not in after and "99999" not in after

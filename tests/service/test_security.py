@@ -110,7 +110,7 @@ def test_metrics_can_be_closed_too(repo: Path, tmp_path: Path) -> None:
         assert r.status_code == 200 and "odetoode_requests_total" in r.text
 
 
-# -- authentication fails closed, and follows a rotated secret --------------------------------------------------------
+# -- authentication fails closed, and follows a rotated secret ------------------------------------------------------
 
 NO_TOKENS = {"empty": "", "blank": "\n   \n\t\n", "comments only": "# the token goes here\n\n#another\n"}
 
@@ -292,3 +292,43 @@ def test_tls_settings_are_validated(repo: Path, certs: Certificates) -> None:
         ServerSettings(repository=repo, tls_cert=certs.server_cert)
     with pytest.raises(ValidationError, match="needs tls_cert"):
         ServerSettings(repository=repo, tls_client_ca=certs.ca)
+
+
+# -- what errors tell ------------------------------------------------------------------------------------------------
+
+
+def test_client_visible_errors_carry_no_server_paths(tmp_path: Path) -> None:
+    """A model directory and a damaged file reached through symlinks: whatever a client can read about them -- the
+    error of a request, the repository index, a failed load -- names neither the repository nor where the links
+    point."""
+    repository, elsewhere = tmp_path / "repository", tmp_path / "elsewhere"
+    (elsewhere / "broken" / "1").mkdir(parents=True)
+    (elsewhere / "broken" / "1" / "model.onnx").write_bytes(b"not an onnx file at all")
+    repository.mkdir()
+    (repository / "broken").symlink_to(elsewhere / "broken")
+    add_policy(repository, "policy")
+    with running_server(repository, repository_api=True) as server:
+        texts = [
+            httpx.post(server.http + "/v2/models/broken/infer", json=observation_json(), timeout=30).text,
+            httpx.post(server.http + "/v2/repository/index", timeout=30).text,
+            httpx.post(server.http + "/v2/repository/models/broken/load", timeout=30).text,
+        ]
+        with grpc.insecure_channel(server.grpc) as channel:
+            stub_ = pb_grpc.GRPCInferenceServiceStub(channel)
+            texts.append(str(stub_.RepositoryIndex(pb.RepositoryIndexRequest())))
+            with pytest.raises(grpc.RpcError) as caught:
+                stub_.ModelInfer(infer_proto("broken"), timeout=30)
+            texts.append(caught.value.details() or "")
+    assert "model.onnx: ONNX Runtime cannot load it" in texts[1]  # the reason is there...
+    for text in texts:
+        assert str(tmp_path) not in text and "/elsewhere" not in text, text  # ...without where the file is
+
+
+def test_the_repository_index_needs_the_repository_api(repo: Path) -> None:
+    """Like load and unload: it tells every model name and why versions failed."""
+    with running_server(repo) as server:
+        r = httpx.post(server.http + "/v2/repository/index", timeout=30)
+        assert r.status_code == 403 and "--repository-api true" in r.json()["error"]
+        with grpc.insecure_channel(server.grpc) as channel, pytest.raises(grpc.RpcError) as caught:
+            pb_grpc.GRPCInferenceServiceStub(channel).RepositoryIndex(pb.RepositoryIndexRequest(), timeout=30)
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
