@@ -562,6 +562,38 @@ def print_row(row: Row) -> None:
     )
 
 
+def markdown(rows: list[Row], meta: dict[str, Any], missed: list[tuple[str, str]]) -> str:
+    """The rows as a Markdown table, with how they were measured."""
+    floor = rows[0]
+    lines = [
+        "# Isolation: a robot's round trips while another client abuses the server",
+        "",
+        f"`python benchmarks/isolation.py --out {{this file}}.json`: {meta['seconds']:g} s per kind, "
+        f"{meta['cpus']} CPUs ({'server on the first, clients on the other' if meta['pinned'] else 'unpinned'}), "
+        f"abuser scheduled {meta['abuser_sched']}, server open-file limits {meta['fd_limit']}"
+        + (f", server flags {' '.join(meta['server_args'])}" if meta["server_args"] else "")
+        + ". A robot calls Act every 5 ms and runs an ActStream loop at 200 Hz throughout; a failed cycle is an error "
+        "or no answer within 50 ms. Targets per kind: worst <= 50 ms, p99 <= 2x the floor's "
+        f"({2 * floor.robot_p99_ms:.2f} ms), no failed cycle, health within 1 s, final RSS within 50 MiB of the "
+        "start, series unchanged by made-up versions.",
+        "",
+        "| kind | robot p50 ms | p99 ms | worst ms | failed | health worst ms | RSS peak / final MiB "
+        "| fds peak / final | series | log KiB | targets | the abuser's requests |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        missing = [k for k, ok in row.targets.items() if not ok]
+        met = "floor" if row is floor else ("MISSED " + ", ".join(missing) if missing else "all met")
+        outcomes = ", ".join(f"{k} x{v}" for k, v in sorted(row.abuser.items(), key=lambda kv: -kv[1]))
+        lines.append(
+            f"| {row.kind} | {row.robot_p50_ms:.2f} | {row.robot_p99_ms:.2f} | {row.robot_worst_ms:.1f} | "
+            f"{row.failed_cycles} | {row.health_worst_ms:.1f} | {row.rss_peak_mib:.0f} / {row.rss_final_mib:.0f} | "
+            f"{row.fds_peak} / {row.fds_final} | {row.series} | {row.log_kib:.1f} | {met} | {outcomes} |"
+        )
+    lines += ["", "All targets met." if not missed else f"Missed: {missed}.", ""]
+    return "\n".join(lines)
+
+
 def plot(rows: list[Row], robot_rows: np.ndarray, phases: list[tuple[str, float, float]], path: Path) -> None:
     import matplotlib
 
@@ -689,6 +721,7 @@ def main() -> int:
                 "pinned": bool(server_cpus), "server_args": args.server_arg,
                 "cpus": len(os.sched_getaffinity(0))}  # fmt: skip
         args.out.write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1) + "\n")
+        args.out.with_suffix(".md").write_text(markdown(rows, meta, missed))
     if args.plot:
         plot(rows, robot_rows, [(n, a, b) for n, a, b, *_ in phases], args.plot)
     if args.samples:

@@ -61,7 +61,7 @@ USER 10001:10001
 WORKDIR /tmp
 EXPOSE 8000 8001 8002
 # No curl in the image: docker/healthcheck.py asks /v2/health/ready with the standard library (200 ready; 503
-# while loading or draining), over HTTPS when ODETOODE_TLS_CERT is set.
+# while loading or draining), over HTTPS when ODETOODE_TLS_CERT is set, with the token when health needs one.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
     CMD ["python", "/opt/odetoode/healthcheck.py"]
 # The server handles SIGTERM itself (readiness off, drain for ODETOODE_DRAIN_GRACE_S, exit 0): exec form, no shell.

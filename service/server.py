@@ -152,7 +152,10 @@ class Server:
                 tls.update(ssl_ca_certs=str(s.tls_client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
         protocol = guarded_protocol(max_connections, s.http_head_timeout_s, s.http_write_timeout_s, self.ration)
         family = socket.AF_INET6 if ":" in s.host else socket.AF_INET
-        listener = socket.create_server((s.host, port), family=family, backlog=s.http_backlog)
+        listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP named: asyncio then turns
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # Nagle off on what it accepts
+        listener.bind((s.host, port))
+        listener.listen(s.http_backlog)
         config = uvicorn.Config(
             app, host=s.host, port=port, log_config=None, access_log=False, lifespan="off", http=protocol,
             backlog=ACCEPT_BATCH,

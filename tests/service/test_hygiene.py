@@ -163,3 +163,15 @@ def test_a_client_that_reads_nothing_of_its_response_is_disconnected(repo: Path)
                 time.sleep(0.1)
             assert len(state.connections) == 0, "the connection of a client that reads nothing is still open"
         assert server.server.bulk.admitted == 0
+
+
+def test_answers_leave_without_waiting_for_nagle(server: RunningServer) -> None:
+    """An answer is written in parts (head, body): with Nagle's algorithm on, the second part would wait for the
+    client's delayed acknowledgement (~40 ms). Every accepted HTTP connection has TCP_NODELAY."""
+    with httpx.Client(base_url=server.http) as client:
+        assert client.get("/v2/health/live").status_code == 200
+        connections = list(server.server.http_server.server_state.connections)  # type: ignore[union-attr]
+        assert connections
+        for protocol in connections:
+            sock = protocol.transport.get_extra_info("socket")
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
