@@ -108,6 +108,8 @@ def guarded_protocol(
 
     class GuardedH11Protocol(H11Protocol):
         _head_timer: asyncio.TimerHandle | None = None
+        _head_due: float | None = None
+        """When the head of the next request is due (``None``: a request is in progress)."""
         _write_timer: asyncio.TimerHandle | None = None
         _deferred: list[bytes] | None = None
         _paused_for_turn = False
@@ -166,9 +168,8 @@ def guarded_protocol(
 
         def _receive(self, data: bytes) -> None:
             super().data_received(data)
-            if self.conn.their_state is not h11.IDLE and self._head_timer is not None:
-                self._head_timer.cancel()  # the head is complete
-                self._head_timer = None
+            if self.conn.their_state is not h11.IDLE and self._head_due is not None:
+                self._head_due = None  # the head is complete (its timer, if it fires, finds nothing due)
                 waiting.pop(self, None)
 
         def on_response_complete(self) -> None:
@@ -188,17 +189,23 @@ def guarded_protocol(
                 self._write_timer = None
 
         def _waiting(self) -> None:
-            """No request in progress: the head of the next is due within ``head_timeout_s``."""
+            """No request in progress: the head of the next is due within ``head_timeout_s`` -- up to 10% later at
+            random, so that sockets opened together (a flood) are not all closed in the same turn. One timer per
+            connection at a time: a request that comes in time only moves the deadline, which the timer finds."""
             waiting[self] = None
             waiting.move_to_end(self)
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-            # up to 10% later at random: sockets opened together (a flood) are not all closed in the same turn
-            self._head_timer = self.loop.call_later(head_timeout_s * (1 + 0.1 * _jitter.random()), self._head_overdue)
+            self._head_due = self.loop.time() + head_timeout_s * (1 + 0.1 * _jitter.random())
+            if self._head_timer is None:
+                self._head_timer = self.loop.call_at(self._head_due, self._head_overdue)
 
         def _head_overdue(self) -> None:
             self._head_timer = None
-            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            due = self._head_due
+            if due is None or self.transport.is_closing():
+                return
+            if self.loop.time() < due:  # moved by a later request: look again then
+                self._head_timer = self.loop.call_at(due, self._head_overdue)
+            elif self.conn.their_state is h11.IDLE:
                 log.debug("closing a connection that sent no complete request head in %.0f s", head_timeout_s)
                 self.transport.abort()
 
@@ -271,17 +278,20 @@ class BodyReader:
         return length
 
     async def _next(self) -> bytes | None:
+        """The next chunk, within ``timeout_s``, in its turn."""
         if self.ration is not None:
             await self.ration.turn()
         try:
             async with asyncio.timeout(self.timeout_s):
-                chunk = await anext(self._chunks)
-        except StopAsyncIteration:
-            return None
+                return self._count(await anext(self._chunks))
         except TimeoutError:
             raise BodyTimeoutError(f"request body: nothing received for {self.timeout_s:g} s") from None
+        except StopAsyncIteration:
+            return None
         except ClientDisconnect:
             raise ClientGoneError from None
+
+    def _count(self, chunk: bytes) -> bytes:
         self.size += len(chunk)
         if self.size > self.limit:
             raise PayloadTooLarge(f"request body exceeds the {self.limit}-byte limit")
@@ -312,8 +322,19 @@ class BodyReader:
         return parts
 
     async def read(self) -> bytes:
-        """The whole (small) body, joined."""
-        return b"".join(await self.rest())
+        """The whole of a small body (at most ``limit`` bytes), joined: read within one ``timeout_s`` and without
+        taking turns per chunk (its request took its turn; a body this small is a piece of work of its own size)."""
+        parts = []
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                async for chunk in self._chunks:
+                    parts.append(self._count(chunk))
+        except TimeoutError:
+            raise BodyTimeoutError(f"request body: nothing received for {self.timeout_s:g} s") from None
+        except ClientDisconnect:
+            raise ClientGoneError from None
+        self.request.state.body_read = True
+        return b"".join(parts)
 
 
 def body_pending(request: Request) -> bool:
@@ -325,7 +346,7 @@ def body_pending(request: Request) -> bool:
 
 
 class PartsResponse(Response):
-    """A response body sent part after part, as rendered, with its ``Content-Length``."""
+    """A response body sent part after part, as rendered (joined when small), with its ``Content-Length``."""
 
     def __init__(
         self,
@@ -338,7 +359,11 @@ class PartsResponse(Response):
         super().__init__(None, status_code, headers, media_type)
         self.ration = ration
         self.parts = [p for p in parts if p]
-        self.headers["content-length"] = str(sum(len(p) for p in self.parts))
+        size = sum(len(p) for p in self.parts)
+        if len(self.parts) > 1 and size <= READ_SIZE:
+            # Small: one write. Each part is a send() of its own, and on a fast link each costs more than the copy.
+            self.parts = [b"".join(self.parts)]
+        self.headers["content-length"] = str(size)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:

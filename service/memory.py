@@ -13,9 +13,14 @@ import contextlib
 import ctypes
 import functools
 
+M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 LARGE_BUFFER = 128 * 1024
 """Allocations from this size up get mappings of their own (glibc's initial threshold, kept from moving)."""
+KEPT_FREE = 32 * 1024 * 1024
+"""Free memory at the top of the heap that glibc keeps instead of returning at every free (pinning the mapping
+threshold pins this one too, at 128 KiB: the heap would shrink and grow -- system calls and fresh zeroed pages --
+with every request); ``release_memory`` returns it after large requests."""
 
 
 @functools.cache
@@ -32,6 +37,7 @@ def map_large_buffers() -> None:
     libc = _glibc()
     if libc is not None:
         libc.mallopt(M_MMAP_THRESHOLD, LARGE_BUFFER)
+        libc.mallopt(M_TRIM_THRESHOLD, KEPT_FREE)
 
 
 def release_memory() -> None:
