@@ -562,13 +562,13 @@ def print_row(row: Row) -> None:
     )
 
 
-def markdown(rows: list[Row], meta: dict[str, Any], missed: list[tuple[str, str]]) -> str:
+def markdown(rows: list[Row], meta: dict[str, Any], missed: list[tuple[str, str]], command: str) -> str:
     """The rows as a Markdown table, with how they were measured."""
     floor = rows[0]
     lines = [
         "# Isolation: a robot's round trips while another client abuses the server",
         "",
-        f"`python benchmarks/isolation.py --out {{this file}}.json`: {meta['seconds']:g} s per kind, "
+        f"`{command}`: {meta['seconds']:g} s per kind, "
         f"{meta['cpus']} CPUs ({'server on the first, clients on the other' if meta['pinned'] else 'unpinned'}), "
         f"abuser scheduled {meta['abuser_sched']}, server open-file limits {meta['fd_limit']}"
         + (f", server flags {' '.join(meta['server_args'])}" if meta["server_args"] else "")
@@ -721,7 +721,8 @@ def main() -> int:
                 "pinned": bool(server_cpus), "server_args": args.server_arg,
                 "cpus": len(os.sched_getaffinity(0))}  # fmt: skip
         args.out.write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1) + "\n")
-        args.out.with_suffix(".md").write_text(markdown(rows, meta, missed))
+        command = "python benchmarks/isolation.py " + " ".join(sys.argv[1:])
+        args.out.with_suffix(".md").write_text(markdown(rows, meta, missed, command))
     if args.plot:
         plot(rows, robot_rows, [(n, a, b) for n, a, b, *_ in phases], args.plot)
     if args.samples:
