@@ -90,9 +90,9 @@ class ServerSettings(BaseSettings):
 
     grpc_max_message_bytes: int = Field(1024 * 1024, ge=1024)
     """Largest gRPC message received or sent (and never above ``max_request_bytes``). gRPC's Python binding copies a
-    whole message on the event loop that also answers robots before any of our code sees it (a 4 MiB message, gRPC's
-    usual limit, held it 4-6 ms here; 1 MiB, about 1-2 ms), so large payloads belong on REST with the binary tensor
-    extension, which moves them in small pieces. Raise it knowing that it lengthens robots' worst round trips."""
+    whole message on the event loop that also answers robots before any of our code sees it, so large payloads belong
+    on REST with the binary tensor extension, which moves them in small pieces. Raising it to gRPC's usual 4 MiB puts
+    robots' p99 round trip at the edge of its target under a stream of such messages (docs/serving.md)."""
 
     max_request_rows: int = Field(65536, ge=1)
     """Default largest batch (rows) one request may carry, whatever its size in bytes; a model's ``config.yaml``
