@@ -646,8 +646,10 @@ def check_server(objects: tuple[dict[str, Any], ...]) -> list[str]:
         for probe in ("livenessProbe", "startupProbe"):
             if container.get(probe, {}).get("grpc") is not None:
                 problems.append(f"TLS is on (tls_cert): the kubelet's gRPC {probe} cannot handshake; use httpGet HTTPS")
-    elif container.get("livenessProbe", {}).get("grpc") is None:
-        problems.append("livenessProbe is not the gRPC-native probe on the gRPC port")
+    # Liveness on the readiness path would restart servers that are only not ready (draining, no model yet).
+    live_http = container.get("livenessProbe", {}).get("httpGet")
+    if live_http is not None and live_http.get("path") != "/v2/health/live":
+        problems.append(f"livenessProbe {live_http}: not /v2/health/live (readiness would restart unready servers)")
     auth_on = bool(getattr(settings, "auth_tokens", None)) or getattr(settings, "auth_token_file", None) is not None
     if auth_on and getattr(settings, "auth_open_health", True) is False:
         problems.append("auth is on with auth_open_health false: the probes carry no token and would fail")

@@ -147,3 +147,11 @@ def test_checks_catch_mistakes() -> None:
     (settings,) = [o for o in objects if o["kind"] == "ConfigMap" and "ODETOODE_REPOSITORY" in o.get("data", {})]
     settings["data"]["ODETOODE_DRAIN_GRACE"] = "3"
     assert "not ServerSettings fields" in " ".join(check.check_server(objects))
+
+    del settings["data"]["ODETOODE_DRAIN_GRACE"]
+    # Liveness may move to the HTTP port (a gRPC connection flood then cannot fail it), but only to the live path.
+    container = pod["containers"][0]
+    container["livenessProbe"] = {"httpGet": {"path": "/v2/health/live", "port": "http"}}
+    assert "livenessProbe" not in " ".join(check.check_server(objects))
+    container["livenessProbe"]["httpGet"]["path"] = "/v2/health/ready"
+    assert "livenessProbe" in " ".join(check.check_server(objects))
