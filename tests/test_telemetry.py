@@ -1,10 +1,11 @@
 """Nothing phones home: ONNX Runtime's telemetry is off in every entry point of the project.
 
 ONNX Runtime 1.29+ on Linux sends usage events and writes a device id and an event cache under
-``$HOME/.cache/Microsoft/DeveloperTools`` as soon as it is imported, unless ``ORT_DISABLE_TELEMETRY=1`` is in the
-environment first. Each check runs a child process under a fresh ``HOME`` with the variable removed from its
-environment (the suite itself has it set), and looks for that directory afterwards: the control proves the check
-can fail; the others import or run each entry point the way a user would.
+``$XDG_CACHE_HOME/Microsoft/DeveloperTools`` (``$HOME/.cache`` when that is unset) as soon as it is imported, unless
+``ORT_DISABLE_TELEMETRY=1`` is in the environment first. Each check runs a child process under a fresh ``HOME`` with
+``XDG_CACHE_HOME`` pointing into it (CI machines commonly set their own) and the opt-out removed from its environment
+(the suite itself has it set), and looks for the cache afterwards: the control proves the check can fail; the others
+import or run each entry point the way a user would.
 """
 
 from __future__ import annotations
@@ -24,8 +25,13 @@ TELEMETRY = Path(".cache") / "Microsoft" / "DeveloperTools"
 BUNDLED_POLICY = ROOT / "models" / "halfcheetah" / "1" / "model.onnx"
 
 
+def fresh_home(home: Path) -> dict[str, str | None]:
+    """The variables that decide where ONNX Runtime keeps its cache, all inside ``home``, with the opt-out removed."""
+    return {"HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"), "ORT_DISABLE_TELEMETRY": None}
+
+
 def run_python(code: str, home: Path) -> subprocess.CompletedProcess[str]:
-    env = child_env({"HOME": str(home), "ORT_DISABLE_TELEMETRY": None})
+    env = child_env(fresh_home(home))
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -64,7 +70,7 @@ def test_a_server_run_leaves_no_telemetry(tmp_path: Path) -> None:
     home, repository = tmp_path / "home", tmp_path / "models"
     home.mkdir()
     add_policy(repository, "policy")
-    with server_process(repository, env={"HOME": str(home), "ORT_DISABLE_TELEMETRY": None}) as proc:
+    with server_process(repository, env=fresh_home(home)) as proc:
         r = httpx.post(proc.http + "/v2/models/policy/infer", json=observation_json(), timeout=30)
         assert r.status_code == 200
         assert proc.terminate() == 0
