@@ -489,7 +489,13 @@ def test_act_stream_observation(server: RunningServer, channel: grpc.Channel, ca
     results = [ppb.ActStreamResponse.FromString(a) for a in answers]
     if case.ends_call:
         assert code == case.code, details
-        assert [r.action.sequence for r in results] == [1]
+        sequences = [r.action.sequence for r in results]
+        if mode == "read-ahead":
+            # The reader takes the oversized message while the first observation computes, and gRPC ends the call
+            # at the transport as soon as it arrives: the first action may or may not have left before that.
+            assert sequences in ([1], []), sequences
+        else:
+            assert sequences == [1]
     else:
         assert code == OK, details
         assert [r.WhichOneof("result") for r in results] == ["action", "error", "action"]
