@@ -5,14 +5,15 @@ BIN    := $(VENV)/bin
 EXTRAS ?= serve,train,dev,deploy
 STAMP  := $(VENV)/.installed
 
-.PHONY: help serve test test-slow lint typecheck bench proto clean image image-test deploy-check
+.PHONY: help serve test test-slow lint typecheck bench proto fixtures clean image image-test deploy-check
 
 help:
 	@echo "make serve      serve the bundled models in models/ (HTTP :8000, gRPC :8001, metrics :8002)"
 	@echo "make test       create .venv if needed, lint, type-check and run the test suite"
 	@echo "make test-slow  the suite plus opt-in slow tests"
 	@echo "make bench      run the benchmarks in benchmarks/"
-	@echo "make proto      regenerate the gRPC stubs in service/_proto/ from proto/"
+	@echo "make proto      regenerate the gRPC stubs in odetoode/proto/ from proto/"
+	@echo "make fixtures   re-export the test fixture models in odetoode/testing/fixtures/ (after an exporter change)"
 	@echo "make image      build the CPU serve image (podman/docker; a local Debian base where no registry answers)"
 	@echo "make image-test build it, run it read-only, call it over gRPC and REST, check metrics/user/drain (opt-in)"
 	@echo "make deploy-check  hadolint, yamllint, kubernetes-validate and server agreement for docker/ and deploy/"
@@ -21,9 +22,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# Reinstall whenever pyproject.toml changes; the stamp records that the environment matches it.
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+# Reinstall whenever a pyproject.toml changes; the stamp records that the environment matches them. The client SDK
+# (odetoode/pyproject.toml) is a distribution of its own that the server depends on: both are installed together.
+$(STAMP): pyproject.toml odetoode/pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ./odetoode -e '.[$(EXTRAS)]'
 	@touch $@
 
 serve: $(STAMP)
@@ -33,8 +35,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The client SDK is also checked as the Python robots run (3.10, as on ROS 2 Humble).
 typecheck: $(STAMP)
 	$(BIN)/mypy
+	$(BIN)/mypy --python-version 3.10 --no-warn-unused-configs -p odetoode.client -p odetoode.proto
 
 test: lint typecheck
 	$(BIN)/python -m pytest
@@ -47,6 +51,9 @@ bench: $(STAMP)
 
 proto: $(STAMP)
 	$(BIN)/python proto/generate.py
+
+fixtures: $(STAMP)
+	$(BIN)/python -m trainer.fixtures
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
@@ -63,7 +70,7 @@ image-test: image $(STAMP)
 	IMAGE=$(SERVE_IMAGE) $(BIN)/python docker/image_test.py
 
 $(DEPLOY_STAMP): pyproject.toml | $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS),deploy]'
+	$(BIN)/python -m pip install --quiet -e ./odetoode -e '.[$(EXTRAS),deploy]'
 	@touch $@
 
 deploy-check: $(DEPLOY_STAMP)

@@ -2,7 +2,7 @@
 
 A server process (``python -m service``, the bundled repository, loopback, started with the open-file limits systemd
 gives a service: 1,024 soft, 4,096 hard) serves a robot that calls ``PolicyService/Act`` every 5 ms and runs an
-``ActStream`` loop at 200 Hz on the ``halfcheetah`` policy (``service.client.AsyncPolicyClient``, a process of its
+``ActStream`` loop at 200 Hz on the ``halfcheetah`` policy (``odetoode.client.AsyncPolicyClient``, a process of its
 own). The floor is that robot with
 nothing else running, measured first in the same run. Then each kind of abuse runs back-to-back (the next request as
 soon as the last is answered) for ``--seconds``, from a process of its own scheduled ``SCHED_IDLE`` (in a deployment
@@ -64,11 +64,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import odetoode  # noqa: F401  (first: turns ONNX Runtime's telemetry off before onnxruntime is imported)
+import odetoode.telemetry_off  # noqa: F401  (first: turns ONNX Runtime's telemetry off before onnxruntime is imported)
 
 # isort: split
 import numpy as np
-from _harness import add_pin_options, affinity, cpu_split
+
+from odetoode.testing.bench import add_pin_options, affinity, cpu_split
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICY = "halfcheetah"
@@ -89,7 +90,7 @@ KINDS = [
 
 async def robot(target: str, out: Path) -> None:
     """Act every 5 ms and an ActStream loop at 200 Hz until stdin closes; then writes (loop, sent, rtt, ok) rows."""
-    from service.client import Action, AsyncPolicyClient
+    from odetoode.client import Action, AsyncPolicyClient
 
     rows: list[tuple[int, float, float, bool]] = []
     observation = np.random.default_rng(0).normal(size=OBS).astype(np.float32)
@@ -238,8 +239,8 @@ def series_count(ports: Ports) -> int:
 
 def abuse(kind: str, ports: Ports, seconds: float, limits: Any) -> dict[str, Any]:
     """Runs one kind of abuse back-to-back for ``seconds``; returns the count of each outcome."""
-    from service._proto.inference import grpc_service_pb2 as pb
-    from service._proto.odetoode.v1 import policy_pb2 as ppb
+    from odetoode.proto.inference import grpc_service_pb2 as pb
+    from odetoode.proto.odetoode.v1 import policy_pb2 as ppb
 
     outcomes: dict[str, int] = {}
     grpc_target = f"127.0.0.1:{ports.grpc}"

@@ -37,9 +37,7 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import add_pin_options, affinity, cpu_split, next_tick
+from odetoode.testing.bench import add_pin_options, affinity, cpu_split, next_tick
 
 OBS = 17
 ACT_STREAM = "/odetoode.v1.PolicyService/ActStream"
@@ -53,8 +51,8 @@ async def robots(target: str, count: int, hz: float, start: float, end: float, s
     """``count`` robots, one ActStream and one channel each, until ``end`` (``time.time()``); counts and latencies."""
     import grpc
 
-    from service._proto.odetoode.v1 import policy_pb2 as pb
-    from service.client import channel_options
+    from odetoode.client import channel_options
+    from odetoode.proto.odetoode.v1 import policy_pb2 as pb
 
     rng = np.random.default_rng(seed)
     stats: dict[str, Any] = {"sent": 0, "answered": 0, "failed": 0, "errors": []}
@@ -207,8 +205,8 @@ def main() -> int:
     add_pin_options(parser)
     args = parser.parse_args()
 
-    from tests.service.models import add_policy
-    from tests.service.servers import server_process
+    from odetoode.testing.models import add_policy
+    from odetoode.testing.servers import server_process
 
     server_cpus, client_cpus = cpu_split(args.pin)
     ctx = mp.get_context("spawn")  # no fork after grpc or torch have started threads

@@ -24,7 +24,6 @@ import contextlib
 import os
 import queue
 import signal
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
@@ -33,16 +32,13 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import odetoode  # noqa: F401  (first: turns ONNX Runtime's telemetry off before onnxruntime is imported)
+import odetoode.telemetry_off  # noqa: F401  (first: turns ONNX Runtime's telemetry off before onnxruntime is imported)
 
 # isort: split
 import numpy as np
 import onnxruntime as ort
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import cpu_session, floor_process
-from _timing import Timing, sample, summarize
+from odetoode.testing.bench import Timing, cpu_session, floor_process, sample, summarize
 
 MODEL = "policy"
 OBS = 17
@@ -57,7 +53,7 @@ async def serve_floor(model_file: Path) -> None:
     import orjson
     import uvicorn
 
-    from service._proto.inference import grpc_service_pb2 as pb
+    from odetoode.proto.inference import grpc_service_pb2 as pb
     from service.grpc_server import grpc_options
     from service.settings import ServerSettings
 
@@ -185,8 +181,8 @@ def main() -> None:
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
 
-    from tests.service.models import add_policy
-    from tests.service.servers import server_process
+    from odetoode.testing.models import add_policy
+    from odetoode.testing.servers import server_process
 
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         repo = Path(tmp)

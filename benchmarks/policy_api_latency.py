@@ -8,7 +8,7 @@ session options, one intra-op thread) on the packed float32 observation and answ
 protobuf + ONNX Runtime and nothing else; the server under test (``python -m service``, also its own process) adds
 everything else: validation, the batcher, metrics, timing fields, the stream's reader task and overflow queue.
 
-The client is the same for floor and server: ``service.client.PolicyClient`` in this process (``act`` for unary
+The client is the same for floor and server: ``odetoode.client.PolicyClient`` in this process (``act`` for unary
 calls; ``stream`` for the stream, one observation at a time: send, receive its action, send the next). Because the
 floor answers on the same method paths, the SDK talks to it unchanged, so the client's cost is identical in both
 rows of a pair. For reference, OIP ``ModelInfer`` (tritonclient.grpc) and REST ``infer`` with binary tensors
@@ -54,16 +54,13 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import odetoode  # noqa: F401  (first: turns ONNX Runtime's telemetry off before onnxruntime is imported)
+import odetoode.telemetry_off  # noqa: F401  (first: turns ONNX Runtime's telemetry off before onnxruntime is imported)
 
 # isort: split
 import numpy as np
 import onnxruntime as ort
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import add_pin_options, affinity, cpu_seconds, cpu_session, cpu_split, floor_process
-from _timing import sample
+from odetoode.testing.bench import add_pin_options, affinity, cpu_seconds, cpu_session, cpu_split, floor_process, sample
 
 POLICY = "policy"
 OBS = 17
@@ -76,7 +73,7 @@ SERVICE = "odetoode.v1.PolicyService"
 async def serve_floor(model_file: Path) -> None:
     import grpc
 
-    from service._proto.odetoode.v1 import policy_pb2 as pb
+    from odetoode.proto.odetoode.v1 import policy_pb2 as pb
     from service.grpc_server import grpc_options
     from service.settings import ServerSettings
 
@@ -139,7 +136,7 @@ class StreamRoundTrip:
         self.stream, self.observation, self.sequence = stream, observation, 0
 
     def __call__(self) -> Any:
-        from service.client import Action
+        from odetoode.client import Action
 
         self.sequence += 1
         self.stream.send(self.observation, self.sequence)
@@ -270,9 +267,9 @@ def main() -> None:
 
     import grpc
 
-    from service.client import PolicyClient
-    from tests.service.models import add_policy
-    from tests.service.servers import server_process
+    from odetoode.client import PolicyClient
+    from odetoode.testing.models import add_policy
+    from odetoode.testing.servers import server_process
 
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         repo = Path(tmp)

@@ -11,11 +11,9 @@ Runtime, because absolute numbers on a shared machine are noisy.
 from __future__ import annotations
 
 import argparse
-import sys
 from functools import partial
-from pathlib import Path
 
-import odetoode  # noqa: F401  (first: turns ONNX Runtime's telemetry off before onnxruntime is imported)
+import odetoode.telemetry_off  # noqa: F401  (first: turns ONNX Runtime's telemetry off before onnxruntime is imported)
 
 # isort: split
 import numpy as np
@@ -23,10 +21,8 @@ import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import print_table, time_calls
-
 from odetoode.modelfile import Box, Normalization
+from odetoode.testing.bench import print_table, time_calls
 from trainer.export import PolicySpec, export_policy, policy_reference
 from trainer.models import build_model
 

@@ -36,7 +36,6 @@ import multiprocessing as mp
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
 import urllib.request
@@ -47,9 +46,7 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import add_pin_options, affinity, cpu_seconds, cpu_split
+from odetoode.testing.bench import add_pin_options, affinity, cpu_seconds, cpu_split
 
 OBS = 17
 MAX_BATCH = 64
@@ -64,8 +61,8 @@ async def drive_streams(target: str, model: str, streams: int, start_ns: int, en
     """``streams`` closed-loop ``ActStream`` calls, one channel each; counts and times answers in the window."""
     import grpc
 
-    from service._proto.odetoode.v1 import policy_pb2 as pb
-    from service.client import channel_options
+    from odetoode.client import channel_options
+    from odetoode.proto.odetoode.v1 import policy_pb2 as pb
 
     rng = np.random.default_rng(seed)
     # A local subchannel pool per channel: otherwise channels to one address share one connection, and 64 "robots"
@@ -224,7 +221,7 @@ def make_repository(repo: Path, delay_us: int) -> None:
     """``batched`` and ``unbatched``: one export, the version directory copied, different ``config.yaml``."""
     import yaml
 
-    from tests.service.models import add_policy
+    from odetoode.testing.models import add_policy
 
     add_policy(repo, "batched", serving_config={"max_batch_size": MAX_BATCH, "max_queue_delay_us": delay_us})
     (repo / "unbatched").mkdir()
@@ -244,7 +241,7 @@ def main() -> None:
     add_pin_options(parser)
     args = parser.parse_args()
 
-    from tests.service.servers import server_process
+    from odetoode.testing.servers import server_process
 
     server_cpus, client_cpus = cpu_split(args.pin)
     client_cores = len(client_cpus or os.sched_getaffinity(0))

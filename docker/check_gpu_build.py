@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 
-import odetoode  # noqa: F401  (first: turns ONNX Runtime's telemetry off before onnxruntime is imported)
+import odetoode.telemetry_off  # noqa: F401  (first: turns ONNX Runtime's telemetry off before onnxruntime is imported)
 
 # isort: split
 import onnxruntime as ort

@@ -10,7 +10,7 @@ securityContext of deploy/), its three ports published on free ports of 127.0.0.
 * ``stop`` (SIGTERM) drains and exits 0.
 
 Prints the image size and the start-to-ready time; exits non-zero (after printing the container's log) on failure.
-Run from the repository root with the project's virtual environment (it imports ``service.client``).
+Run from the repository root with the project's virtual environment (it imports ``odetoode.client``).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
-from service.client import PolicyClient, RestClient  # noqa: E402
+from odetoode.client import PolicyClient, RestClient  # noqa: E402
 
 
 class CheckFailedError(Exception):

@@ -24,16 +24,20 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
+# Dependencies first (a layer of their own, kept while the sources change): the server and the client SDK it
+# depends on (odetoode/pyproject.toml, a distribution of its own), installed from empty packages, then removed.
 COPY pyproject.toml README.md ./
-RUN mkdir odetoode service \
-    && touch odetoode/__init__.py service/__init__.py \
-    && pip install './[gpu]' \
-    && pip uninstall --yes odetoode \
+COPY odetoode/pyproject.toml ./odetoode/
+RUN mkdir -p odetoode/client odetoode/proto/inference odetoode/proto/odetoode/v1 service \
+    && touch odetoode/client/__init__.py odetoode/proto/__init__.py odetoode/proto/inference/__init__.py \
+       odetoode/proto/odetoode/__init__.py odetoode/proto/odetoode/v1/__init__.py service/__init__.py \
+    && pip install ./odetoode './[gpu]' \
+    && pip uninstall --yes odetoode odetoode-client \
     && rm -rf odetoode service build ./*.egg-info
 COPY odetoode ./odetoode
 COPY service ./service
 COPY docker/check_gpu_build.py /tmp/check_gpu_build.py
-RUN pip install --no-deps . \
+RUN pip install --no-deps ./odetoode . \
     && python /tmp/check_gpu_build.py \
     && pip uninstall --yes pip setuptools
 

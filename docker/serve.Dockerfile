@@ -20,19 +20,22 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# Dependencies first, from the project metadata alone (an empty stand-in package), so that a change to the source
-# reuses this layer and rebuilds in seconds.
+# Dependencies first (a layer of their own, kept while the sources change): the server and the client SDK it
+# depends on (odetoode/pyproject.toml, a distribution of its own), installed from empty packages, then removed.
 COPY pyproject.toml README.md ./
-RUN mkdir odetoode service \
-    && touch odetoode/__init__.py service/__init__.py \
-    && pip install './[serve]' \
-    && pip uninstall --yes odetoode \
+COPY odetoode/pyproject.toml ./odetoode/
+RUN mkdir -p odetoode/client odetoode/proto/inference odetoode/proto/odetoode/v1 service \
+    && touch odetoode/client/__init__.py odetoode/proto/__init__.py odetoode/proto/inference/__init__.py \
+       odetoode/proto/odetoode/__init__.py odetoode/proto/odetoode/v1/__init__.py service/__init__.py \
+    && pip install ./odetoode './[serve]' \
+    && pip uninstall --yes odetoode odetoode-client \
     && rm -rf odetoode service build ./*.egg-info
-# Only the serving half: odetoode/ (the model-file contract) and service/. trainer/ (PyTorch) stays out.
+# Only the serving half: odetoode/ (the model-file contract and the client SDK with the stubs) and service/.
+# trainer/ (PyTorch) stays out.
 COPY odetoode ./odetoode
 COPY service ./service
 # pip and setuptools are not needed at run time (about 25 MB): removed last.
-RUN pip install --no-deps . \
+RUN pip install --no-deps ./odetoode . \
     && python -c "import service.server, onnxruntime; print('onnxruntime', onnxruntime.__version__)" \
     && ! python -c "import torch" 2>/dev/null \
     && pip uninstall --yes pip setuptools

@@ -32,8 +32,8 @@ from typing import Any
 
 import orjson
 
+from odetoode.proto.inference import grpc_service_pb2 as pb
 from service import converters, rest_codec
-from service._proto.inference import grpc_service_pb2 as pb
 from service.batching import Timing
 from service.errors import DeadlineExceeded, InternalError, InvalidArgument, ModelNotReady, ServingError
 from service.inference import InferResponse

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from service._proto.inference import grpc_service_pb2 as pb
-from service._proto.inference import model_config_pb2 as config_pb
+from odetoode.proto.inference import grpc_service_pb2 as pb
+from odetoode.proto.inference import model_config_pb2 as config_pb
 from service.errors import InvalidArgument
 from service.inference import InferRequest, InferResponse, ModelMetadata
 from service.tensors import Signature, Tensor, decode_raw, decode_typed, encode_raw

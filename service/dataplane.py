@@ -15,8 +15,8 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 
 import numpy as np
 
-from odetoode import __version__
 from odetoode.modelfile import POLICY_OUTPUT
+from service import __version__
 from service.batching import Timing
 from service.bulk import BulkPool, BulkReply
 from service.errors import (

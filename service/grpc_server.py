@@ -19,10 +19,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
+from odetoode.proto.inference import grpc_service_pb2 as pb
+from odetoode.proto.inference import grpc_service_pb2_grpc as pb_grpc
+from odetoode.proto.pool import reflection_pool
 from service import converters
-from service._proto._pool import reflection_pool
-from service._proto.inference import grpc_service_pb2 as pb
-from service._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from service.auth import OPEN_GRPC_PREFIXES, GrpcAuthInterceptor, TokenCheck
 from service.dataplane import DataPlane
 from service.errors import InvalidArgument, ModelNotFound, PayloadTooLarge, ServingError, client_message, status_of

@@ -20,8 +20,8 @@ from typing import Any
 import grpc
 import numpy as np
 
-from service._proto.odetoode.v1 import policy_pb2 as pb
-from service._proto.odetoode.v1 import policy_pb2_grpc as pb_grpc
+from odetoode.proto.odetoode.v1 import policy_pb2 as pb
+from odetoode.proto.odetoode.v1 import policy_pb2_grpc as pb_grpc
 from service.dataplane import Acted, DataPlane
 from service.errors import InvalidArgument, QueueFull, ServingError, client_message, status_of
 from service.repository import ServedVersion

@@ -25,7 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from odetoode import __version__
+from service import __version__
 from service.auth import OPEN_REST_PREFIXES, RestAuthMiddleware, TokenCheck
 from service.batching import Timing
 from service.dataplane import DataPlane

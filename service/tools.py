@@ -10,7 +10,7 @@ import time
 import numpy as np
 from google.protobuf.json_format import MessageToDict
 
-from service.client import Action, PolicyClient
+from odetoode.client import Action, PolicyClient
 
 COMMANDS = ("act", "bench", "info")
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-import odetoode  # noqa: F401  (turns ONNX Runtime's telemetry off before any test module imports it)
+import odetoode.telemetry_off  # noqa: F401  (turns ONNX Runtime's telemetry off before any test module imports it)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -88,9 +88,9 @@ def test_bundled_classifier_accuracy_is_the_same_served_over_rest_and_grpc() -> 
     import httpx
     import onnxruntime as ort
 
-    from service._proto.inference import grpc_service_pb2 as pb
-    from service._proto.inference import grpc_service_pb2_grpc as pb_grpc
-    from tests.service.servers import running_server
+    from odetoode.proto.inference import grpc_service_pb2 as pb
+    from odetoode.proto.inference import grpc_service_pb2_grpc as pb_grpc
+    from odetoode.testing.servers import running_server
     from trainer.data.digits import digits_c
 
     (path,) = [p for p in MODELS if p.parent.parent.name == "digits"][-1:]

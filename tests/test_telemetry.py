@@ -17,9 +17,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service.clients import observation_json
-from tests.service.models import add_policy
-from tests.service.servers import ROOT, child_env, server_process
+from odetoode.testing.clients import observation_json
+from odetoode.testing.models import add_policy
+from odetoode.testing.servers import child_env, server_process
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TELEMETRY = Path(".cache") / "Microsoft" / "DeveloperTools"
 BUNDLED_POLICY = ROOT / "models" / "halfcheetah" / "1" / "model.onnx"
@@ -49,10 +51,11 @@ def test_a_bare_onnx_runtime_session_writes_its_telemetry_cache(tmp_path: Path) 
 ENTRY_POINTS = {
     "service": "import service.server",
     "trainer": "import trainer.export, trainer.evaluate",
+    "testing": "import odetoode.testing.models, odetoode.testing.bench",
     **{
-        f"benchmarks/{path.name}": f"import sys; sys.path[:0] = ['benchmarks']; import {path.stem}"
+        # its imports, as `python benchmarks/<name>.py` runs them, without running its main
+        f"benchmarks/{path.name}": f"import runpy; runpy.run_path({str(path)!r}, run_name='imported')"
         for path in sorted((ROOT / "benchmarks").glob("*.py"))
-        if not path.name.startswith("_")  # helpers of the benchmarks, not entry points
     },
 }
 

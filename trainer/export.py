@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +25,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-import yaml
 
-from odetoode.modelfile import IMAGE_SHAPE, MODEL_NAME, Box, Golden, ModelDescription, Normalization
+from odetoode.layout import MODEL_FILE, next_version, write_version
+from odetoode.modelfile import IMAGE_SHAPE, Box, Golden, ModelDescription, Normalization
 from trainer.models import FlowModel
 from trainer.onnx_graph import OPSET, classifier_graph, policy_graph
 from trainer.program import Program
@@ -216,13 +213,6 @@ def export_classifier(
     return ExportedModel(proto, description, parity, model.num_parameters(), dict(model.config))
 
 
-def next_version(model_dir: Path) -> int:
-    versions = (
-        [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()] if model_dir.is_dir() else []
-    )
-    return max(versions, default=0) + 1
-
-
 def write_to_repository(
     exported: ExportedModel,
     repository: str | Path,
@@ -238,34 +228,13 @@ def write_to_repository(
     ``<name>/config.yaml``; ``extra_files`` (plain names, e.g. a learning-curve PNG) go beside the model. An existing
     version is never overwritten.
     """
-    if not MODEL_NAME.fullmatch(name):
-        raise ValueError(f"model name {name!r} must match {MODEL_NAME.pattern}")
-    model_dir = Path(repository) / name
-    model_dir.mkdir(parents=True, exist_ok=True)
-    version = next_version(model_dir) if version is None else version
-    if version < 1:
-        raise ValueError(f"version must be >= 1, got {version}")
-    target = model_dir / str(version)
-    if target.exists():
-        raise FileExistsError(f"{target} already exists; versions are immutable, export a new one")
-    staging = Path(tempfile.mkdtemp(dir=model_dir, prefix=".staging-"))
-    staging.chmod(0o755)  # mkdtemp makes it private; a server running as another user must read it
-    try:
-        exported.save(staging / "model.onnx")
-        (staging / "README.md").write_text(exported.card(name, version))
-        for filename, content in (extra_files or {}).items():
-            if "/" in filename or filename.startswith(".") or filename in ("model.onnx", "README.md"):
-                raise ValueError(f"extra file name {filename!r} is not a plain, free name")
-            (staging / filename).write_bytes(content)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    if serving_config is not None:
-        config_path = model_dir / "config.yaml"
-        tmp = config_path.with_name(".config.yaml.tmp")
-        tmp.write_text(yaml.safe_dump(dict(serving_config), sort_keys=False))
-        os.replace(tmp, config_path)
-    return target
+    version = next_version(Path(repository) / name) if version is None else version
+    files = {MODEL_FILE: exported.proto.SerializeToString(), "README.md": exported.card(name, version).encode()}
+    for filename, content in (extra_files or {}).items():
+        if filename in files:
+            raise ValueError(f"extra file name {filename!r} is not a free name")
+        files[filename] = content
+    return write_version(repository, name, files, version, serving_config=serving_config)
 
 
 def _fmt_box(box: Box | None) -> str:

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.service.models import add_classifier, add_policy
-from tests.service.servers import RunningServer, running_server
+from odetoode.testing.models import add_classifier, add_policy
+from odetoode.testing.servers import RunningServer, running_server
 
 
 @pytest.fixture(scope="session")

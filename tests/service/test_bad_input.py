@@ -32,10 +32,10 @@ import numpy as np
 import orjson
 import pytest
 
-from service._proto.inference import grpc_service_pb2 as pb
-from service._proto.odetoode.v1 import policy_pb2 as ppb
-from tests.service.clients import OBS, infer_proto, observation_json
-from tests.service.servers import RunningServer, ServerProcess, running_server, server_process
+from odetoode.proto.inference import grpc_service_pb2 as pb
+from odetoode.proto.odetoode.v1 import policy_pb2 as ppb
+from odetoode.testing.clients import OBS, infer_proto, observation_json
+from odetoode.testing.servers import RunningServer, ServerProcess, running_server, server_process
 
 LIMIT = 64 * 1024  # --max-request-bytes of the servers in this module
 OK = grpc.StatusCode.OK

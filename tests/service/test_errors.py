@@ -14,7 +14,10 @@ import grpc
 import httpx
 import pytest
 
-from service._proto.inference import grpc_service_pb2 as pb
+from odetoode.proto.inference import grpc_service_pb2 as pb
+from odetoode.testing.clients import infer_proto, observation_json, stub
+from odetoode.testing.models import add_garbage, add_policy, add_runtime_failure
+from odetoode.testing.servers import RunningServer, running_server
 from service.errors import (
     ERROR_TABLE,
     DeadlineExceeded,
@@ -30,9 +33,6 @@ from service.errors import (
     Unauthenticated,
     Unavailable,
 )
-from tests.service.clients import infer_proto, observation_json, stub
-from tests.service.models import add_garbage, add_policy, add_runtime_failure
-from tests.service.servers import RunningServer, running_server
 
 LIMIT = 64 * 1024
 

@@ -38,11 +38,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service._proto.odetoode.v1 import policy_pb2 as ppb
-from service.client import ActFailure, Action, PolicyClient
-from tests.service.clients import OBS, action_of, infer_proto, observation_json, stub
-from tests.service.models import add_policy
-from tests.service.servers import RunningServer, ServerProcess, running_server, server_process
+from odetoode.client import ActFailure, Action, PolicyClient
+from odetoode.proto.odetoode.v1 import policy_pb2 as ppb
+from odetoode.testing.clients import OBS, action_of, infer_proto, observation_json, stub
+from odetoode.testing.models import add_policy
+from odetoode.testing.servers import RunningServer, ServerProcess, running_server, server_process
 
 ACT_STREAM = "/odetoode.v1.PolicyService/ActStream"
 OBSERVATION = np.full(OBS, 0.1, np.float32)

@@ -8,9 +8,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from service._proto.inference import grpc_service_pb2 as pb
-from tests.service.clients import action_of, infer_proto, stub
-from tests.service.servers import RunningServer
+from odetoode.proto.inference import grpc_service_pb2 as pb
+from odetoode.testing.clients import action_of, infer_proto, stub
+from odetoode.testing.servers import RunningServer
 
 
 def expected_action(server: RunningServer, version: str, x: np.ndarray) -> np.ndarray:

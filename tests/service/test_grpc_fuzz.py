@@ -31,11 +31,11 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from service._proto.inference import grpc_service_pb2 as pb
-from service._proto.odetoode.v1 import policy_pb2 as ppb
+from odetoode.proto.inference import grpc_service_pb2 as pb
+from odetoode.proto.odetoode.v1 import policy_pb2 as ppb
+from odetoode.testing.clients import OBS, infer_proto
+from odetoode.testing.servers import RunningServer, running_server
 from service.tensors import DATATYPES
-from tests.service.clients import OBS, infer_proto
-from tests.service.servers import RunningServer, running_server
 
 LIMIT = 1 << 20  # --max-request-bytes: small enough that fuzzed messages also cross it
 TIMEOUT = 10.0  # no call may take this long: a call that does has hung

@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service.clients import observation_json
-from tests.service.models import add_policy
-from tests.service.servers import RunningServer, running_server, server_process
+from odetoode.testing.clients import observation_json
+from odetoode.testing.models import add_policy
+from odetoode.testing.servers import RunningServer, running_server, server_process
 
 TIMEOUT_S = 1.0
 

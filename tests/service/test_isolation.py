@@ -26,17 +26,17 @@ import onnxruntime as ort
 import orjson
 import pytest
 
-from service._proto.inference import grpc_service_pb2 as pb
-from service._proto.inference import grpc_service_pb2_grpc as pb_grpc
-from service._proto.odetoode.v1 import policy_pb2 as ppb
-from service._proto.odetoode.v1 import policy_pb2_grpc as ppb_grpc
+from odetoode.proto.inference import grpc_service_pb2 as pb
+from odetoode.proto.inference import grpc_service_pb2_grpc as pb_grpc
+from odetoode.proto.odetoode.v1 import policy_pb2 as ppb
+from odetoode.proto.odetoode.v1 import policy_pb2_grpc as ppb_grpc
+from odetoode.testing.clients import OBS, observation_json
+from odetoode.testing.models import add_policy
+from odetoode.testing.servers import RunningServer, running_server
 from service.batching import Batcher
 from service.bulk import ByteRate
 from service.errors import DeadlineExceeded
 from service.ration import Ration
-from tests.service.clients import OBS, observation_json
-from tests.service.models import add_policy
-from tests.service.servers import RunningServer, running_server
 
 SMALL = 1024  # bulk_request_bytes of the servers here: a 20-row request is already a bulk one
 ROWS = 300

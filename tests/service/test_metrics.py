@@ -14,12 +14,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service._proto.inference import grpc_service_pb2_grpc as pb_grpc
-from service._proto.odetoode.v1 import policy_pb2 as ppb
-from service._proto.odetoode.v1 import policy_pb2_grpc as ppb_grpc
+from odetoode.proto.inference import grpc_service_pb2_grpc as pb_grpc
+from odetoode.proto.odetoode.v1 import policy_pb2 as ppb
+from odetoode.proto.odetoode.v1 import policy_pb2_grpc as ppb_grpc
+from odetoode.testing.clients import OBS, infer_proto, observation_json
+from odetoode.testing.servers import RunningServer
 from service.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, ServerMetrics
-from tests.service.clients import OBS, infer_proto, observation_json
-from tests.service.servers import RunningServer
 
 
 def samples(registry: CollectorRegistry, families: set[str]) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

@@ -30,9 +30,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 
+from odetoode.testing.servers import RunningServer, running_server
 from service.rest import create_app
 from service.settings import ServerSettings
-from tests.service.servers import RunningServer, running_server
 
 SEED = 20260127
 MODELS = ("policy", "digits")

@@ -12,9 +12,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service.client import ActFailure, Action, PolicyClient
-from tests.service.models import OBS, add_policy
-from tests.service.servers import RunningServer, running_server, server_process
+from odetoode.client import ActFailure, Action, PolicyClient
+from odetoode.testing.models import OBS, add_policy
+from odetoode.testing.servers import RunningServer, running_server, server_process
 
 
 def expected(repo: Path, model: str, version: str, obs: np.ndarray) -> np.ndarray:
@@ -212,7 +212,7 @@ def test_control_loop_survives_a_server_restart(tmp_path: Path) -> None:
 
 
 def test_closed_loop_demo_return_equals_the_local_onnx_return(server: RunningServer) -> None:
-    from service.demo import run_demo
+    from odetoode.demo import run_demo
 
     result = run_demo(server.grpc, "policy", hz=500, max_steps=200, repository=server.server.settings.repository)
     assert result.env_id == "HalfCheetah-v5" and result.steps == 200

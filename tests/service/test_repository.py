@@ -12,9 +12,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from tests.service.clients import observation_json
-from tests.service.models import add_garbage, add_policy
-from tests.service.servers import RunningServer, running_server
+from odetoode.testing.clients import observation_json
+from odetoode.testing.models import add_garbage, add_policy
+from odetoode.testing.servers import RunningServer, running_server
 
 
 def infer(server: RunningServer, model: str, version: str | None = None) -> httpx.Response:

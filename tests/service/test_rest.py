@@ -9,8 +9,8 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 
-from tests.service.clients import observation_json
-from tests.service.servers import RunningServer, running_server
+from odetoode.testing.clients import observation_json
+from odetoode.testing.servers import RunningServer, running_server
 
 
 def session(server: RunningServer, model: str, version: str) -> ort.InferenceSession:
@@ -107,7 +107,7 @@ def test_metrics_count_requests_by_model_version_and_protocol(server: RunningSer
 
 
 def test_oversized_chunked_body_is_refused_without_content_length(tmp_path: Path) -> None:
-    from tests.service.models import add_policy
+    from odetoode.testing.models import add_policy
 
     add_policy(tmp_path, "policy")
     with running_server(tmp_path, max_request_bytes=4096) as small:

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from odetoode.testing.models import add_policy
 from service.errors import ModelLoadError
 from service.model_config import ServingConfig, resolve
 from service.runtime import ModelRuntime, available_cpus, choose_providers
 from service.settings import ServerSettings
-from tests.service.models import add_policy
 
 CPU_ONLY = ["AzureExecutionProvider", "CPUExecutionProvider"]
 WITH_CUDA = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]

@@ -22,13 +22,15 @@ import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from service._proto.inference import grpc_service_pb2 as pb
-from service._proto.inference import grpc_service_pb2_grpc as pb_grpc
-from service.client import PolicyClient, RestClient, RestError
+from odetoode.client import PolicyClient, RestClient, RestError
+from odetoode.proto.inference import grpc_service_pb2 as pb
+from odetoode.proto.inference import grpc_service_pb2_grpc as pb_grpc
+from odetoode.testing.clients import infer_proto, observation_json, stub
+from odetoode.testing.models import OBS, add_policy
+from odetoode.testing.servers import RunningServer, child_env, running_server, server_process
 from service.settings import ConfigurationError
-from tests.service.clients import infer_proto, observation_json, stub
-from tests.service.models import OBS, add_policy
-from tests.service.servers import ROOT, RunningServer, child_env, running_server, server_process
+
+ROOT = Path(__file__).resolve().parents[2]
 
 TOKEN = "s3cret-token"
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import grpc
 import httpx
 
-from tests.service.clients import infer_proto, observation_json, stub
-from tests.service.models import add_policy
-from tests.service.servers import server_process
+from odetoode.testing.clients import infer_proto, observation_json, stub
+from odetoode.testing.models import add_policy
+from odetoode.testing.servers import server_process
 
 
 def test_sigterm_during_traffic_loses_no_accepted_request(tmp_path: Path) -> None:

@@ -3,7 +3,7 @@ variants) against a live server, plus plain JSON over httpx as curl would send i
 
 Every call's outputs must equal onnxruntime run directly on the model file (within 1e-6). tritonclient imports beside
 our stubs in one process because those register package ``inference`` in a private descriptor pool
-(``service/_proto/_pool.py``).
+(``odetoode/proto/pool.py``).
 
 Known differences from Triton, pinned here so that a change is noticed:
 
@@ -32,7 +32,7 @@ import tritonclient.http.aio as httpclient_aio
 from tritonclient.grpc import model_config_pb2 as triton_config_pb
 from tritonclient.utils import InferenceServerException
 
-from tests.service.servers import RunningServer, running_server
+from odetoode.testing.servers import RunningServer, running_server
 
 pytestmark = pytest.mark.timeout(120)
 

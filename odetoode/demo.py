@@ -1,6 +1,6 @@
 """Closed-loop demo: a MuJoCo environment driven through the server over ActStream by a served policy.
 
-    python -m service.demo --policy halfcheetah [--target localhost:8001] [--hz 100] [--seed 1000000000]
+    python -m odetoode.demo --policy halfcheetah [--target localhost:8001] [--hz 100] [--seed 1000000000]
 
 It prints the achieved control rate, the round-trip latency percentiles and the episode return, then evaluates the
 same policy file locally with ONNX Runtime on the same seed and checks that both returns are equal: the server
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.client import Action, LoopReport, PolicyClient
+from odetoode.client import Action, LoopReport, PolicyClient
 
 
 @dataclass

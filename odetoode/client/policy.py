@@ -1,6 +1,6 @@
-"""Robot client SDK for ``odetoode.v1.PolicyService`` (sync and asyncio), plus a small REST prediction client.
+"""Synchronous robot client for ``odetoode.v1.PolicyService`` (``odetoode.client.aio`` has the asyncio one).
 
-Needs only ``grpcio``, ``protobuf``, ``numpy`` (and ``httpx`` for REST): ``pip install odetoode[client]``.
+Needs only ``grpcio``, ``protobuf`` and ``numpy``: the ``odetoode-client`` distribution.
 
 * one persistent channel per client, with keepalive pings every 10 s (the server accepts one every 5 s, so no
   GOAWAY "too_many_pings") and gRPC's own retry policy: unary calls are retried with exponential back-off on
@@ -19,123 +19,30 @@ Example::
 
 from __future__ import annotations
 
-import json
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import grpc
 import numpy as np
 
-from service._proto.odetoode.v1 import policy_pb2 as pb
-from service._proto.odetoode.v1 import policy_pb2_grpc as pb_grpc
-
-PolicyInfo = pb.PolicyInfo
-Overflow = Literal["queue", "latest"]
-_OVERFLOW = {"queue": pb.OVERFLOW_QUEUE, "latest": pb.OVERFLOW_LATEST_ONLY}
-_F32 = np.dtype("<f4")
-
-RETRY_POLICY = {
-    "methodConfig": [
-        {
-            "name": [
-                {"service": "odetoode.v1.PolicyService", "method": "Act"},
-                {"service": "odetoode.v1.PolicyService", "method": "GetPolicy"},
-            ],
-            "retryPolicy": {
-                "maxAttempts": 5,
-                "initialBackoff": "0.05s",
-                "maxBackoff": "1s",
-                "backoffMultiplier": 2,
-                "retryableStatusCodes": ["UNAVAILABLE"],
-            },
-        }
-    ]
-}
-
-
-def channel_options(max_message_bytes: int = 64 * 1024 * 1024) -> list[tuple[str, Any]]:
-    """Keepalive matched to the server's policy, retries on UNAVAILABLE, message limits, and reconnection within
-    a second of a restarted server coming back (gRPC's default back-off grows to two minutes)."""
-    return [
-        ("grpc.initial_reconnect_backoff_ms", 100),
-        ("grpc.min_reconnect_backoff_ms", 100),
-        ("grpc.max_reconnect_backoff_ms", 1000),
-        ("grpc.keepalive_time_ms", 10_000),
-        ("grpc.keepalive_timeout_ms", 5_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.max_pings_without_data", 0),
-        ("grpc.enable_retries", 1),
-        ("grpc.service_config", json.dumps(RETRY_POLICY)),
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
-    ]
-
-
-@dataclass(frozen=True)
-class Action:
-    """An action and what answered it. ``latency_ns`` is the round trip seen by this client."""
-
-    values: np.ndarray
-    sequence: int
-    version: str
-    queue_ns: int
-    compute_ns: int
-    server_ns: int
-    batch_size: int
-    latency_ns: int
-
-
-@dataclass(frozen=True)
-class ActFailure:
-    """An observation the server answered without an action: an error, or ``dropped`` as superseded."""
-
-    sequence: int
-    code: grpc.StatusCode | None
-    message: str
-
-    @property
-    def dropped(self) -> bool:
-        return self.code is None
-
-
-def _request(
-    policy: str, observation: np.ndarray | Sequence[float], sequence: int, version: str | None
-) -> pb.ActRequest:
-    packed = np.ascontiguousarray(observation, dtype=_F32).tobytes()
-    return pb.ActRequest(policy=policy, version=version or "", sequence=sequence, observation=packed)
-
-
-def _action(msg: pb.ActResponse, sent_ns: int) -> Action:
-    values = (
-        np.frombuffer(msg.action, dtype=_F32).astype(np.float32)
-        if msg.action
-        else np.asarray(msg.action_values, np.float32)
-    )
-    t = msg.timing
-    return Action(values, msg.sequence, msg.version, t.queue_ns, t.compute_ns, t.total_ns, t.batch_size,
-                  time.monotonic_ns() - sent_ns)  # fmt: skip
-
-
-def _stream_result(msg: pb.ActStreamResponse, sent: dict[int, int]) -> Action | ActFailure:
-    kind = msg.WhichOneof("result")
-    if kind == "action":
-        return _action(msg.action, sent.pop(msg.action.sequence, time.monotonic_ns()))
-    if kind == "error":
-        sent.pop(msg.error.sequence, None)
-        return ActFailure(msg.error.sequence, _STATUS.get(msg.error.code, grpc.StatusCode.UNKNOWN), msg.error.message)
-    sent.pop(msg.dropped, None)
-    return ActFailure(msg.dropped, None, "dropped: a newer observation superseded it")
-
-
-_STATUS = {code.value[0]: code for code in grpc.StatusCode}
-
-
-def _auth_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
-    return (("authorization", f"Bearer {token}"),) if token else None
+from odetoode.client.wire import (
+    OVERFLOW,
+    ActFailure,
+    Action,
+    Overflow,
+    PolicyInfo,
+    act_request,
+    auth_metadata,
+    channel_options,
+    to_action,
+    to_stream_result,
+)
+from odetoode.proto.odetoode.v1 import policy_pb2 as pb
+from odetoode.proto.odetoode.v1 import policy_pb2_grpc as pb_grpc
 
 
 @dataclass
@@ -196,13 +103,13 @@ class ActionStream:
     def _read(self) -> None:
         try:
             for msg in self._call:
-                self._inbox.put(_stream_result(msg, self._sent))
+                self._inbox.put(to_stream_result(msg, self._sent))
             self._inbox.put(None)
         except grpc.RpcError as exc:
             self._inbox.put(exc)
 
     def send(self, observation: np.ndarray | Sequence[float], sequence: int) -> None:
-        request = _request("", observation, sequence, None)
+        request = act_request("", observation, sequence, None)
         if self._first is not None:  # the first message carries the policy, version and options
             self._first.observation, self._first.sequence = request.observation, sequence
             request, self._first = self._first, None  # type: ignore[assignment]
@@ -243,7 +150,7 @@ class PolicyClient:
         opts = [*channel_options(), *options]
         self.target = target
         self.timeout = timeout
-        self._metadata = _auth_metadata(token)
+        self._metadata = auth_metadata(token)
         self._channel = (
             grpc.secure_channel(target, credentials, options=opts)
             if credentials is not None
@@ -267,9 +174,9 @@ class PolicyClient:
             sequence: int = 0, timeout: float | None = None) -> Action:  # fmt: skip
         """One action (retried on UNAVAILABLE within ``timeout``)."""
         sent = time.monotonic_ns()
-        response = self._stub.Act(_request(policy, observation, sequence, version), timeout=timeout or self.timeout,
+        response = self._stub.Act(act_request(policy, observation, sequence, version), timeout=timeout or self.timeout,
                                   metadata=self._metadata)  # fmt: skip
-        return _action(response, sent)
+        return to_action(response, sent)
 
     def get_policy(self, policy: str, version: str | None = None, *, timeout: float | None = None) -> PolicyInfo:
         return self._stub.GetPolicy(pb.GetPolicyRequest(policy=policy, version=version or ""),
@@ -277,7 +184,7 @@ class PolicyClient:
 
     def stream(self, policy: str, *, version: str | None = None, overflow: Overflow = "queue",
                follow_latest: bool = False, max_pending: int = 0, deadline_us: int = 0) -> ActionStream:  # fmt: skip
-        options = pb.StreamOptions(overflow=_OVERFLOW[overflow], follow_latest=follow_latest,
+        options = pb.StreamOptions(overflow=OVERFLOW[overflow], follow_latest=follow_latest,
                                    max_pending=max_pending, deadline_us=deadline_us)  # fmt: skip
         first = pb.ActRequest(policy=policy, version=version or "", options=options)
         return ActionStream(self._stub, first, self._metadata)
@@ -390,135 +297,3 @@ def _sleep_until(t: float) -> None:
             return
         if remaining > 3e-4:
             time.sleep(remaining - 2e-4)
-
-
-class AsyncPolicyClient:
-    """asyncio client over ``grpc.aio`` with the same channel policy."""
-
-    def __init__(self, target: str = "localhost:8001", *, timeout: float = 1.0,
-                 credentials: grpc.ChannelCredentials | None = None, token: str | None = None) -> None:  # fmt: skip
-        opts = channel_options()
-        self.timeout = timeout
-        self._metadata = _auth_metadata(token)
-        self._channel = (
-            grpc.aio.secure_channel(target, credentials, options=opts)
-            if credentials is not None
-            else grpc.aio.insecure_channel(target, options=opts)
-        )
-        self._stub = pb_grpc.PolicyServiceStub(self._channel)
-
-    async def __aenter__(self) -> AsyncPolicyClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        await self._channel.close()
-
-    async def act(self, policy: str, observation: np.ndarray | Sequence[float], *, version: str | None = None,
-                  sequence: int = 0, timeout: float | None = None) -> Action:  # fmt: skip
-        sent = time.monotonic_ns()
-        response = await self._stub.Act(_request(policy, observation, sequence, version),
-                                        timeout=timeout or self.timeout, metadata=self._metadata)  # fmt: skip
-        return _action(response, sent)
-
-    async def get_policy(self, policy: str, version: str | None = None) -> PolicyInfo:
-        return await self._stub.GetPolicy(pb.GetPolicyRequest(policy=policy, version=version or ""),
-                                          timeout=self.timeout, metadata=self._metadata)  # fmt: skip
-
-    async def act_stream(
-        self,
-        policy: str,
-        observations: AsyncIterator[tuple[int, np.ndarray]],
-        *,
-        version: str | None = None,
-        overflow: Overflow = "queue",
-        follow_latest: bool = False,
-    ) -> AsyncIterator[Action | ActFailure]:
-        """Streams ``(sequence, observation)`` pairs and yields the answers in order."""
-        sent: dict[int, int] = {}
-        options = pb.StreamOptions(overflow=_OVERFLOW[overflow], follow_latest=follow_latest)
-
-        async def requests() -> AsyncIterator[pb.ActRequest]:
-            first = True
-            async for sequence, observation in observations:
-                request = _request(policy if first else "", observation, sequence, version)
-                if first:
-                    request.options.CopyFrom(options)
-                    first = False
-                sent[sequence] = time.monotonic_ns()
-                yield request
-
-        async for msg in self._stub.ActStream(requests(), metadata=self._metadata):
-            yield _stream_result(msg, sent)
-
-
-class RestClient:
-    """Predictions over REST (KServe V1 and Open Inference Protocol v2 JSON) with ``httpx``."""
-
-    def __init__(self, base_url: str = "http://localhost:8000", *, timeout: float = 5.0, token: str | None = None,
-                 ca_file: str | None = None, client_cert: tuple[str, str] | None = None) -> None:  # fmt: skip
-        """``ca_file``: the CA bundle that signed an HTTPS server's certificate (default: the system's);
-        ``client_cert``: a (certificate, key) pair for mutual TLS; ``token``: a bearer token."""
-        import ssl
-
-        import httpx
-
-        headers = {"authorization": f"Bearer {token}"} if token else {}
-        context = ssl.create_default_context(cafile=ca_file)
-        if client_cert is not None:
-            context.load_cert_chain(*client_cert)
-        self._http = httpx.Client(base_url=base_url, timeout=timeout, headers=headers, verify=context)
-
-    def __enter__(self) -> RestClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._http.close()
-
-    def predict(self, model: str, instances: Sequence[Any]) -> list[Any]:
-        """KServe V1 ``:predict``: ``instances`` in, ``predictions`` out."""
-        response = self._http.post(f"/v1/models/{model}:predict", json={"instances": _jsonable(instances)})
-        _raise_for(response)
-        return response.json()["predictions"]
-
-    def infer(self, model: str, inputs: dict[str, np.ndarray], *, version: str | None = None) -> dict[str, np.ndarray]:
-        """Open Inference Protocol v2 ``infer`` with JSON tensors; returns every output as an array."""
-        body = {"inputs": [{"name": n, "shape": list(a.shape), "datatype": _DATATYPES[a.dtype.str[1:]],
-                            "data": a.reshape(-1).tolist()} for n, a in inputs.items()]}  # fmt: skip
-        path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
-        response = self._http.post(path, json=body)
-        _raise_for(response)
-        return {
-            o["name"]: np.asarray(o["data"], dtype=np.float32).reshape(o["shape"]) for o in response.json()["outputs"]
-        }
-
-
-_DATATYPES = {"f4": "FP32", "f8": "FP64", "i8": "INT64", "i4": "INT32"}
-
-
-class RestError(RuntimeError):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"HTTP {status}: {message}")
-        self.status = status
-
-
-def _raise_for(response: Any) -> None:
-    if response.status_code >= 400:
-        try:
-            message = response.json().get("error", response.text)
-        except ValueError:
-            message = response.text
-        raise RestError(response.status_code, message)
-
-
-def _jsonable(instances: Sequence[Any]) -> Any:
-    return np.asarray(instances).tolist() if isinstance(instances, np.ndarray) else instances
-
-
-__all__ = ["ActFailure", "Action", "ActionStream", "AsyncPolicyClient", "LoopReport", "PolicyClient", "PolicyInfo",
-           "RestClient", "RestError", "channel_options"]  # fmt: skip

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from service._proto.odetoode.v1 import policy_pb2 as service_dot___proto_dot_odetoode_dot_v1_dot_policy__pb2
+from odetoode.proto.odetoode.v1 import policy_pb2 as odetoode_dot_proto_dot_odetoode_dot_v1_dot_policy__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in service/_proto/odetoode/v1/policy_pb2_grpc.py depends on'
+        + ' but the generated code in odetoode/proto/odetoode/v1/policy_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,18 +36,18 @@ class PolicyServiceStub:
         """
         self.Act = channel.unary_unary(
                 '/odetoode.v1.PolicyService/Act',
-                request_serializer=service_dot___proto_dot_odetoode_dot_v1_dot_policy__pb2.ActRequest.SerializeToString,
-                response_deserializer=service_dot___proto_dot_odetoode_dot_v1_dot_policy__pb2.ActResponse.FromString,
+                request_serializer=odetoode_dot_proto_dot_odetoode_dot_v1_dot_policy__pb2.ActRequest.SerializeToString,
+                response_deserializer=odetoode_dot_proto_dot_odetoode_dot_v1_dot_policy__pb2.ActResponse.FromString,
                 _registered_method=True)
         self.ActStream = channel.stream_stream(
                 '/odetoode.v1.PolicyService/ActStream',
-                request_serializer=service_dot___proto_dot_odetoode_dot_v1_dot_policy__pb2.ActRequest.SerializeToString,
-                response_deserializer=service_dot___proto_dot_odetoode_dot_v1_dot_policy__pb2.ActStreamResponse.FromString,
+                request_serializer=odetoode_dot_proto_dot_odetoode_dot_v1_dot_policy__pb2.ActRequest.SerializeToString,
+                response_deserializer=odetoode_dot_proto_dot_odetoode_dot_v1_dot_policy__pb2.ActStreamResponse.FromString,
                 _registered_method=True)
         self.GetPolicy = channel.unary_unary(
                 '/odetoode.v1.PolicyService/GetPolicy',
-                request_serializer=service_dot___proto_dot_odetoode_dot_v1_dot_policy__pb2.GetPolicyRequest.SerializeToString,
-                response_deserializer=service_dot___proto_dot_odetoode_dot_v1_dot_policy__pb2.PolicyInfo.FromString,
+                request_serializer=odetoode_dot_proto_dot_odetoode_dot_v1_dot_policy__pb2.GetPolicyRequest.SerializeToString,
+                response_deserializer=odetoode_dot_proto_dot_odetoode_dot_v1_dot_policy__pb2.PolicyInfo.FromString,
                 _registered_method=True)
 
 
@@ -82,18 +82,18 @@ def add_PolicyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Act': grpc.unary_unary_rpc_method_handler(
                     servicer.Act,
-                    request_deserializer=service_dot___proto_dot_odetoode_dot_v1_dot_policy__pb2.ActRequest.FromString,
-                    response_serializer=service_dot___proto_dot_odetoode_dot_v1_dot_policy__pb2.ActResponse.SerializeToString,
+                    request_deserializer=odetoode_dot_proto_dot_odetoode_dot_v1_dot_policy__pb2.ActRequest.FromString,
+                    response_serializer=odetoode_dot_proto_dot_odetoode_dot_v1_dot_policy__pb2.ActResponse.SerializeToString,
             ),
             'ActStream': grpc.stream_stream_rpc_method_handler(
                     servicer.ActStream,
-                    request_deserializer=service_dot___proto_dot_odetoode_dot_v1_dot_policy__pb2.ActRequest.FromString,
-                    response_serializer=service_dot___proto_dot_odetoode_dot_v1_dot_policy__pb2.ActStreamResponse.SerializeToString,
+                    request_deserializer=odetoode_dot_proto_dot_odetoode_dot_v1_dot_policy__pb2.ActRequest.FromString,
+                    response_serializer=odetoode_dot_proto_dot_odetoode_dot_v1_dot_policy__pb2.ActStreamResponse.SerializeToString,
             ),
             'GetPolicy': grpc.unary_unary_rpc_method_handler(
                     servicer.GetPolicy,
-                    request_deserializer=service_dot___proto_dot_odetoode_dot_v1_dot_policy__pb2.GetPolicyRequest.FromString,
-                    response_serializer=service_dot___proto_dot_odetoode_dot_v1_dot_policy__pb2.PolicyInfo.SerializeToString,
+                    request_deserializer=odetoode_dot_proto_dot_odetoode_dot_v1_dot_policy__pb2.GetPolicyRequest.FromString,
+                    response_serializer=odetoode_dot_proto_dot_odetoode_dot_v1_dot_policy__pb2.PolicyInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -121,8 +121,8 @@ class PolicyService:
             request,
             target,
             '/odetoode.v1.PolicyService/Act',
-            service_dot___proto_dot_odetoode_dot_v1_dot_policy__pb2.ActRequest.SerializeToString,
-            service_dot___proto_dot_odetoode_dot_v1_dot_policy__pb2.ActResponse.FromString,
+            odetoode_dot_proto_dot_odetoode_dot_v1_dot_policy__pb2.ActRequest.SerializeToString,
+            odetoode_dot_proto_dot_odetoode_dot_v1_dot_policy__pb2.ActResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -148,8 +148,8 @@ class PolicyService:
             request_iterator,
             target,
             '/odetoode.v1.PolicyService/ActStream',
-            service_dot___proto_dot_odetoode_dot_v1_dot_policy__pb2.ActRequest.SerializeToString,
-            service_dot___proto_dot_odetoode_dot_v1_dot_policy__pb2.ActStreamResponse.FromString,
+            odetoode_dot_proto_dot_odetoode_dot_v1_dot_policy__pb2.ActRequest.SerializeToString,
+            odetoode_dot_proto_dot_odetoode_dot_v1_dot_policy__pb2.ActStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -175,8 +175,8 @@ class PolicyService:
             request,
             target,
             '/odetoode.v1.PolicyService/GetPolicy',
-            service_dot___proto_dot_odetoode_dot_v1_dot_policy__pb2.GetPolicyRequest.SerializeToString,
-            service_dot___proto_dot_odetoode_dot_v1_dot_policy__pb2.PolicyInfo.FromString,
+            odetoode_dot_proto_dot_odetoode_dot_v1_dot_policy__pb2.GetPolicyRequest.SerializeToString,
+            odetoode_dot_proto_dot_odetoode_dot_v1_dot_policy__pb2.PolicyInfo.FromString,
             options,
             channel_credentials,
             insecure,

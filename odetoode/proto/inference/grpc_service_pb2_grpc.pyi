@@ -13,7 +13,7 @@ Regenerate the Python code with `make proto` after editing.
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from service._proto.inference import grpc_service_pb2 as _grpc_service_pb2
+from odetoode.proto.inference import grpc_service_pb2 as _grpc_service_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

@@ -13,7 +13,7 @@ Compatibility: field numbers are never reused; new fields are added with new num
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from service._proto.odetoode.v1 import policy_pb2 as _policy_pb2
+from odetoode.proto.odetoode.v1 import policy_pb2 as _policy_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

@@ -1,4 +1,5 @@
-"""Real servers for tests: in a background thread (fast) or as a subprocess (signals, exit codes)."""
+"""Real servers on ephemeral ports for tests and benchmarks: in a background thread (fast) or as a subprocess
+(signals, exit codes, a process of its own to measure)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,6 @@ from prometheus_client import CollectorRegistry
 
 from service.server import Server
 from service.settings import ServerSettings
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -136,7 +135,7 @@ def server_process(repository: Path, *args: str, env: dict[str, str | None] | No
     cmd = [sys.executable, "-m", "service", "--repository", str(repository), "--host", "127.0.0.1",
            "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", *args]  # fmt: skip
     proc = subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env=child_env(env),
     )  # fmt: skip
     lines: list[str] = []

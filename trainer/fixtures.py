@@ -1,18 +1,28 @@
-"""Model files for service tests, produced by the real exporter (untrained models: the service cares about files)."""
+"""The model files the server's tests and benchmarks use, made by this exporter and committed under
+``odetoode/testing/fixtures/`` (so those tests and benchmarks need no PyTorch).
+
+    python -m trainer.fixtures        # rewrites the committed files
+
+``tests/trainer/test_fixtures.py`` makes them again and compares, so the committed files cannot drift from the
+exporter. The models are untrained (the server cares about files, not skill) and small: ISO-ODEtoODE policies
+17 -> 6 (h=16, N=25) with HalfCheetah's spaces, a gated-ODEtoODE digits classifier (h=16, N=5), and one hand-built
+graph that fails at run time.
+"""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
+from onnx import TensorProto, helper, numpy_helper
 
-from odetoode.modelfile import Box, Normalization
-from trainer.export import PolicySpec, export_classifier, export_policy, write_to_repository
+from odetoode.modelfile import Box, Golden, ModelDescription, Normalization
+from odetoode.testing.models import ACT, FIXTURES, OBS, POLICY_SEEDS, policy_fixture
+from trainer.export import PolicySpec, export_classifier, export_policy
 from trainer.models import build_model
-
-OBS, ACT = 17, 6
 
 
 def policy_spec(obs: int = OBS, act: int = ACT, bound: float = 1.0) -> PolicySpec:
@@ -25,47 +35,23 @@ def policy_spec(obs: int = OBS, act: int = ACT, bound: float = 1.0) -> PolicySpe
     )
 
 
-def add_policy(
-    repository: Path,
-    name: str = "policy",
-    version: int | None = None,
-    *,
-    seed: int = 0,
-    arch: str = "iso-odetoode",
-    serving_config: dict[str, Any] | None = None,
-    **config: Any,
-) -> Path:
-    model = build_model(arch, OBS, ACT, generator=torch.Generator().manual_seed(seed), **config)
-    exported = export_policy(model, policy_spec(), training={"command": "tests", "seed": seed})
-    return write_to_repository(exported, repository, name, version, serving_config=serving_config) / "model.onnx"
+def policy(seed: int) -> bytes:
+    model = build_model("iso-odetoode", OBS, ACT, generator=torch.Generator().manual_seed(seed))
+    return export_policy(model, policy_spec(), training={"command": "tests", "seed": seed}).proto.SerializeToString()
 
 
-def add_classifier(repository: Path, name: str = "digits", version: int | None = None, *, seed: int = 0) -> Path:
-    model = build_model("gated-odetoode", 784, 10, hidden=16, steps=5, generator=torch.Generator().manual_seed(seed))
-    exported = export_classifier(model, training={"command": "tests", "seed": seed})
-    return write_to_repository(exported, repository, name, version) / "model.onnx"
+def classifier() -> bytes:
+    model = build_model("gated-odetoode", 784, 10, hidden=16, steps=5, generator=torch.Generator().manual_seed(0))
+    return export_classifier(model, training={"command": "tests", "seed": 0}).proto.SerializeToString()
 
 
-def add_garbage(repository: Path, name: str, version: int = 1, content: bytes = b"not an onnx file") -> Path:
-    """A version directory whose model.onnx is not a model (what a truncated copy or a bad upload looks like)."""
-    path = repository / name / str(version) / "model.onnx"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(content)
-    return path
-
-
-def add_runtime_failure(repository: Path, name: str = "fragile") -> Path:
+def runtime_failure() -> bytes:
     """A valid policy file whose graph fails at run time when the first observation entry is 20 or more.
 
     The action is row ``trunc(observation[0])`` of a 20-row table (ONNX Gather), so an out-of-range index makes
     ONNX Runtime raise -- after the model loaded, warmed up on zeros and passed its golden self-check. That is how
     a server meets an internal error it did not anticipate.
     """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    from odetoode.modelfile import Golden, ModelDescription
-
     rng = np.random.default_rng(0)
     table = rng.normal(size=(20, ACT)).astype(np.float32)
     nodes = [
@@ -76,7 +62,7 @@ def add_runtime_failure(repository: Path, name: str = "fragile") -> Path:
     ]
     graph = helper.make_graph(
         nodes,
-        name,
+        "fragile",
         [helper.make_tensor_value_info("observation", TensorProto.FLOAT, ["batch", OBS])],
         [helper.make_tensor_value_info("action", TensorProto.FLOAT, ["batch", ACT])],
         [
@@ -102,7 +88,26 @@ def add_runtime_failure(repository: Path, name: str = "fragile") -> Path:
         obs_normalization=spec.normalization,
     )
     helper.set_model_props(model, description.to_metadata_props())
-    path = repository / name / "1" / "model.onnx"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(model, str(path))
-    return path
+    return model.SerializeToString()
+
+
+RECIPES: dict[str, Callable[[], bytes]] = {
+    **{policy_fixture(seed).name: (lambda seed=seed: policy(seed)) for seed in POLICY_SEEDS},  # type: ignore[misc]
+    "digits.onnx": classifier,
+    "fragile.onnx": runtime_failure,
+}
+
+
+def write(directory: Path = FIXTURES) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, recipe in RECIPES.items():
+        (directory / name).write_bytes(recipe())
+        written.append(directory / name)
+    return written
+
+
+if __name__ == "__main__":
+    for path in write():
+        print(path, path.stat().st_size, "bytes")
+    sys.exit(0)

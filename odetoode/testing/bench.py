@@ -1,26 +1,28 @@
-"""What the server benchmarks share: the floor's ONNX Runtime session, the floor server as a child process, CPU
-time of a process, CPU pinning of server and clients, and fixed-rate pacing of a client."""
+"""What the benchmarks share: the floor's ONNX Runtime session, the floor server as a child process, CPU time of a
+process, CPU pinning of server and clients, fixed-rate pacing of a client, and timed repeated calls with their
+percentiles."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import gc
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-import odetoode  # noqa: F401  (first: turns ONNX Runtime's telemetry off before onnxruntime is imported)
+import odetoode.telemetry_off  # noqa: F401  (first: turns ONNX Runtime's telemetry off before onnxruntime is imported)
 
 # isort: split
+import numpy as np
 import onnxruntime as ort
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def cpu_session(path: Path) -> ort.InferenceSession:
@@ -35,7 +37,7 @@ def floor_process(script: str, model_file: Path, ready: str) -> Iterator[tuple[r
     """``python script --floor-server model_file`` as a child process. Waits for its first line, which must match
     ``ready`` (the ports it listens on); yields the match and the process id; SIGTERM at the end."""
     cmd = [sys.executable, str(Path(script).resolve()), "--floor-server", str(model_file)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -99,3 +101,46 @@ async def next_tick(tick: float, period: float) -> float:
         return time.monotonic()
     await asyncio.sleep(delay)
     return tick
+
+
+@dataclass(frozen=True)
+class Timing:
+    name: str
+    p50_us: float
+    p99_us: float
+    mean_us: float
+
+
+def sample(fn: Callable[[], object], n: int, warmup: int) -> np.ndarray:
+    """``n`` sequential calls of ``fn`` in microseconds, after ``warmup`` untimed ones (garbage collector paused)."""
+    for _ in range(warmup):
+        fn()
+    out = np.empty(n)
+    gc.disable()
+    try:
+        for i in range(n):
+            start = time.perf_counter_ns()
+            fn()
+            out[i] = time.perf_counter_ns() - start
+    finally:
+        gc.enable()
+    return out / 1e3
+
+
+def summarize(name: str, samples: np.ndarray) -> Timing:
+    return Timing(name, float(np.percentile(samples, 50)), float(np.percentile(samples, 99)), float(samples.mean()))
+
+
+def time_calls(name: str, fn: Callable[[], object], *, repeats: int, warmup: int = 200) -> Timing:
+    """Times ``repeats`` sequential calls of ``fn`` after ``warmup`` calls (garbage collector paused)."""
+    return summarize(name, sample(fn, repeats, warmup))
+
+
+def print_table(title: str, rows: list[Timing], floor: Timing, reference: Timing | None = None) -> None:
+    """Prints p50/p99 with each row's p50 ratio to the floor (and to ``reference`` if given)."""
+    print(f"\n{title}")
+    ref_col = f"  x {reference.name:>10}" if reference else ""
+    print(f"{'':<28}{'p50 us':>10}{'p99 us':>10}{'x floor':>10}{ref_col}")
+    for row in rows:
+        ref = f"{row.p50_us / reference.p50_us:>13.2f}" if reference else ""
+        print(f"{row.name:<28}{row.p50_us:>10.1f}{row.p99_us:>10.1f}{row.p50_us / floor.p50_us:>10.2f}{ref}")

@@ -7,8 +7,8 @@ from typing import Any
 import grpc
 import numpy as np
 
-from service._proto.inference import grpc_service_pb2 as pb
-from service._proto.inference import grpc_service_pb2_grpc as pb_grpc
+from odetoode.proto.inference import grpc_service_pb2 as pb
+from odetoode.proto.inference import grpc_service_pb2_grpc as pb_grpc
 
 OBS = 17
 

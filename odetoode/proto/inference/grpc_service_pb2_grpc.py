@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from service._proto.inference import grpc_service_pb2 as service_dot___proto_dot_inference_dot_grpc__service__pb2
+from odetoode.proto.inference import grpc_service_pb2 as odetoode_dot_proto_dot_inference_dot_grpc__service__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in service/_proto/inference/grpc_service_pb2_grpc.py depends on'
+        + ' but the generated code in odetoode/proto/inference/grpc_service_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,58 +36,58 @@ class GRPCInferenceServiceStub:
         """
         self.ServerLive = channel.unary_unary(
                 '/inference.GRPCInferenceService/ServerLive',
-                request_serializer=service_dot___proto_dot_inference_dot_grpc__service__pb2.ServerLiveRequest.SerializeToString,
-                response_deserializer=service_dot___proto_dot_inference_dot_grpc__service__pb2.ServerLiveResponse.FromString,
+                request_serializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ServerLiveRequest.SerializeToString,
+                response_deserializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ServerLiveResponse.FromString,
                 _registered_method=True)
         self.ServerReady = channel.unary_unary(
                 '/inference.GRPCInferenceService/ServerReady',
-                request_serializer=service_dot___proto_dot_inference_dot_grpc__service__pb2.ServerReadyRequest.SerializeToString,
-                response_deserializer=service_dot___proto_dot_inference_dot_grpc__service__pb2.ServerReadyResponse.FromString,
+                request_serializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ServerReadyRequest.SerializeToString,
+                response_deserializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ServerReadyResponse.FromString,
                 _registered_method=True)
         self.ModelReady = channel.unary_unary(
                 '/inference.GRPCInferenceService/ModelReady',
-                request_serializer=service_dot___proto_dot_inference_dot_grpc__service__pb2.ModelReadyRequest.SerializeToString,
-                response_deserializer=service_dot___proto_dot_inference_dot_grpc__service__pb2.ModelReadyResponse.FromString,
+                request_serializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ModelReadyRequest.SerializeToString,
+                response_deserializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ModelReadyResponse.FromString,
                 _registered_method=True)
         self.ServerMetadata = channel.unary_unary(
                 '/inference.GRPCInferenceService/ServerMetadata',
-                request_serializer=service_dot___proto_dot_inference_dot_grpc__service__pb2.ServerMetadataRequest.SerializeToString,
-                response_deserializer=service_dot___proto_dot_inference_dot_grpc__service__pb2.ServerMetadataResponse.FromString,
+                request_serializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ServerMetadataRequest.SerializeToString,
+                response_deserializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ServerMetadataResponse.FromString,
                 _registered_method=True)
         self.ModelMetadata = channel.unary_unary(
                 '/inference.GRPCInferenceService/ModelMetadata',
-                request_serializer=service_dot___proto_dot_inference_dot_grpc__service__pb2.ModelMetadataRequest.SerializeToString,
-                response_deserializer=service_dot___proto_dot_inference_dot_grpc__service__pb2.ModelMetadataResponse.FromString,
+                request_serializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ModelMetadataRequest.SerializeToString,
+                response_deserializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ModelMetadataResponse.FromString,
                 _registered_method=True)
         self.ModelInfer = channel.unary_unary(
                 '/inference.GRPCInferenceService/ModelInfer',
-                request_serializer=service_dot___proto_dot_inference_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
-                response_deserializer=service_dot___proto_dot_inference_dot_grpc__service__pb2.ModelInferResponse.FromString,
+                request_serializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
+                response_deserializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ModelInferResponse.FromString,
                 _registered_method=True)
         self.ModelStreamInfer = channel.stream_stream(
                 '/inference.GRPCInferenceService/ModelStreamInfer',
-                request_serializer=service_dot___proto_dot_inference_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
-                response_deserializer=service_dot___proto_dot_inference_dot_grpc__service__pb2.ModelStreamInferResponse.FromString,
+                request_serializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
+                response_deserializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ModelStreamInferResponse.FromString,
                 _registered_method=True)
         self.ModelConfig = channel.unary_unary(
                 '/inference.GRPCInferenceService/ModelConfig',
-                request_serializer=service_dot___proto_dot_inference_dot_grpc__service__pb2.ModelConfigRequest.SerializeToString,
-                response_deserializer=service_dot___proto_dot_inference_dot_grpc__service__pb2.ModelConfigResponse.FromString,
+                request_serializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ModelConfigRequest.SerializeToString,
+                response_deserializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ModelConfigResponse.FromString,
                 _registered_method=True)
         self.RepositoryIndex = channel.unary_unary(
                 '/inference.GRPCInferenceService/RepositoryIndex',
-                request_serializer=service_dot___proto_dot_inference_dot_grpc__service__pb2.RepositoryIndexRequest.SerializeToString,
-                response_deserializer=service_dot___proto_dot_inference_dot_grpc__service__pb2.RepositoryIndexResponse.FromString,
+                request_serializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.RepositoryIndexRequest.SerializeToString,
+                response_deserializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.RepositoryIndexResponse.FromString,
                 _registered_method=True)
         self.RepositoryModelLoad = channel.unary_unary(
                 '/inference.GRPCInferenceService/RepositoryModelLoad',
-                request_serializer=service_dot___proto_dot_inference_dot_grpc__service__pb2.RepositoryModelLoadRequest.SerializeToString,
-                response_deserializer=service_dot___proto_dot_inference_dot_grpc__service__pb2.RepositoryModelLoadResponse.FromString,
+                request_serializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.RepositoryModelLoadRequest.SerializeToString,
+                response_deserializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.RepositoryModelLoadResponse.FromString,
                 _registered_method=True)
         self.RepositoryModelUnload = channel.unary_unary(
                 '/inference.GRPCInferenceService/RepositoryModelUnload',
-                request_serializer=service_dot___proto_dot_inference_dot_grpc__service__pb2.RepositoryModelUnloadRequest.SerializeToString,
-                response_deserializer=service_dot___proto_dot_inference_dot_grpc__service__pb2.RepositoryModelUnloadResponse.FromString,
+                request_serializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.RepositoryModelUnloadRequest.SerializeToString,
+                response_deserializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.RepositoryModelUnloadResponse.FromString,
                 _registered_method=True)
 
 
@@ -176,58 +176,58 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'ServerLive': grpc.unary_unary_rpc_method_handler(
                     servicer.ServerLive,
-                    request_deserializer=service_dot___proto_dot_inference_dot_grpc__service__pb2.ServerLiveRequest.FromString,
-                    response_serializer=service_dot___proto_dot_inference_dot_grpc__service__pb2.ServerLiveResponse.SerializeToString,
+                    request_deserializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ServerLiveRequest.FromString,
+                    response_serializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ServerLiveResponse.SerializeToString,
             ),
             'ServerReady': grpc.unary_unary_rpc_method_handler(
                     servicer.ServerReady,
-                    request_deserializer=service_dot___proto_dot_inference_dot_grpc__service__pb2.ServerReadyRequest.FromString,
-                    response_serializer=service_dot___proto_dot_inference_dot_grpc__service__pb2.ServerReadyResponse.SerializeToString,
+                    request_deserializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ServerReadyRequest.FromString,
+                    response_serializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ServerReadyResponse.SerializeToString,
             ),
             'ModelReady': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelReady,
-                    request_deserializer=service_dot___proto_dot_inference_dot_grpc__service__pb2.ModelReadyRequest.FromString,
-                    response_serializer=service_dot___proto_dot_inference_dot_grpc__service__pb2.ModelReadyResponse.SerializeToString,
+                    request_deserializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ModelReadyRequest.FromString,
+                    response_serializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ModelReadyResponse.SerializeToString,
             ),
             'ServerMetadata': grpc.unary_unary_rpc_method_handler(
                     servicer.ServerMetadata,
-                    request_deserializer=service_dot___proto_dot_inference_dot_grpc__service__pb2.ServerMetadataRequest.FromString,
-                    response_serializer=service_dot___proto_dot_inference_dot_grpc__service__pb2.ServerMetadataResponse.SerializeToString,
+                    request_deserializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ServerMetadataRequest.FromString,
+                    response_serializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ServerMetadataResponse.SerializeToString,
             ),
             'ModelMetadata': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelMetadata,
-                    request_deserializer=service_dot___proto_dot_inference_dot_grpc__service__pb2.ModelMetadataRequest.FromString,
-                    response_serializer=service_dot___proto_dot_inference_dot_grpc__service__pb2.ModelMetadataResponse.SerializeToString,
+                    request_deserializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ModelMetadataRequest.FromString,
+                    response_serializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ModelMetadataResponse.SerializeToString,
             ),
             'ModelInfer': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelInfer,
-                    request_deserializer=service_dot___proto_dot_inference_dot_grpc__service__pb2.ModelInferRequest.FromString,
-                    response_serializer=service_dot___proto_dot_inference_dot_grpc__service__pb2.ModelInferResponse.SerializeToString,
+                    request_deserializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ModelInferRequest.FromString,
+                    response_serializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ModelInferResponse.SerializeToString,
             ),
             'ModelStreamInfer': grpc.stream_stream_rpc_method_handler(
                     servicer.ModelStreamInfer,
-                    request_deserializer=service_dot___proto_dot_inference_dot_grpc__service__pb2.ModelInferRequest.FromString,
-                    response_serializer=service_dot___proto_dot_inference_dot_grpc__service__pb2.ModelStreamInferResponse.SerializeToString,
+                    request_deserializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ModelInferRequest.FromString,
+                    response_serializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ModelStreamInferResponse.SerializeToString,
             ),
             'ModelConfig': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelConfig,
-                    request_deserializer=service_dot___proto_dot_inference_dot_grpc__service__pb2.ModelConfigRequest.FromString,
-                    response_serializer=service_dot___proto_dot_inference_dot_grpc__service__pb2.ModelConfigResponse.SerializeToString,
+                    request_deserializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ModelConfigRequest.FromString,
+                    response_serializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ModelConfigResponse.SerializeToString,
             ),
             'RepositoryIndex': grpc.unary_unary_rpc_method_handler(
                     servicer.RepositoryIndex,
-                    request_deserializer=service_dot___proto_dot_inference_dot_grpc__service__pb2.RepositoryIndexRequest.FromString,
-                    response_serializer=service_dot___proto_dot_inference_dot_grpc__service__pb2.RepositoryIndexResponse.SerializeToString,
+                    request_deserializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.RepositoryIndexRequest.FromString,
+                    response_serializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.RepositoryIndexResponse.SerializeToString,
             ),
             'RepositoryModelLoad': grpc.unary_unary_rpc_method_handler(
                     servicer.RepositoryModelLoad,
-                    request_deserializer=service_dot___proto_dot_inference_dot_grpc__service__pb2.RepositoryModelLoadRequest.FromString,
-                    response_serializer=service_dot___proto_dot_inference_dot_grpc__service__pb2.RepositoryModelLoadResponse.SerializeToString,
+                    request_deserializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.RepositoryModelLoadRequest.FromString,
+                    response_serializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.RepositoryModelLoadResponse.SerializeToString,
             ),
             'RepositoryModelUnload': grpc.unary_unary_rpc_method_handler(
                     servicer.RepositoryModelUnload,
-                    request_deserializer=service_dot___proto_dot_inference_dot_grpc__service__pb2.RepositoryModelUnloadRequest.FromString,
-                    response_serializer=service_dot___proto_dot_inference_dot_grpc__service__pb2.RepositoryModelUnloadResponse.SerializeToString,
+                    request_deserializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.RepositoryModelUnloadRequest.FromString,
+                    response_serializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.RepositoryModelUnloadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -255,8 +255,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/ServerLive',
-            service_dot___proto_dot_inference_dot_grpc__service__pb2.ServerLiveRequest.SerializeToString,
-            service_dot___proto_dot_inference_dot_grpc__service__pb2.ServerLiveResponse.FromString,
+            odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ServerLiveRequest.SerializeToString,
+            odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ServerLiveResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -282,8 +282,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/ServerReady',
-            service_dot___proto_dot_inference_dot_grpc__service__pb2.ServerReadyRequest.SerializeToString,
-            service_dot___proto_dot_inference_dot_grpc__service__pb2.ServerReadyResponse.FromString,
+            odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ServerReadyRequest.SerializeToString,
+            odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ServerReadyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -309,8 +309,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/ModelReady',
-            service_dot___proto_dot_inference_dot_grpc__service__pb2.ModelReadyRequest.SerializeToString,
-            service_dot___proto_dot_inference_dot_grpc__service__pb2.ModelReadyResponse.FromString,
+            odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ModelReadyRequest.SerializeToString,
+            odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ModelReadyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -336,8 +336,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/ServerMetadata',
-            service_dot___proto_dot_inference_dot_grpc__service__pb2.ServerMetadataRequest.SerializeToString,
-            service_dot___proto_dot_inference_dot_grpc__service__pb2.ServerMetadataResponse.FromString,
+            odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ServerMetadataRequest.SerializeToString,
+            odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ServerMetadataResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -363,8 +363,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/ModelMetadata',
-            service_dot___proto_dot_inference_dot_grpc__service__pb2.ModelMetadataRequest.SerializeToString,
-            service_dot___proto_dot_inference_dot_grpc__service__pb2.ModelMetadataResponse.FromString,
+            odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ModelMetadataRequest.SerializeToString,
+            odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ModelMetadataResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -390,8 +390,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/ModelInfer',
-            service_dot___proto_dot_inference_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
-            service_dot___proto_dot_inference_dot_grpc__service__pb2.ModelInferResponse.FromString,
+            odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
+            odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ModelInferResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -417,8 +417,8 @@ class GRPCInferenceService:
             request_iterator,
             target,
             '/inference.GRPCInferenceService/ModelStreamInfer',
-            service_dot___proto_dot_inference_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
-            service_dot___proto_dot_inference_dot_grpc__service__pb2.ModelStreamInferResponse.FromString,
+            odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
+            odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ModelStreamInferResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -444,8 +444,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/ModelConfig',
-            service_dot___proto_dot_inference_dot_grpc__service__pb2.ModelConfigRequest.SerializeToString,
-            service_dot___proto_dot_inference_dot_grpc__service__pb2.ModelConfigResponse.FromString,
+            odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ModelConfigRequest.SerializeToString,
+            odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ModelConfigResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -471,8 +471,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/RepositoryIndex',
-            service_dot___proto_dot_inference_dot_grpc__service__pb2.RepositoryIndexRequest.SerializeToString,
-            service_dot___proto_dot_inference_dot_grpc__service__pb2.RepositoryIndexResponse.FromString,
+            odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.RepositoryIndexRequest.SerializeToString,
+            odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.RepositoryIndexResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -498,8 +498,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/RepositoryModelLoad',
-            service_dot___proto_dot_inference_dot_grpc__service__pb2.RepositoryModelLoadRequest.SerializeToString,
-            service_dot___proto_dot_inference_dot_grpc__service__pb2.RepositoryModelLoadResponse.FromString,
+            odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.RepositoryModelLoadRequest.SerializeToString,
+            odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.RepositoryModelLoadResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -525,8 +525,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/RepositoryModelUnload',
-            service_dot___proto_dot_inference_dot_grpc__service__pb2.RepositoryModelUnloadRequest.SerializeToString,
-            service_dot___proto_dot_inference_dot_grpc__service__pb2.RepositoryModelUnloadResponse.FromString,
+            odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.RepositoryModelUnloadRequest.SerializeToString,
+            odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.RepositoryModelUnloadResponse.FromString,
             options,
             channel_credentials,
             insecure,
