@@ -40,6 +40,15 @@ class Timing(NamedTuple):
     batch_size: int
 
 
+def deadline_after(seconds: float | None, now_ns: int | None = None) -> int | None:
+    """A client's time budget -- ``seconds`` from ``now_ns`` (default: now), or ``None`` for none -- as the deadline
+    the batcher takes: a ``time.monotonic_ns`` instant. Every transport converts its own budget (a gRPC deadline, a
+    ``Request-Timeout-Ms`` header, a stream's ``deadline_us``) here."""
+    if seconds is None:
+        return None
+    return (time.monotonic_ns() if now_ns is None else now_ns) + int(seconds * 1e9)
+
+
 @dataclass
 class _Pending:
     feeds: dict[str, np.ndarray]

@@ -1,223 +1,39 @@
 """gRPC transport (grpc.aio): the OIP ``inference.GRPCInferenceService``, ``grpc.health.v1`` and server reflection.
 
 Each method converts (``service.converters``) and calls the data plane. Errors are mapped to status codes in ONE
-place, ``guard``, installed on every handler of our services when they are registered; it also turns undecodable
-request bytes into INVALID_ARGUMENT (grpc would report them as INTERNAL).
+place, ``service.grpc_guard``, installed on every handler of every service when it is registered.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from odetoode.proto.inference import grpc_service_pb2 as pb
 from odetoode.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from odetoode.proto.pool import reflection_pool
 from service import converters
 from service.auth import OPEN_GRPC_PREFIXES, GrpcAuthInterceptor, TokenCheck
+from service.batching import deadline_after
 from service.dataplane import DataPlane
-from service.errors import InvalidArgument, ModelNotFound, PayloadTooLarge, ServingError, client_message, status_of
+from service.errors import ModelNotFound, ServingError, client_message
+from service.grpc_guard import Bulk, OpenStreams, register
+from service.policy_service import SERVICE as POLICY_SERVICE
 from service.policy_service import SERVICE_NAME as POLICY_SERVICE_NAME
-from service.policy_service import add_policy_service
+from service.policy_service import PolicyService
 from service.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+SERVICE_NAME = SERVICE.full_name
 LIVENESS = "liveness"
-
-
-class _Undecodable:
-    """Stands in for a request that is refused before it is parsed (too large, or not protobuf), so that the method
-    wrapper answers with the error's status."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: ServingError) -> None:
-        self.error = error
-
-
-class Bulk:
-    """A request message over ``bulk_request_bytes``, left unparsed: its method hands it to a bulk worker."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-
-def _sized(deserializer: Callable[[bytes], Any] | None, limit: int, bulk: bool) -> Callable[[bytes], Any] | None:
-    """The deserializer of a method, behind a size check: a message over ``limit`` bytes is never parsed on the
-    event loop -- it becomes a ``Bulk`` for the methods that take large requests, and a refusal for the others."""
-    if deserializer is None:
-        return None
-
-    def parse(data: bytes) -> Any:
-        if len(data) > limit:
-            if bulk:
-                return Bulk(data)
-            return _Undecodable(
-                PayloadTooLarge(
-                    f"request: {len(data)} bytes, more than this method takes ({limit}, bulk_request_bytes)"
-                )
-            )
-        try:
-            return deserializer(data)
-        except (DecodeError, ValueError, RuntimeWarning) as exc:
-            return _Undecodable(InvalidArgument(f"request: not a valid protobuf message ({exc})"))
-
-    return parse
-
-
-def _serializer(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
-    """The serializer of a method, passing through answers that a bulk worker encoded already."""
-    if serializer is None:
-        return None
-
-    def serialize(message: Any) -> bytes:
-        return message if isinstance(message, bytes) else serializer(message)
-
-    return serialize
-
-
-async def _abort(context: grpc.aio.ServicerContext, error: BaseException) -> None:
-    if not isinstance(error, ServingError):
-        log.exception("unhandled error in a gRPC method", exc_info=error)
-    await context.abort(status_of(error)[1], client_message(error))
-
-
-class OpenStreams:
-    """The streaming calls in progress, so that a shutdown can end each one itself -- UNAVAILABLE, "shutting down" --
-    instead of leaving them to grpc, which cancels what is still open when it stops and logs a traceback for each."""
-
-    def __init__(self) -> None:
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self.closing = False
-
-    def add(self) -> asyncio.Task[Any] | None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        return task
-
-    def discard(self, task: asyncio.Task[Any] | None) -> None:
-        if task is not None:
-            self._tasks.discard(task)
-
-    def close_all(self) -> None:
-        self.closing = True
-        for task in list(self._tasks):
-            task.cancel()
-
-    async def ended(self, context: grpc.aio.ServicerContext) -> None:
-        """How a stream ends when ``close_all`` cancelled it (any other cancellation propagates)."""
-        if not self.closing:
-            raise asyncio.CancelledError
-        await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; call another replica")
-
-
-def guard(
-    handler: grpc.RpcMethodHandler, limit: int, bulk: bool = False, streams: OpenStreams | None = None
-) -> grpc.RpcMethodHandler:
-    """``handler`` with ``ServingError`` (and anything unexpected) mapped to the gRPC status of
-    ``service.errors.ERROR_TABLE``, messages over ``limit`` bytes never parsed here (``_sized``), and undecodable
-    request bytes answered INVALID_ARGUMENT; streaming calls are registered in ``streams`` while they run.
-
-    One wrapper per handler kind: a unary handler returns, a streaming one yields, so the try/except cannot be
-    shared without a context manager, which would cost every call an object of its own."""
-    deserialize = _sized(handler.request_deserializer, limit, bulk)
-    serialize = _serializer(handler.response_serializer)
-    open_streams = streams if streams is not None else OpenStreams()
-    if handler.unary_unary is not None:
-        unary = handler.unary_unary
-
-        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            try:
-                if isinstance(request, _Undecodable):
-                    raise request.error
-                return await unary(request, context)
-            except grpc.aio.AbortError:
-                raise
-            except Exception as exc:  # ServingError and anything unexpected
-                await _abort(context, exc)
-
-        return grpc.unary_unary_rpc_method_handler(unary_unary, deserialize, serialize)
-    if handler.stream_stream is not None:
-        stream = handler.stream_stream
-
-        async def checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
-            async for request in requests:
-                if isinstance(request, _Undecodable):
-                    raise request.error
-                yield request
-
-        async def stream_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
-            task = open_streams.add()
-            try:
-                async for response in stream(checked(requests), context):
-                    yield response
-            except grpc.aio.AbortError:
-                raise
-            except asyncio.CancelledError:
-                await open_streams.ended(context)
-            except Exception as exc:  # ServingError and anything unexpected
-                await _abort(context, exc)
-            finally:
-                open_streams.discard(task)
-
-        return grpc.stream_stream_rpc_method_handler(stream_stream, deserialize, serialize)
-    if handler.unary_stream is not None:
-        produce = handler.unary_stream
-
-        async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            task = open_streams.add()
-            try:
-                if isinstance(request, _Undecodable):
-                    raise request.error
-                async for response in produce(request, context):
-                    yield response
-            except grpc.aio.AbortError:
-                raise
-            except asyncio.CancelledError:
-                await open_streams.ended(context)
-            except Exception as exc:  # ServingError and anything unexpected
-                await _abort(context, exc)
-            finally:
-                open_streams.discard(task)
-
-        return grpc.unary_stream_rpc_method_handler(unary_stream, deserialize, serialize)
-    return handler  # stream-unary: none registered here
-
-
-class GuardedRegistration:
-    """Stands in for the server while generated code registers a service: every handler is wrapped by ``guard``
-    once, at registration -- no interceptor runs per call (an aio interceptor costs tens of microseconds per RPC,
-    as much as a policy's computation). ``bulk`` names the methods that take large requests."""
-
-    def __init__(
-        self, server: grpc.aio.Server, limit: int, streams: OpenStreams, bulk: frozenset[str] = frozenset()
-    ) -> None:
-        self._server = server
-        self._limit = limit
-        self._streams = streams
-        self._bulk = bulk
-
-    def add_generic_rpc_handlers(self, handlers: Any) -> None:
-        pass  # generated code registers the same handlers by name next; they are added, guarded, there
-
-    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
-        guarded = {name: guard(h, self._limit, name in self._bulk, self._streams) for name, h in handlers.items()}
-        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, guarded),))
-        self._server.add_registered_method_handlers(service, guarded)
 
 
 def _request_id(request: pb.ModelInferRequest | Bulk) -> str:
@@ -231,8 +47,7 @@ def _request_id(request: pb.ModelInferRequest | Bulk) -> str:
 
 
 def deadline_ns(context: grpc.aio.ServicerContext) -> int | None:
-    remaining = context.time_remaining()
-    return None if remaining is None else time.monotonic_ns() + int(remaining * 1e9)
+    return deadline_after(context.time_remaining())
 
 
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
@@ -382,12 +197,11 @@ def grpc_options(settings: ServerSettings, max_connections: int | None = None) -
 def build_grpc_server(
     plane: DataPlane,
     health: Health,
-    extra_services: list[Callable[[grpc.aio.Server], str]] | None = None,
     max_connections: int | None = None,
     check: TokenCheck | None = None,
     streams: OpenStreams | None = None,
 ) -> grpc.aio.Server:
-    """An unstarted grpc.aio server with the OIP service, health and reflection (plus ``extra_services``)."""
+    """An unstarted grpc.aio server with the OIP service, the policy service, health and reflection."""
     interceptors: list[grpc.aio.ServerInterceptor] = []
     if check is not None and check.enabled:
         open_prefixes = OPEN_GRPC_PREFIXES if plane.settings.auth_open_health else ()
@@ -395,20 +209,15 @@ def build_grpc_server(
     server = grpc.aio.server(interceptors=interceptors, options=grpc_options(plane.settings, max_connections))
     limit = plane.settings.bulk_request_bytes  # larger messages are never parsed on the event loop
     streams = streams if streams is not None else OpenStreams()
-    bulk = frozenset({"ModelInfer", "ModelStreamInfer"})
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceService(plane), GuardedRegistration(server, limit, streams, bulk)
-    )
-    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, GuardedRegistration(server, limit, streams))
     names = [
-        SERVICE_NAME,
-        add_policy_service(plane, GuardedRegistration(server, limit, streams)),
-        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-        reflection.SERVICE_NAME,
+        register(
+            server, InferenceService(plane), SERVICE, limit, streams, bulk=frozenset({"ModelInfer", "ModelStreamInfer"})
+        ),
+        register(server, PolicyService(plane), POLICY_SERVICE, limit, streams),
+        register(server, health.servicer, health_pb2.DESCRIPTOR.services_by_name["Health"], limit, streams),
     ]
-    for add in extra_services or []:
-        names.append(add(server))
-    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-        reflection.aio.ReflectionServicer(names, pool=reflection_pool()), GuardedRegistration(server, limit, streams)
-    )
+    reflection_service = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]
+    names.append(reflection_service.full_name)  # reflection describes itself too
+    servicer = reflection.aio.ReflectionServicer(names, pool=reflection_pool())
+    register(server, servicer, reflection_service, limit, streams)
     return server

@@ -23,7 +23,6 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
-import prometheus_client.metrics
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -102,6 +101,13 @@ class InflightLevel:
         self.value -= 1
 
 
+def _library_writes_created() -> bool:
+    """Whether prometheus_client writes ``_created`` samples now, asked of a probe counter through its public API (the
+    switch itself is private to the library)."""
+    probe = Counter("probe", "", registry=None)
+    return any(sample.name.endswith("_created") for family in probe.collect() for sample in family.samples)
+
+
 class _PerRequestCollector(Collector):
     """Exposes the ``RequestSeries`` and batch-size histograms of a ``ServerMetrics`` in the library's formats."""
 
@@ -113,8 +119,8 @@ class _PerRequestCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         # ``_created`` samples as the library's own Counter and Histogram write them, and unless switched off the
-        # same way (PROMETHEUS_DISABLE_CREATED_SERIES or disable_created_metrics(), read from the library's flag)
-        created = getattr(prometheus_client.metrics, "_use_created", True)
+        # same way (PROMETHEUS_DISABLE_CREATED_SERIES or disable_created_metrics())
+        created = _library_writes_created()
         requests, *latencies = self._request_families()
         for key, series in list(self._metrics._series.items()):
             requests.add_metric(key, series.count, created=series.request.created if created else None)
@@ -243,6 +249,7 @@ class ServerMetrics:
         self._series: dict[tuple[str, str, str], RequestSeries] = {}
         self._batch_sizes: dict[tuple[str, str], HistogramCells] = {}
         self._inflight: dict[str, InflightLevel] = {}
+        self._providers: dict[tuple[str, str], str] = {}
         r.register(_PerRequestCollector(self))
 
     def series(self, model: str, version: str, protocol: str) -> RequestSeries:
@@ -281,6 +288,15 @@ class ServerMetrics:
         for s in MODEL_STATES:
             with contextlib.suppress(KeyError):
                 self.model_state.remove(model, version, s)
-        for labels in list(self.model_provider._metrics):
-            if labels[:2] == (model, version):
-                self.model_provider.remove(*labels)
+        self.forget_provider(model, version)
+
+    def set_provider(self, model: str, version: str, provider: str) -> None:
+        """Records the execution provider that serves a loaded version."""
+        self.forget_provider(model, version)
+        self._providers[model, version] = provider
+        self.model_provider.labels(model, version, provider).set(1)
+
+    def forget_provider(self, model: str, version: str) -> None:
+        provider = self._providers.pop((model, version), None)
+        if provider is not None:
+            self.model_provider.remove(model, version, provider)

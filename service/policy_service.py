@@ -22,11 +22,13 @@ import numpy as np
 
 from odetoode.proto.odetoode.v1 import policy_pb2 as pb
 from odetoode.proto.odetoode.v1 import policy_pb2_grpc as pb_grpc
+from service.batching import deadline_after
 from service.dataplane import Acted, DataPlane
 from service.errors import InvalidArgument, QueueFull, ServingError, client_message, status_of
 from service.repository import ServedVersion
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PolicyService"].full_name
+SERVICE = pb.DESCRIPTOR.services_by_name["PolicyService"]
+SERVICE_NAME = SERVICE.full_name
 DEFAULT_MAX_PENDING = 64
 MAX_PENDING = 1024
 """The most observations a stream may have waiting, whatever its ``max_pending`` asks for (a uint32)."""
@@ -91,8 +93,8 @@ class _Stream:
         self.latest_only = options.overflow == pb.OVERFLOW_LATEST_ONLY
         self.follow_latest = options.follow_latest
         self.max_pending = min(options.max_pending or DEFAULT_MAX_PENDING, MAX_PENDING)
-        self.budget_ns = options.deadline_us * 1000 if options.deadline_us else None
-        self.reads_ahead = self.latest_only or bool(options.max_pending) or self.budget_ns is not None
+        self.budget_s = options.deadline_us / 1e6 if options.deadline_us else None
+        self.reads_ahead = self.latest_only or bool(options.max_pending) or self.budget_s is not None
         # Pin the version at the start: a robot's episode should not switch policies under it.
         self.served = plane.policy(self.policy, first.version or None)
         self.pinned = str(self.served.version)
@@ -109,7 +111,7 @@ class _Stream:
         try:
             if item.rejected is not None:
                 raise item.rejected
-            deadline = None if self.budget_ns is None else item.arrived_ns + self.budget_ns
+            deadline = deadline_after(self.budget_s, item.arrived_ns)
             acted = await self.plane.act_on(self._current(), observation_of(request), deadline)
         except ServingError as exc:
             return error_message(request.sequence, exc)
@@ -126,8 +128,7 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
         arrived = time.monotonic_ns()
         if not request.policy:
             raise InvalidArgument("policy: required")
-        remaining = context.time_remaining()
-        deadline = None if remaining is None else arrived + int(remaining * 1e9)
+        deadline = deadline_after(context.time_remaining(), arrived)
         served = self.plane.policy(request.policy, request.version or None)
         acted = await self.plane.act_on(served, observation_of(request), deadline)
         return action_response(acted, request.policy, request.sequence, request.values, arrived)
@@ -229,9 +230,3 @@ def _space(box: Any) -> pb.Space | None:
     if box is None:
         return None
     return pb.Space(shape=box.shape, low=box.low, high=box.high)
-
-
-def add_policy_service(plane: DataPlane, server: Any) -> str:
-    """Registers the service on ``server`` (a ``grpc.aio.Server`` or a ``GuardedRegistration`` around one)."""
-    pb_grpc.add_PolicyServiceServicer_to_server(PolicyService(plane), server)
-    return SERVICE_NAME

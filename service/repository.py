@@ -17,7 +17,6 @@ API (or listed at start-up); ``none`` once at start.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -315,7 +314,7 @@ class ModelRepository:
             if loaded is not None:
                 served[v] = loaded
                 self._set(name, v, State.READY)
-                self.metrics.model_provider.labels(name, str(v), loaded.runtime.providers[0]).set(1)
+                self.metrics.set_provider(name, str(v), loaded.runtime.providers[0])
                 if current is not None:
                     await self._release(name, [current], forget=False)
 
@@ -382,9 +381,7 @@ class ModelRepository:
             await sv.batcher.close(timeout=self.settings.drain_grace_s)
             if forget:
                 self._set(name, sv.version, State.UNAVAILABLE, "unloaded")
-                for provider in sv.runtime.providers[:1]:
-                    with contextlib.suppress(KeyError):
-                        self.metrics.model_provider.remove(name, str(sv.version), provider)
+                self.metrics.forget_provider(name, str(sv.version))
             log.info("released %s v%d", name, sv.version)
 
     def _set(self, name: str, version: int, state: State, reason: str = "", fp: Fingerprint | None = None) -> None:

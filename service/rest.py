@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from typing import Any
 
 import orjson
@@ -27,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import __version__
 from service.auth import OPEN_REST_PREFIXES, RestAuthMiddleware, TokenCheck
-from service.batching import Timing
+from service.batching import Timing, deadline_after
 from service.dataplane import DataPlane
 from service.errors import InvalidArgument, ServingError, client_message, status_of
 from service.http import BodyReader, BodyTimeoutError, ClientGoneError, FramingGuard, PartsResponse, body_pending
@@ -375,4 +374,4 @@ def _deadline(request: Request) -> int | None:
         raise InvalidArgument("Request-Timeout-Ms: must be positive")
     if math.isinf(ms):
         raise InvalidArgument("Request-Timeout-Ms: must be finite")
-    return time.monotonic_ns() + int(ms * 1e6)
+    return deadline_after(ms / 1e3)

@@ -10,7 +10,7 @@ import signal
 import socket
 import ssl
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -22,7 +22,8 @@ from service.auth import TokenCheck, TokenSource
 from service.bulk import BulkPool
 from service.dataplane import DataPlane
 from service.errors import Unavailable
-from service.grpc_server import Health, OpenStreams, build_grpc_server
+from service.grpc_guard import OpenStreams
+from service.grpc_server import Health, build_grpc_server
 from service.http import FramingGuard, guarded_protocol, raise_file_limit
 from service.memory import map_large_buffers
 from service.metrics import ServerMetrics
@@ -56,7 +57,6 @@ class Server:
         self,
         settings: ServerSettings,
         registry: CollectorRegistry | None = None,
-        extra_grpc_services: list[Callable[[grpc.aio.Server], str]] | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = ServerMetrics(registry)
@@ -80,7 +80,6 @@ class Server:
         self.tokens = TokenSource(settings)  # raises ConfigurationError: authentication fails closed
         self.auth = TokenCheck(self.tokens)
         self.app = create_app(self.plane, self.ration, self.auth)
-        self._extra_grpc = extra_grpc_services or []
         self.streams = OpenStreams()
         self.grpc_server: grpc.aio.Server | None = None
         self.http_server: _Uvicorn | None = None
@@ -99,9 +98,7 @@ class Server:
         map_large_buffers()  # a large request's chunks are unmapped when freed, not kept in the heap
         per_port = self._connection_bound()
         await asyncio.gather(self.repository.start(), self.bulk.start())
-        self.grpc_server = build_grpc_server(
-            self.plane, self.health, self._extra_grpc, per_port, self.auth, self.streams
-        )
+        self.grpc_server = build_grpc_server(self.plane, self.health, per_port, self.auth, self.streams)
         address = f"{s.host}:{s.grpc_port}"
         if s.tls_cert is not None and s.tls_key is not None:
             credentials = grpc.ssl_server_credentials(

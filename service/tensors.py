@@ -322,6 +322,28 @@ def float32_all_finite(values: np.ndarray) -> bool:
     return bool(np.isfinite(values).all())
 
 
+def require_finite(values: np.ndarray, what: str) -> None:
+    """Refuses NaN and infinity in a floating-point input (``what`` names it in the message)."""
+    if values.dtype.kind != "f":
+        return
+    finite = float32_all_finite(values) if values.dtype.itemsize <= 4 else bool(np.isfinite(values).all())
+    if not finite:
+        raise InvalidArgument(f"{what} contains NaN or infinity")
+
+
+def bind_observation(
+    observation: np.ndarray, signature: Signature, policy: str, *, allow_non_finite: bool = False
+) -> np.ndarray:
+    """A robot's observation (flat float32, one row) checked as ``bind_inputs`` checks a policy's single input --
+    its size against the model's row, its values finite -- and shaped as that input's one-row feed."""
+    expected = signature.inputs[0].shape[1]
+    if observation.size != expected:
+        raise InvalidArgument(f"observation: {observation.size} values, policy {policy!r} expects {expected}")
+    if not allow_non_finite:
+        require_finite(observation, "observation:")
+    return observation.reshape(1, expected)
+
+
 def bind_inputs(
     tensors: Sequence[Tensor], signature: Signature, *, allow_non_finite: bool = False
 ) -> dict[str, np.ndarray]:
@@ -345,8 +367,8 @@ def bind_inputs(
             if batch is not None and shape[0] != batch:
                 raise InvalidArgument(f"{where}.shape: batch {shape[0]} differs from the other inputs' {batch}")
             batch = shape[0]
-        if not allow_non_finite and tensor.data.dtype.kind == "f" and not np.isfinite(tensor.data).all():
-            raise InvalidArgument(f"{where}.data: input {tensor.name!r} contains NaN or infinity")
+        if not allow_non_finite:
+            require_finite(tensor.data, f"{where}.data: input {tensor.name!r}")
         feeds[tensor.name] = tensor.data
     missing = sorted({s.name for s in signature.inputs} - set(feeds))
     if missing:
