@@ -5,7 +5,7 @@ millions of typed protobuf values, rendering a large response -- holds the GIL f
 which in a thread stalls the event loop that answers robots just the same. Here it stalls nobody: the server process
 only moves the request's bytes in (in small pieces) and the answer's bytes out.
 
-The worker runs the very same codecs as the event loop (``service.rest_codec``, ``service.converters``) and its own
+The worker runs the very same codecs as the event loop (``service.rest_codec``, ``service.oip_codec``) and its own
 ONNX Runtime session per model version, opened on first use from the file the server loaded (the same size and
 modification time, and the file's golden self-check passed again), so an answer from a worker is the answer the event
 loop would have given.
@@ -32,8 +32,7 @@ from typing import Any
 
 import orjson
 
-from odetoode.proto.inference import grpc_service_pb2 as pb
-from service import converters, rest_codec
+from service import oip_codec, rest_codec
 from service.batching import Timing
 from service.errors import DeadlineExceeded, InternalError, InvalidArgument, ModelNotReady, ServingError
 from service.inference import InferResponse
@@ -172,14 +171,14 @@ def execute(job: dict[str, Any], payload: bytearray, runtimes: Runtimes) -> tupl
         return _reply(version, timing), [rest_codec.render_predict(outputs, tensor.shape[0])]
     if kind in ("grpc", "grpc-stream"):
         try:
-            message = pb.ModelInferRequest.FromString(bytes(body))
+            message = oip_codec.decode_infer_request(body)
         except Exception as exc:  # DecodeError and friends, as the event loop's deserializer would see them
             raise InvalidArgument(f"request: not a valid protobuf message ({exc})") from None
-        request = converters.infer_request_from_proto(message, signature)
+        request = oip_codec.infer_request_from_proto(message, signature)
         outputs, timing = _compute(runtime, request.inputs, request.outputs, job, signature)
-        answer = converters.infer_response_to_proto(InferResponse(model, version, outputs, timing, 0, request.id))
+        answer = oip_codec.infer_response_to_proto(InferResponse(model, version, outputs, timing, 0, request.id))
         if kind == "grpc-stream":
-            return _reply(version, timing), [pb.ModelStreamInferResponse(infer_response=answer).SerializeToString()]
+            return _reply(version, timing), [oip_codec.stream_answer(answer).SerializeToString()]
         return _reply(version, timing), [answer.SerializeToString()]
     raise InternalError(f"unknown bulk job kind {kind!r}")
 

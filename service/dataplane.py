@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -28,13 +28,12 @@ from service.errors import (
     ServingError,
     Unavailable,
 )
-from service.inference import InferRequest, InferResponse, ModelMetadata
+from service.inference import Acted, InferRequest, InferResponse, ModelConfig, ModelMetadata
 from service.metrics import ServerMetrics
 from service.repository import IndexEntry, ModelRepository, ServedVersion
 from service.settings import ServerSettings
 from service.tensors import (
     Tensor,
-    TensorSpec,
     bind_inputs,
     bind_observation,
     check_requested_outputs,
@@ -71,15 +70,6 @@ class BulkAnswer:
 
     reply: BulkReply
     version: str
-    timing: Timing
-    total_ns: int
-
-
-class Acted(NamedTuple):
-    """What ``act_on`` answers: the version that answered, its action (one row, float32), where the time went."""
-
-    version: str
-    action: np.ndarray
     timing: Timing
     total_ns: int
 
@@ -156,26 +146,23 @@ class DataPlane:
             return False
         return True
 
-    def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
+    def model_config(self, name: str, version: str | None = None) -> ModelConfig:
         """Triton's model-configuration extension, plus what the model file says about itself."""
         sv = self.repository.resolve(name, version)
-        d = sv.runtime.description
-        return {
-            "name": name,
-            "version": str(sv.version),
-            "platform": PLATFORM,
-            "backend": "onnxruntime",
-            "max_batch_size": sv.config.max_batch_size,
-            "input": [_spec_json(s) for s in sv.runtime.inputs],
-            "output": [_spec_json(s) for s in sv.runtime.outputs],
-            "dynamic_batching": {
-                "max_queue_delay_microseconds": sv.config.max_queue_delay_us,
-                "max_queue_size": sv.config.max_queue_size,
-            },
-            "execution_providers": sv.runtime.providers,
-            "execution": "inline" if sv.batcher.inline else "thread pool",
-            "odetoode": {k.removeprefix("odetoode."): v for k, v in d.to_metadata_props().items()},
-        }
+        return ModelConfig(
+            name=name,
+            version=str(sv.version),
+            platform=PLATFORM,
+            backend="onnxruntime",
+            max_batch_size=sv.config.max_batch_size,
+            inputs=list(sv.runtime.inputs),
+            outputs=list(sv.runtime.outputs),
+            max_queue_delay_us=sv.config.max_queue_delay_us,
+            max_queue_size=sv.config.max_queue_size,
+            execution_providers=list(sv.runtime.providers),
+            execution="inline" if sv.batcher.inline else "thread pool",
+            description={k.removeprefix("odetoode."): v for k, v in sv.runtime.description.to_metadata_props().items()},
+        )
 
     # -- inference -------------------------------------------------------------------------------------------------
 
@@ -365,14 +352,3 @@ def _refuse_parameters(parameters: Mapping[str, Any] | None, allowed: tuple[str,
     for key in parameters or {}:
         if key not in allowed:
             raise InvalidArgument(f"parameters.{key}: not supported; only models already in the repository load")
-
-
-def _spec_json(spec: TensorSpec) -> dict[str, Any]:
-    return {
-        "name": spec.name,
-        "data_type": f"TYPE_{_TRITON_TYPES.get(spec.datatype, spec.datatype)}",
-        "dims": list(spec.shape[1:]),
-    }
-
-
-_TRITON_TYPES = {"BYTES": "STRING"}  # every other OIP datatype keeps its name after TYPE_

@@ -1,7 +1,7 @@
 """One error hierarchy for the whole server, and ONE table mapping each error to an HTTP status and a gRPC code.
 
 Transports never pick a status themselves: REST installs one exception handler and gRPC wraps every handler once at
-registration (``service.grpc_server.guard``), both of which look the error up here, so the two cannot drift apart
+registration (``service.grpc_guard``), both of which look the error up here, so the two cannot drift apart
 (``tests/service/test_errors.py`` walks this table over both).
 """
 

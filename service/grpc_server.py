@@ -1,6 +1,6 @@
 """gRPC transport (grpc.aio): the OIP ``inference.GRPCInferenceService``, ``grpc.health.v1`` and server reflection.
 
-Each method converts (``service.converters``) and calls the data plane. Errors are mapped to status codes in ONE
+Each method converts (``service.oip_codec``) and calls the data plane. Errors are mapped to status codes in ONE
 place, ``service.grpc_guard``, installed on every handler of every service when it is registered.
 """
 
@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from odetoode.proto.inference import grpc_service_pb2 as pb
 from odetoode.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from odetoode.proto.pool import reflection_pool
-from service import converters
+from service import oip_codec
 from service.auth import OPEN_GRPC_PREFIXES, GrpcAuthInterceptor, TokenCheck
 from service.batching import deadline_after
 from service.dataplane import DataPlane
@@ -40,7 +40,7 @@ def _request_id(request: pb.ModelInferRequest | Bulk) -> str:
     """The id of a request, for an error answer on a stream ("" if it cannot be read)."""
     if isinstance(request, Bulk):
         try:
-            return converters.scan_infer_request(request.data)[2]
+            return oip_codec.scan_infer_request(request.data)[2]
         except ServingError:
             return ""
     return request.id
@@ -74,10 +74,10 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerMetadataResponse(name=m["name"], version=m["version"], extensions=m["extensions"])
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:  # noqa: N802
-        return converters.metadata_to_proto(self.plane.model_metadata(request.name, request.version or None))
+        return oip_codec.metadata_to_proto(self.plane.model_metadata(request.name, request.version or None))
 
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:  # noqa: N802
-        return converters.config_to_proto(self.plane.model_config(request.name, request.version or None))
+        return oip_codec.config_to_proto(self.plane.model_config(request.name, request.version or None))
 
     # The generated base class knows nothing of Bulk requests or of answers encoded by a bulk worker (bytes).
     async def ModelInfer(  # type: ignore[override]  # noqa: N802
@@ -86,9 +86,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         if isinstance(request, Bulk):
             return await self._bulk(request.data, "grpc", deadline_ns(context))
         served = self.plane.resolve_for("grpc", request.model_name, request.model_version or None)
-        req = converters.infer_request_from_proto(request, served.signature)
+        req = oip_codec.infer_request_from_proto(request, served.signature)
         req.deadline_ns = deadline_ns(context)
-        return converters.infer_response_to_proto(await self.plane.infer(req, served))
+        return oip_codec.infer_response_to_proto(await self.plane.infer(req, served))
 
     async def ModelStreamInfer(  # type: ignore[override]  # noqa: N802
         self, requests: AsyncIterator[pb.ModelInferRequest | Bulk], context: Any
@@ -102,18 +102,18 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                     yield await self._bulk(request.data, "grpc-stream", deadline_ns(context))
                     continue
                 served = self.plane.resolve_for("grpc", request.model_name, request.model_version or None)
-                req = converters.infer_request_from_proto(request, served.signature)
+                req = oip_codec.infer_request_from_proto(request, served.signature)
                 req.deadline_ns = deadline_ns(context)
-                response = converters.infer_response_to_proto(await self.plane.infer(req, served))
+                response = oip_codec.infer_response_to_proto(await self.plane.infer(req, served))
             except ServingError as exc:
-                yield converters.stream_error(client_message(exc), _request_id(request))
+                yield oip_codec.stream_error(client_message(exc), _request_id(request))
                 continue
-            yield pb.ModelStreamInferResponse(infer_response=response)
+            yield oip_codec.stream_answer(response)
 
     async def _bulk(self, data: bytes, kind: str, deadline: int | None) -> bytes:
         """A large ModelInfer: resolved from the top level of its bytes, then parsed, computed and encoded by a bulk
         worker; the answer comes back serialized."""
-        name, version, _ = converters.scan_infer_request(data)
+        name, version, _ = oip_codec.scan_infer_request(data)
         served = self.plane.resolve_for("grpc", name, version or None)
         release = self.plane.admit_bulk()
         try:
@@ -127,7 +127,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:  # noqa: N802
-        return converters.index_to_proto(self.plane.repository_index(request.ready))
+        return oip_codec.index_to_proto(self.plane.repository_index(request.ready))
 
     async def RepositoryModelLoad(  # noqa: N802
         self, request: pb.RepositoryModelLoadRequest, context: Any

@@ -1,13 +1,15 @@
 """The transport-neutral inference request and response, and what a model tells about itself.
 
-Kept apart from the data plane so that the codecs (``service.rest_codec``, ``service.converters``) -- which the bulk
+Kept apart from the data plane so that the codecs (``service.rest_codec``, ``service.oip_codec``) -- which the bulk
 worker processes run too -- import nothing of the server (repository, metrics, settings).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
+
+import numpy as np
 
 from service.batching import Timing
 from service.tensors import Tensor, TensorSpec
@@ -27,6 +29,15 @@ class InferRequest:
     protocol: str = "rest"
 
 
+class Acted(NamedTuple):
+    """What ``act_on`` answers: the version that answered, its action (one row, float32), where the time went."""
+
+    version: str
+    action: np.ndarray
+    timing: Timing
+    total_ns: int
+
+
 @dataclass
 class InferResponse:
     model: str
@@ -44,3 +55,22 @@ class ModelMetadata:
     platform: str
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Triton's model-configuration extension for one served version, plus what the model file says about itself
+    (``description``: its ``odetoode.*`` metadata without the prefix). Each transport renders it its own way."""
+
+    name: str
+    version: str
+    platform: str
+    backend: str
+    max_batch_size: int
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    max_queue_delay_us: int
+    max_queue_size: int
+    execution_providers: list[str]
+    execution: str
+    description: dict[str, str]

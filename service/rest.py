@@ -30,7 +30,7 @@ from service.batching import Timing, deadline_after
 from service.dataplane import DataPlane
 from service.errors import InvalidArgument, ServingError, client_message, status_of
 from service.http import BodyReader, BodyTimeoutError, ClientGoneError, FramingGuard, PartsResponse, body_pending
-from service.inference import InferRequest, ModelMetadata
+from service.inference import InferRequest
 from service.ration import Ration
 from service.repository import ServedVersion
 from service.rest_codec import (
@@ -38,13 +38,16 @@ from service.rest_codec import (
     JSON_OPTIONS,
     Rendered,
     check_binary_header,
+    config_json,
     json_object,
+    metadata_json,
     parse_infer_request,
     parse_predict,
     render_infer_response,
     render_predict,
 )
-from service.tensors import DATATYPES, parameters_of
+from service.rest_openapi import ERROR, ERRORS, INFER_BODY, INFER_PARAMETERS, NOT_READY, PREDICT_BODY
+from service.tensors import parameters_of
 
 log = logging.getLogger(__name__)
 
@@ -94,80 +97,6 @@ def is_small(request: Request, limit: int) -> bool:
     length = request.headers.get("content-length")
     plain = request.headers.get("content-encoding", "identity").strip().lower() == "identity"
     return plain and length is not None and length.isdigit() and int(length) <= limit
-
-
-def metadata_json(m: ModelMetadata) -> dict[str, Any]:
-    def tensor(s: Any) -> dict[str, Any]:
-        return {"name": s.name, "datatype": s.datatype, "shape": list(s.shape)}
-
-    return {
-        "name": m.name,
-        "versions": m.versions,
-        "platform": m.platform,
-        "inputs": [tensor(s) for s in m.inputs],
-        "outputs": [tensor(s) for s in m.outputs],
-    }
-
-
-# -- OpenAPI descriptions of the bodies we parse by hand (binary data cannot go through pydantic) -------------------
-
-_TENSOR = {
-    "type": "object",
-    "required": ["name", "shape", "datatype"],
-    "properties": {
-        "name": {"type": "string"},
-        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-        "datatype": {"type": "string", "enum": list(DATATYPES)},
-        "parameters": {"type": "object"},
-        "data": {"type": "array", "description": "row-major values, flat or nested"},
-    },
-}
-INFER_BODY = {
-    "required": True,
-    "content": {
-        "application/json": {
-            "schema": {
-                "type": "object",
-                "required": ["inputs"],
-                "properties": {
-                    "id": {"type": "string"},
-                    "parameters": {"type": "object"},
-                    "inputs": {"type": "array", "minItems": 1, "items": _TENSOR},
-                    "outputs": {
-                        "type": "array",
-                        "items": {
-                            "type": "object",
-                            "required": ["name"],
-                            "properties": {"name": {"type": "string"}, "parameters": {"type": "object"}},
-                        },
-                    },
-                },
-            }
-        }
-    },
-}
-INFER_PARAMETERS = [
-    {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}},
-    {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}},
-]
-PREDICT_BODY = {
-    "required": True,
-    "content": {
-        "application/json": {
-            "schema": {
-                "type": "object",
-                "required": ["instances"],
-                "properties": {"instances": {"type": "array", "minItems": 1, "items": {}}},
-            }
-        }
-    },
-}
-_ERROR = {"description": "error", "content": {"application/json": {"schema": {
-    "type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}}}}  # fmt: skip
-ERRORS: dict[int | str, dict[str, Any]] = {400: _ERROR, 404: _ERROR, 413: _ERROR, 503: _ERROR}
-_NOT_READY = {"description": "not ready", "content": {"application/json": {"schema": {
-    "type": "object", "required": ["ready"],
-    "properties": {"ready": {"type": "boolean"}, "name": {"type": "string"}}}}}}  # fmt: skip
 
 
 def create_app(plane: DataPlane, ration: Ration | None = None, check: TokenCheck | None = None) -> FastAPI:
@@ -287,7 +216,7 @@ def create_app(plane: DataPlane, ration: Ration | None = None, check: TokenCheck
     async def live() -> Response:
         return JSON({"live": plane.live()})
 
-    @app.get("/v2/health/ready", tags=["health"], responses={503: _NOT_READY})
+    @app.get("/v2/health/ready", tags=["health"], responses={503: NOT_READY})
     async def ready() -> Response:
         ok = plane.ready()
         return JSON({"ready": ok}, status_code=200 if ok else 503)
@@ -301,8 +230,8 @@ def create_app(plane: DataPlane, ration: Ration | None = None, check: TokenCheck
     async def model_metadata(model: str, version: str | None = None) -> Response:
         return JSON(metadata_json(plane.model_metadata(model, version)))
 
-    @app.get("/v2/models/{model}/ready", tags=["health"], responses={**ERRORS, 503: _NOT_READY})
-    @app.get("/v2/models/{model}/versions/{version}/ready", tags=["health"], responses={**ERRORS, 503: _NOT_READY})
+    @app.get("/v2/models/{model}/ready", tags=["health"], responses={**ERRORS, 503: NOT_READY})
+    @app.get("/v2/models/{model}/versions/{version}/ready", tags=["health"], responses={**ERRORS, 503: NOT_READY})
     async def model_ready(model: str, version: str | None = None) -> Response:
         ok = plane.model_ready(model, version)
         return JSON({"name": model, "ready": ok}, status_code=200 if ok else 503)
@@ -310,7 +239,7 @@ def create_app(plane: DataPlane, ration: Ration | None = None, check: TokenCheck
     @app.get("/v2/models/{model}/config", tags=["metadata"], responses=ERRORS)
     @app.get("/v2/models/{model}/versions/{version}/config", tags=["metadata"], responses=ERRORS)
     async def model_config(model: str, version: str | None = None) -> Response:
-        return JSON(plane.model_config(model, version))
+        return JSON(config_json(plane.model_config(model, version)))
 
     @app.get("/v1/models/{model}", tags=["kserve v1"], responses=ERRORS)
     async def v1_status(model: str) -> Response:
@@ -342,13 +271,13 @@ def create_app(plane: DataPlane, ration: Ration | None = None, check: TokenCheck
             for e in plane.repository_index(ready_only)
         ])  # fmt: skip
 
-    @app.post("/v2/repository/models/{model}/load", tags=["repository"], responses={**ERRORS, 403: _ERROR})
+    @app.post("/v2/repository/models/{model}/load", tags=["repository"], responses={**ERRORS, 403: ERROR})
     async def repository_load(request: Request, model: str) -> Response:
         obj = json_object(await small_body(request), "request body")
         await plane.load(model, parameters_of(obj.get("parameters"), "parameters"))
         return JSON({})
 
-    @app.post("/v2/repository/models/{model}/unload", tags=["repository"], responses={**ERRORS, 403: _ERROR})
+    @app.post("/v2/repository/models/{model}/unload", tags=["repository"], responses={**ERRORS, 403: ERROR})
     async def repository_unload(request: Request, model: str) -> Response:
         obj = json_object(await small_body(request), "request body")
         await plane.unload(model, parameters_of(obj.get("parameters"), "parameters"))

@@ -16,16 +16,18 @@ import numpy as np
 import orjson
 
 from service.errors import InvalidArgument, PayloadTooLarge
-from service.inference import InferRequest, InferResponse
+from service.inference import InferRequest, InferResponse, ModelConfig, ModelMetadata
 from service.tensors import (
     Declared,
     Signature,
     Tensor,
+    TensorSpec,
     decode_json,
     decode_raw,
     encode_json,
     encode_raw,
     parameters_of,
+    triton_type,
 )
 
 Buffer = bytes | bytearray | memoryview
@@ -265,3 +267,43 @@ def render_predict(outputs: Sequence[Tensor], rows: int) -> bytes:
         return orjson.dumps({"predictions": outputs[0].data}, option=JSON_OPTIONS)
     predictions = [{t.name: t.data[i] for t in outputs} for i in range(rows)]
     return orjson.dumps({"predictions": predictions}, option=JSON_OPTIONS)
+
+
+def metadata_json(m: ModelMetadata) -> dict[str, Any]:
+    """The OIP model-metadata answer."""
+    return {
+        "name": m.name,
+        "versions": m.versions,
+        "platform": m.platform,
+        "inputs": [_tensor_json(s) for s in m.inputs],
+        "outputs": [_tensor_json(s) for s in m.outputs],
+    }
+
+
+def _tensor_json(spec: TensorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
+
+
+def config_json(c: ModelConfig) -> dict[str, Any]:
+    """Triton's model-configuration answer (``/v2/models/{model}/config``), plus ``odetoode``: the model file's own
+    description."""
+    return {
+        "name": c.name,
+        "version": c.version,
+        "platform": c.platform,
+        "backend": c.backend,
+        "max_batch_size": c.max_batch_size,
+        "input": [_config_tensor_json(s) for s in c.inputs],
+        "output": [_config_tensor_json(s) for s in c.outputs],
+        "dynamic_batching": {
+            "max_queue_delay_microseconds": c.max_queue_delay_us,
+            "max_queue_size": c.max_queue_size,
+        },
+        "execution_providers": c.execution_providers,
+        "execution": c.execution,
+        "odetoode": c.description,
+    }
+
+
+def _config_tensor_json(spec: TensorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "data_type": triton_type(spec.datatype), "dims": list(spec.shape[1:])}

@@ -322,6 +322,15 @@ def float32_all_finite(values: np.ndarray) -> bool:
     return bool(np.isfinite(values).all())
 
 
+_TRITON_TYPES = {"BYTES": "STRING"}  # every other OIP datatype keeps its name after TYPE_
+
+
+def triton_type(datatype: str) -> str:
+    """The name of an OIP datatype in Triton's model configuration (``FP32`` -> ``TYPE_FP32``, ``BYTES`` ->
+    ``TYPE_STRING``)."""
+    return f"TYPE_{_TRITON_TYPES.get(datatype, datatype)}"
+
+
 def require_finite(values: np.ndarray, what: str) -> None:
     """Refuses NaN and infinity in a floating-point input (``what`` names it in the message)."""
     if values.dtype.kind != "f":

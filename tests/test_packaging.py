@@ -19,8 +19,10 @@ SERVER_MODULES = ("odetoode.modelfile", "odetoode.layout", "odetoode.telemetry_o
 
 
 def _modules(package: str) -> list[str]:
+    """The package and every module in it, except ``__main__`` modules (a program to run, not a module to import)."""
     module = importlib.import_module(package)
-    return [package] + [m.name for m in pkgutil.walk_packages(module.__path__, package + ".")]
+    walked = [m.name for m in pkgutil.walk_packages(module.__path__, package + ".")]
+    return [package] + [name for name in walked if not name.endswith(".__main__")]
 
 
 def test_the_server_packages_import_without_torch() -> None:
@@ -74,3 +76,24 @@ def test_local_links_in_the_docs_resolve() -> None:
             if local and not (page.parent / path).exists():
                 broken.append(f"{page.relative_to(ROOT)} -> {target}")
     assert not broken, broken
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+def test_generated_code_stays_at_the_wire() -> None:
+    """Only the codecs and the gRPC servicers import the generated stubs; the core never sees a protobuf message."""
+    at_the_wire = {"oip_codec.py", "policy_codec.py", "grpc_server.py", "policy_service.py"}
+    importers = {
+        p.name for p in (ROOT / "service").glob("*.py") if any(m.startswith("odetoode.proto") for m in _imports(p))
+    }
+    assert importers <= at_the_wire, sorted(importers - at_the_wire)
+    assert {"oip_codec.py", "policy_codec.py"} <= importers  # the check sees imports at all

@@ -1,4 +1,6 @@
-"""protobuf <-> data-plane types for the OIP gRPC service. Generated ``*_pb2`` code does not leak past this module.
+"""The Open Inference Protocol's gRPC wire format: protobuf <-> data-plane types. The data plane and everything under
+it never see a generated message: only the transport modules (this codec, ``policy_codec`` and the servicers that
+build trivial answers like ``ServerLiveResponse``) import ``odetoode.proto``.
 
 Inputs may arrive as ``raw_input_contents`` (what tritonclient sends) or as typed ``contents``, never both; outputs are
 always sent as ``raw_output_contents``, which every OIP client reads and which costs no per-element conversion.
@@ -11,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 from odetoode.proto.inference import grpc_service_pb2 as pb
 from odetoode.proto.inference import model_config_pb2 as config_pb
 from service.errors import InvalidArgument
-from service.inference import InferRequest, InferResponse, ModelMetadata
-from service.tensors import Signature, Tensor, decode_raw, decode_typed, encode_raw
+from service.inference import InferRequest, InferResponse, ModelConfig, ModelMetadata
+from service.tensors import Signature, Tensor, decode_raw, decode_typed, encode_raw, triton_type
 
 if TYPE_CHECKING:  # the bulk worker processes import this module: nothing of the server at run time
     from service.repository import IndexEntry
@@ -155,18 +157,27 @@ def index_to_proto(entries: list[IndexEntry]) -> pb.RepositoryIndexResponse:
     return msg
 
 
-def config_to_proto(config: dict[str, Any]) -> pb.ModelConfigResponse:
+def config_to_proto(config: ModelConfig) -> pb.ModelConfigResponse:
     """Triton's ``ModelConfig`` subset; odetoode's own description travels in ``parameters`` (JSON strings)."""
     msg = pb.ModelConfigResponse()
     c = msg.config
-    c.name, c.platform, c.backend = config["name"], config["platform"], config["backend"]
-    c.max_batch_size = config["max_batch_size"]
-    for spec in config["input"]:
-        c.input.add(name=spec["name"], data_type=config_pb.DataType.Value(spec["data_type"]), dims=spec["dims"])
-    for spec in config["output"]:
-        c.output.add(name=spec["name"], data_type=config_pb.DataType.Value(spec["data_type"]), dims=spec["dims"])
-    for key, value in config["odetoode"].items():
+    c.name, c.platform, c.backend = config.name, config.platform, config.backend
+    c.max_batch_size = config.max_batch_size
+    for specs, field in ((config.inputs, c.input), (config.outputs, c.output)):
+        for spec in specs:
+            field.add(
+                name=spec.name, data_type=config_pb.DataType.Value(triton_type(spec.datatype)), dims=spec.shape[1:]
+            )
+    for key, value in config.description.items():
         c.parameters[f"odetoode.{key}"].string_value = value
-    c.parameters["execution_providers"].string_value = ",".join(config["execution_providers"])
-    c.parameters["version"].string_value = config["version"]
+    c.parameters["execution_providers"].string_value = ",".join(config.execution_providers)
+    c.parameters["version"].string_value = config.version
     return msg
+
+
+def decode_infer_request(data: bytes | bytearray | memoryview) -> pb.ModelInferRequest:
+    return pb.ModelInferRequest.FromString(bytes(data))
+
+
+def stream_answer(response: pb.ModelInferResponse) -> pb.ModelStreamInferResponse:
+    return pb.ModelStreamInferResponse(infer_response=response)
