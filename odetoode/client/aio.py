@@ -8,18 +8,8 @@ from collections.abc import AsyncIterator, Sequence
 import grpc
 import numpy as np
 
-from odetoode.client.wire import (
-    OVERFLOW,
-    ActFailure,
-    Action,
-    Overflow,
-    PolicyInfo,
-    act_request,
-    auth_metadata,
-    channel_options,
-    to_action,
-    to_stream_result,
-)
+from odetoode.client import wire
+from odetoode.client.wire import ActFailure, Action, Overflow, PolicyInfo
 from odetoode.proto.odetoode.v1 import policy_pb2 as pb
 from odetoode.proto.odetoode.v1 import policy_pb2_grpc as pb_grpc
 
@@ -29,9 +19,9 @@ class AsyncPolicyClient:
 
     def __init__(self, target: str = "localhost:8001", *, timeout: float = 1.0,
                  credentials: grpc.ChannelCredentials | None = None, token: str | None = None) -> None:  # fmt: skip
-        opts = channel_options()
+        opts = wire.channel_options()
         self.timeout = timeout
-        self._metadata = auth_metadata(token)
+        self._metadata = wire.auth_metadata(token)
         self._channel = (
             grpc.aio.secure_channel(target, credentials, options=opts)
             if credentials is not None
@@ -51,9 +41,9 @@ class AsyncPolicyClient:
     async def act(self, policy: str, observation: np.ndarray | Sequence[float], *, version: str | None = None,
                   sequence: int = 0, timeout: float | None = None) -> Action:  # fmt: skip
         sent = time.monotonic_ns()
-        response = await self._stub.Act(act_request(policy, observation, sequence, version),
+        response = await self._stub.Act(wire.act_request(policy, observation, sequence, version),
                                         timeout=timeout or self.timeout, metadata=self._metadata)  # fmt: skip
-        return to_action(response, sent)
+        return wire.to_action(response, sent)
 
     async def get_policy(self, policy: str, version: str | None = None) -> PolicyInfo:
         return await self._stub.GetPolicy(pb.GetPolicyRequest(policy=policy, version=version or ""),
@@ -70,12 +60,12 @@ class AsyncPolicyClient:
     ) -> AsyncIterator[Action | ActFailure]:
         """Streams ``(sequence, observation)`` pairs and yields the answers in order."""
         sent: dict[int, int] = {}
-        options = pb.StreamOptions(overflow=OVERFLOW[overflow], follow_latest=follow_latest)
+        options = pb.StreamOptions(overflow=wire.OVERFLOW[overflow], follow_latest=follow_latest)
 
         async def requests() -> AsyncIterator[pb.ActRequest]:
             first = True
             async for sequence, observation in observations:
-                request = act_request(policy if first else "", observation, sequence, version)
+                request = wire.act_request(policy if first else "", observation, sequence, version)
                 if first:
                     request.options.CopyFrom(options)
                     first = False
@@ -83,4 +73,4 @@ class AsyncPolicyClient:
                 yield request
 
         async for msg in self._stub.ActStream(requests(), metadata=self._metadata):
-            yield to_stream_result(msg, sent)
+            yield wire.to_stream_result(msg, sent)

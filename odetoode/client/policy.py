@@ -1,21 +1,5 @@
-"""Synchronous robot client for ``odetoode.v1.PolicyService`` (``odetoode.client.aio`` has the asyncio one).
-
-Needs only ``grpcio``, ``protobuf`` and ``numpy``: the ``odetoode-client`` distribution.
-
-* one persistent channel per client, with keepalive pings every 10 s (the server accepts one every 5 s, so no
-  GOAWAY "too_many_pings") and gRPC's own retry policy: unary calls are retried with exponential back-off on
-  UNAVAILABLE (a server restarting, a connection being re-established);
-* a deadline on every call (``timeout``);
-* ``control_loop``: a fixed-rate loop over ``ActStream`` that survives server restarts (it reconnects with back-off,
-  counting the cycles it could not serve) and reports the achieved rate and latency percentiles.
-
-Example::
-
-    with PolicyClient("localhost:8001") as client:
-        info = client.get_policy("halfcheetah")
-        action = client.act("halfcheetah", observation)            # Action(values=..., sequence=0, ...)
-        report = client.control_loop("halfcheetah", hz=100, on_observation=lambda seq, act: read_sensors())
-"""
+"""Synchronous robot client for ``odetoode.v1.PolicyService`` (``odetoode.client.aio`` has the asyncio one); the
+package's docstring says what the clients promise (channel policy, deadlines, control loops)."""
 
 from __future__ import annotations
 
