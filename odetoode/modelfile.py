@@ -11,28 +11,23 @@ and action clipping inside; a classifier maps ``image [batch, 1, 28, 28] float32
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 FORMAT_VERSION = "1"
 PREFIX = "odetoode."
 
 Kind = Literal["policy", "classifier"]
 KINDS: tuple[str, ...] = ("policy", "classifier")
-ARCHS: tuple[str, ...] = (
-    "iso-odetoode",
-    "gated-odetoode",
-    "deepnet",
-    "deepresnet",
-    "baseode",
-    "nanode",
-    "hypernet",
-    "dense",
-)
+Arch = Literal["iso-odetoode", "gated-odetoode", "deepnet", "deepresnet", "baseode", "nanode", "hypernet", "dense"]
+"""The architectures a model file may name; the trainer's registry (``trainer.models.ARCHITECTURES``) has exactly
+these keys."""
+ARCHS: tuple[str, ...] = get_args(Arch)
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 """Model names a repository may hold: no path separators, no leading dot, at most 64 characters."""
@@ -135,6 +130,89 @@ class Golden:
         return cls(inputs, outputs, float(value.get("rtol", 1e-4)), float(value.get("atol", 1e-5)))
 
 
+@dataclass(frozen=True, eq=False)
+class TrainingRecord(Mapping[str, Any]):
+    """How a model was made: the provenance stored as ``odetoode.training`` (a JSON object).
+
+    Every field is optional: ``None`` (and empty ``metrics``) are left out of the JSON. The record reads as the
+    mapping it serializes to (``dict(record)``, ``record["metrics"]``), which is what the server shows. Reading is
+    tolerant: keys written by other exporters, and known keys holding a value of an unexpected type, are kept
+    verbatim in ``other`` so a round trip loses nothing.
+    """
+
+    command: str | None = None
+    """The command line that made the model (``python -m trainer ...``); a resumed run joins its commands with
+    `` && ``."""
+    seed: int | None = None
+    """The seed of parameters, perturbations and data order."""
+    env: str | None = None
+    """What the model learned from: the environment id of a policy, the training set of a classifier."""
+    iterations: int | None = None
+    """ES iterations or supervised epochs completed (0 for an untrained model)."""
+    env_steps: int | None = None
+    """Environment steps consumed by training (policies)."""
+    wall_s: float | None = None
+    """Training wall time in seconds."""
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    """Named results: ``eval_return``, ``test_accuracy_<corruption>``, ``onnx_eval_return_<n>_episodes``..."""
+    note: str | None = None
+    """Free text, e.g. why a model is untrained."""
+    other: Mapping[str, Any] = field(default_factory=dict)
+    """Keys this version does not know, kept as read."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object: known fields in declaration order (``None`` and empty ``metrics`` left out), then
+        ``other``."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value: Any = getattr(self, f.name)
+            if f.name == "other" or value is None or (f.name == "metrics" and not value):
+                continue
+            out[f.name] = dict(value) if f.name == "metrics" else value
+        out.update(self.other)
+        return out
+
+    @classmethod
+    def from_mapping(cls, value: Mapping[str, Any]) -> TrainingRecord:
+        """A record from its JSON object (any key set; see the class docstring for what is kept where)."""
+        known: dict[str, Any] = {}
+        other: dict[str, Any] = {}
+        for key, item in value.items():
+            accepts = _TRAINING_TYPES.get(key)
+            if accepts is not None and item is None:
+                continue  # a known key left empty reads as the field's default
+            if accepts is not None and isinstance(item, accepts) and not isinstance(item, bool):
+                known[key] = dict(item) if isinstance(item, dict) else item
+            else:
+                other[key] = item
+        return cls(**known, other=other)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_dict())
+
+    def __len__(self) -> int:
+        return len(self.to_dict())
+
+    def __repr__(self) -> str:
+        return f"TrainingRecord({self.to_dict()!r})"
+
+
+_TRAINING_TYPES: dict[str, type | tuple[type, ...]] = {
+    "command": str,
+    "seed": int,
+    "env": str,
+    "iterations": int,
+    "env_steps": int,
+    "wall_s": (int, float),
+    "metrics": dict,
+    "note": str,
+}
+"""What ``TrainingRecord.from_mapping`` accepts for each known key (``bool`` is never taken for a number)."""
+
+
 @dataclass(frozen=True)
 class ModelDescription:
     """Everything an odetoode ONNX file states about itself (docs/models.md lists the keys)."""
@@ -149,7 +227,7 @@ class ModelDescription:
     action_space: Box | None = None
     obs_normalization: Normalization | None = None
     lipschitz_bound: float | None = None
-    training: Mapping[str, Any] = field(default_factory=dict)
+    training: TrainingRecord = field(default_factory=TrainingRecord)
     format: str = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -181,7 +259,7 @@ class ModelDescription:
             "steps": str(self.steps),
             "hidden": str(self.hidden),
             "golden": self.golden.to_json(),
-            "training": dict(self.training),
+            "training": self.training.to_dict(),
         }
         if self.env_id is not None:
             props["env_id"] = self.env_id
@@ -240,7 +318,7 @@ class ModelDescription:
             action_space=None if act is None else Box.from_json(act, PREFIX + "action_space"),
             obs_normalization=None if norm is None else Normalization.from_json(norm, PREFIX + "obs_normalization"),
             lipschitz_bound=None if bound is None else _float(bound, PREFIX + "lipschitz_bound"),
-            training=training,
+            training=TrainingRecord.from_mapping(training),
             format=str(fmt),
         )
 

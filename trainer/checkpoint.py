@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from odetoode.modelfile import Box, Kind, Normalization
+from odetoode.modelfile import Box, Kind, Normalization, TrainingRecord
 from trainer.models import FlowModel, build_model
 
 CHECKPOINT_FORMAT = 1
@@ -36,13 +36,16 @@ class Checkpoint:
     observation_space: Box | None = None
     action_space: Box | None = None
     normalization: Normalization | None = None
-    training: dict[str, Any] = field(default_factory=dict)
+    training: TrainingRecord = field(default_factory=TrainingRecord)
+    """Provenance, carried into the exported file's ``odetoode.training``."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Trainer-specific state for resuming (optimizer moments, iteration, RNG state)."""
 
     @classmethod
     def from_model(cls, model: FlowModel, kind: Kind, **fields: Any) -> Checkpoint:
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        """The model's current parameter values; a parametrized one (the supervised ``W_0 = exp(A - A^T) W``) is
+        stored as its value, so ``model()`` rebuilds a plain model that computes the same function."""
+        state = {name: getattr(model, name).detach().clone() for name in model.manifolds}
         return cls(arch=model.arch, kind=kind, config=dict(model.config), state_dict=state, **fields)
 
     def model(self, dtype: torch.dtype = torch.float32) -> FlowModel:
@@ -66,7 +69,7 @@ class Checkpoint:
             "observation_space": None if self.observation_space is None else self.observation_space.to_json(),
             "action_space": None if self.action_space is None else self.action_space.to_json(),
             "normalization": None if self.normalization is None else self.normalization.to_json(),
-            "training": self.training,
+            "training": self.training.to_dict(),
             "extra": self.extra,
         }
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -106,6 +109,6 @@ class Checkpoint:
             observation_space=box("observation_space"),
             action_space=box("action_space"),
             normalization=None if norm is None else Normalization.from_json(norm, "normalization"),
-            training=payload.get("training") or {},
+            training=TrainingRecord.from_mapping(payload.get("training") or {}),
             extra=payload.get("extra") or {},
         )

@@ -1,96 +1,40 @@
-"""``python -m trainer <command>``: the trainer's command line."""
+"""``python -m trainer <command>``: the trainer's command line.
+
+One ``tyro`` CLI: each subcommand is a dataclass below (``COMMANDS``), its docstring the help text, a docstring under
+every field, so ``--help`` shows every default and every choice. A command's ``run`` gets the command line as typed,
+which training records as its provenance.
+"""
 
 from __future__ import annotations
 
-import argparse
+import shlex
 import signal
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal, Protocol
 
 import torch
 import tyro
 
-from odetoode.modelfile import Box, Normalization
+from odetoode.modelfile import Arch, Box, Kind, Normalization, TrainingRecord
 from trainer.checkpoint import Checkpoint
-from trainer.es_training import ESConfig, ESRun, export_run
-from trainer.export import ExportedModel, PolicySpec, export_classifier, export_policy, write_to_repository
-from trainer.models import ARCHITECTURES, build_model
-from trainer.plots import plot_learning_curves
+from trainer.es_training import ESConfig, ESRun
+from trainer.evaluate import EVALUATION_SEED_BASE
+from trainer.experiments.reproduce import Claim, ReproductionBudget
+from trainer.models import build_model
+from trainer.provenance import PROG
+from trainer.supervised import SupervisedConfig
+
+Flattened = tyro.conf.arg(name="")
+"""A nested configuration whose fields read as the command's own (``--env``, not ``--config.env``)."""
 
 
-def _export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "export",
-        help="export a checkpoint (or a freshly initialized model) to the model repository as unrolled ONNX",
-        description="Export a model to <repository>/<name>/<version>/model.onnx with its flow unrolled, golden "
-        "I/O, parity-checked against the float64 torch reference, plus a model card.",
-    )
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", type=Path, help="a checkpoint written by a trainer command")
-    source.add_argument("--init", choices=sorted(ARCHITECTURES), help="export an untrained, randomly initialized model")
-    p.add_argument("--name", required=True, help="model name in the repository (letters, digits, '_', '-', '.')")
-    p.add_argument("--repository", type=Path, default=Path("models"), help="model repository root (default: models)")
-    p.add_argument("--version", type=int, help="version number (default: one past the latest)")
-    init = p.add_argument_group("with --init")
-    init.add_argument("--kind", choices=["policy", "classifier"], default="policy")
-    init.add_argument("--observation-dim", type=int, default=17, help="policy input size (default 17)")
-    init.add_argument("--action-dim", type=int, default=6, help="policy output size (default 6)")
-    init.add_argument("--action-bound", type=float, default=1.0, help="actions are clipped to [-b, b] (default 1)")
-    init.add_argument("--env-id", help="environment the policy is meant for (recorded only)")
-    init.add_argument("--hidden", type=int, default=16)
-    init.add_argument("--steps", type=int, default=25)
-    init.add_argument("--seed", type=int, default=0)
-    p.set_defaults(run=_run_export)
-
-
-def _run_export(args: argparse.Namespace) -> int:
-    command = "python -m trainer " + " ".join(sys.argv[1:])
-    if args.checkpoint is not None:
-        ckpt = Checkpoint.load(args.checkpoint)
-        model = ckpt.model()
-        training = dict(ckpt.training) or {"command": command}
-        if ckpt.kind == "policy":
-            if ckpt.observation_space is None or ckpt.action_space is None or ckpt.normalization is None:
-                raise SystemExit(f"{args.checkpoint}: a policy checkpoint needs spaces and normalization to export")
-            spec = PolicySpec(ckpt.observation_space, ckpt.action_space, ckpt.normalization, ckpt.env_id)
-            exported: ExportedModel = export_policy(model, spec, training=training)
-        else:
-            exported = export_classifier(model, training=training)
-    else:
-        torch.manual_seed(args.seed)
-        generator = torch.Generator().manual_seed(args.seed)
-        training = {
-            "command": command,
-            "seed": args.seed,
-            "iterations": 0,
-            "wall_s": 0.0,
-            "metrics": {},
-            "note": "untrained: parameters randomly initialized, for tests and benchmarks",
-        }
-        if args.kind == "policy":
-            d, m = args.observation_dim, args.action_dim
-            model = build_model(args.init, d, m, hidden=args.hidden, steps=args.steps, generator=generator)
-            spec = PolicySpec(
-                observation_space=Box((d,), (float("-inf"),) * d, (float("inf"),) * d),
-                action_space=Box((m,), (-args.action_bound,) * m, (args.action_bound,) * m),
-                normalization=Normalization((0.0,) * d, (1.0,) * d, 5.0),
-                env_id=args.env_id,
-            )
-            exported = export_policy(model, spec, training=training)
-        else:
-            model = build_model(args.init, 784, 10, hidden=args.hidden, steps=args.steps, generator=generator)
-            exported = export_classifier(model, training=training)
-    target = write_to_repository(exported, args.repository, args.name, args.version)
-    bound = exported.description.lipschitz_bound
-    print(f"wrote {target / 'model.onnx'}")
-    print(f"  {exported.description.arch} {exported.description.kind}, {exported.parameters} parameters")
-    print(f"  parity vs float64 torch: {exported.parity}")
-    if bound is not None:
-        print(f"  certified Lipschitz bound: {bound:.6g}")
-    return 0
+class Command(Protocol):
+    def run(self, command: str) -> int:
+        """Does the work; ``command`` is the command line as typed. Returns the exit status."""
+        ...
 
 
 @dataclass
@@ -100,7 +44,7 @@ class ESCommand:
     Example: python -m trainer es --env HalfCheetah-v5 --arch iso-odetoode --iterations 100 --out runs/cheetah
     """
 
-    config: Annotated[ESConfig, tyro.conf.arg(name="")]
+    config: Annotated[ESConfig, Flattened]
     out: Path = Path("runs/es")
     """Run directory: log.jsonl, config.json, checkpoint.pt (latest), best.pt (best evaluated)."""
     resume: bool = False
@@ -114,6 +58,28 @@ class ESCommand:
     export_episodes: int = 20
     """Episodes of the ONNX Runtime evaluation recorded in the exported model card."""
 
+    def run(self, command: str) -> int:
+        _terminate_gracefully()
+        if self.resume and (self.out / "checkpoint.pt").is_file():
+            run = ESRun.resume(self.out, overrides=self.config, command=command)
+            print(f"resuming {self.out} at iteration {run.state.iteration}")
+        else:
+            run = ESRun(self.config, self.out, command=command)
+        try:
+            state = run.train()
+        except KeyboardInterrupt:
+            print(f"interrupted after iteration {run.state.iteration}; continue with --out {self.out} --resume",
+                  file=sys.stderr)  # fmt: skip
+            return 130
+        print(f"done: {state.iteration} iterations, {state.env_steps} env steps, {state.wall_s:.0f} s, "
+              f"best evaluation return {state.best_reward:.1f}")  # fmt: skip
+        if self.export:
+            from trainer.publish import export_checkpoint
+
+            published = export_checkpoint(self.out, self.export, self.repository, episodes=self.export_episodes)
+            print(f"exported {published.path / 'model.onnx'}")
+        return 0
+
 
 def _terminate_gracefully() -> None:
     """SIGTERM ends a run like Ctrl-C: cleanup (worker pools) runs; the last iteration's checkpoint is on disk."""
@@ -124,128 +90,269 @@ def _terminate_gracefully() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def _run_es(argv: Sequence[str]) -> int:
-    cmd = tyro.cli(ESCommand, args=list(argv), prog="python -m trainer es",
-                   config=(tyro.conf.FlagConversionOff,))  # fmt: skip
-    _terminate_gracefully()
-    if cmd.resume and (cmd.out / "checkpoint.pt").is_file():
-        run = ESRun.resume(cmd.out, overrides=cmd.config, command="python -m trainer " + " ".join(sys.argv[1:]))
-        print(f"resuming {cmd.out} at iteration {run.state.iteration}")
-    else:
-        run = ESRun(cmd.config, cmd.out)
-    try:
-        state = run.train()
-    except KeyboardInterrupt:
-        print(f"interrupted after iteration {run.state.iteration}; continue with --out {cmd.out} --resume True",
-              file=sys.stderr)  # fmt: skip
-        return 130
-    print(f"done: {state.iteration} iterations, {state.env_steps} env steps, {state.wall_s:.0f} s, "
-          f"best evaluation return {state.best_reward:.1f}")  # fmt: skip
-    if cmd.export:
-        target = export_run(cmd.out, cmd.export, cmd.repository, episodes=cmd.export_episodes)
-        print(f"exported {target / 'model.onnx'}")
-    return 0
+@dataclass
+class UntrainedModel:
+    """With --init: the randomly initialized model to export (for tests and benchmarks)."""
+
+    kind: Kind = "policy"
+    """With --init: a policy (observation -> action) or a digits classifier (image -> logits)."""
+    observation_dim: int = 17
+    """With --init: the policy's input size."""
+    action_dim: int = 6
+    """With --init: the policy's output size."""
+    action_bound: float = 1.0
+    """With --init: actions are clipped to [-b, b]."""
+    env_id: str | None = None
+    """With --init: the environment the policy is meant for (recorded only)."""
+    hidden: int = 16
+    """With --init: hidden size h."""
+    steps: int = 25
+    """With --init: Euler steps N."""
+    seed: int = 0
+    """With --init: seeds the initialization."""
+
+    def checkpoint(self, arch: Arch, command: str) -> Checkpoint:
+        generator = torch.Generator().manual_seed(self.seed)
+        note = "untrained: parameters randomly initialized, for tests and benchmarks"
+        record = TrainingRecord(command=command, seed=self.seed, env=self.env_id, iterations=0, wall_s=0.0, note=note)
+        if self.kind == "classifier":
+            from trainer.supervised import CLASSES, PIXELS
+
+            model = build_model(arch, PIXELS, CLASSES, hidden=self.hidden, steps=self.steps, generator=generator)
+            return Checkpoint.from_model(model, "classifier", training=record)
+        d, m, b = self.observation_dim, self.action_dim, self.action_bound
+        model = build_model(arch, d, m, hidden=self.hidden, steps=self.steps, generator=generator)
+        return Checkpoint.from_model(
+            model, "policy", env_id=self.env_id, training=record,
+            observation_space=Box((d,), (float("-inf"),) * d, (float("inf"),) * d),
+            action_space=Box((m,), (-b,) * m, (b,) * m),
+            normalization=Normalization((0.0,) * d, (1.0,) * d, 5.0),
+        )  # fmt: skip
 
 
-def _plot_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("plot", help="draw learning curves (mean +- std over seeds) of ES runs to a PNG")
-    p.add_argument("runs", nargs="+", type=Path, help="run directories (each with log.jsonl and config.json)")
-    p.add_argument("--out", type=Path, required=True, help="PNG file to write")
-    p.add_argument("--x", default="env_steps", help="x axis: env_steps, wall_s or iteration")
-    p.add_argument("--y", default="eval_return", help="y axis: eval_return or reward_mean")
+@dataclass
+class ExportCommand:
+    """Export a checkpoint, a run directory or a freshly initialized model to the model repository as unrolled ONNX.
 
-    def run(args: argparse.Namespace) -> int:
-        print(f"wrote {plot_learning_curves(args.runs, args.out, x=args.x, y=args.y)}")
+    Writes <repository>/<name>/<version>/model.onnx with its flow unrolled, golden I/O, parity-checked against the
+    float64 torch reference, plus a model card. Give exactly one of --checkpoint and --init.
+    """
+
+    name: str
+    """Model name in the repository (letters, digits, '_', '-', '.')."""
+    checkpoint: Path | None = None
+    """A checkpoint, or a run directory (its best.pt, else checkpoint.pt; an ES run adds its learning curve)."""
+    init: Arch | None = None
+    """Export an untrained, randomly initialized model of this architecture instead."""
+    repository: Path = Path("models")
+    """Model repository root."""
+    version: int | None = None
+    """Version number (default: one past the latest)."""
+    episodes: int = 0
+    """Policies: episodes of an ONNX Runtime evaluation recorded in the model and its card (0: none)."""
+    untrained: Annotated[UntrainedModel, Flattened] = field(default_factory=UntrainedModel)
+
+    def run(self, command: str) -> int:
+        from trainer.export import ExportError
+        from trainer.publish import export_checkpoint
+
+        if (self.checkpoint is None) == (self.init is None):
+            raise SystemExit("export: give exactly one of --checkpoint and --init")
+        source = self.checkpoint if self.init is None else self.untrained.checkpoint(self.init, command)
+        assert source is not None
+        try:
+            published = export_checkpoint(source, self.name, self.repository, version=self.version,
+                                          episodes=self.episodes)  # fmt: skip
+        except ExportError as exc:
+            raise SystemExit(f"{self.checkpoint or self.init}: {exc}") from None
+        d = published.exported.description
+        print(f"wrote {published.path / 'model.onnx'}")
+        print(f"  {d.arch} {d.kind}, {published.exported.parameters} parameters")
+        print(f"  parity vs float64 torch: {published.exported.parity}")
+        if d.lipschitz_bound is not None:
+            print(f"  certified Lipschitz bound: {d.lipschitz_bound:.6g}")
         return 0
 
-    p.set_defaults(run=run)
+
+@dataclass
+class PlotCommand:
+    """Draw learning curves (mean +- std over seeds) of ES runs to a PNG."""
+
+    runs: tyro.conf.Positional[tuple[Path, ...]]
+    """Run directories (each with log.jsonl and config.json)."""
+    out: Path
+    """PNG file to write."""
+    x: Literal["env_steps", "wall_s", "iteration"] = "env_steps"
+    """The x axis."""
+    y: Literal["eval_return", "reward_mean"] = "eval_return"
+    """The y axis."""
+
+    def run(self, command: str) -> int:
+        from trainer.plots import plot_learning_curves
+
+        if not self.runs:
+            raise SystemExit("plot: give at least one run directory")
+        print(f"wrote {plot_learning_curves(self.runs, self.out, x=self.x, y=self.y)}")
+        return 0
 
 
-def _supervised_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("supervised", help="train one classifier on clean digits and test it on every corruption")
-    p.add_argument("--model", default="odetoode-1", help="dense-k, node, nanode-k, hypernet-k or odetoode-k")
-    p.add_argument("--width", type=int, default=128, help="hidden width (Table 1: 128, Table 2: 256)")
-    p.add_argument("--dropout", type=float, default=0.0, help="dropout rate (Table 2: 0.1)")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("runs/supervised"), help="run directory")
-    p.add_argument("--export", help="export the trained classifier into --repository under this name")
-    p.add_argument("--repository", type=Path, default=Path("models"))
-    p.add_argument("--from-run", type=Path, help="export this finished run (e.g. a table cell) instead of training")
+@dataclass
+class SupervisedCommand:
+    """Train one classifier on clean digits and test it on every corruption (a cell of Table 1 or 2)."""
 
-    def run(args: argparse.Namespace) -> int:
-        from trainer.supervised import SupervisedConfig, export_classifier_run, export_saved_run, train
+    config: Annotated[SupervisedConfig, Flattened]
+    out: Path = Path("runs/supervised")
+    """Run directory: result.json and checkpoint.pt."""
+    export: str | None = None
+    """Export the trained classifier into --repository under this name (a finished run: trainer export
+    --checkpoint RUN)."""
+    repository: Path = Path("models")
+    """Model repository for --export."""
 
-        if args.from_run is not None:
-            if not args.export:
-                raise SystemExit("--from-run needs --export NAME")
-            print(f"exported {export_saved_run(args.from_run, args.export, args.repository)}")
-            return 0
+    def run(self, command: str) -> int:
+        from trainer.supervised import train
 
-        config = SupervisedConfig(model=args.model, width=args.width, dropout=args.dropout, epochs=args.epochs,
-                                  seed=args.seed)  # fmt: skip
-        classifier, result = train(config, out=args.out)
+        _, result = train(self.config, out=self.out, command=command)
         for name, acc in result.accuracies.items():
             print(f"  {name:<14} {100 * acc:6.2f}%")
-        if args.export:
-            print(f"exported {export_classifier_run(classifier, result, args.export, args.repository)}")
+        if self.export:
+            from trainer.publish import export_checkpoint
+
+            print(f"exported {export_checkpoint(self.out, self.export, self.repository).path}")
         return 0
 
-    p.set_defaults(run=run)
 
+@dataclass
+class TableCommand:
+    """Reproduce Table 1 or 2 of the paper on digits-C (markdown + heat map), training the missing cells."""
 
-def _table_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("table", help="reproduce Table 1 or 2 of the paper on digits-C (markdown + heat map)")
-    p.add_argument("--table", type=int, choices=[1, 2], default=1)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--models", nargs="+", help="a subset of the table's columns")
-    p.add_argument("--runs", type=Path, default=Path("runs/supervised"), help="cache of trained cells")
-    p.add_argument("--docs", type=Path, default=Path("docs"), help="where tableN.md and figures/ go")
+    table: Literal[1, 2] = 1
+    """Table 1 (width 128) or Table 2 (width 256, dropout 0.1)."""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """Seeds per cell."""
+    epochs: int = 20
+    """Epochs per cell."""
+    models: tuple[str, ...] | None = None
+    """A subset of the table's columns (default: all of them)."""
+    runs: Path = Path("runs/supervised")
+    """Cache of trained cells."""
+    docs: Path = Path("docs")
+    """Where tableN.md and figures/ go."""
 
-    def run(args: argparse.Namespace) -> int:
+    def run(self, command: str) -> int:
         from trainer.experiments.tables import reproduce
 
-        print(f"wrote {reproduce(args.table, args.seeds, args.epochs, args.runs, args.docs, args.models)}")
+        print(f"wrote {reproduce(self.table, self.seeds, self.epochs, self.runs, self.docs, self.models)}")
         return 0
 
-    p.set_defaults(run=run)
 
+@dataclass
+class ReproduceCommand:
+    """Regenerate the figures and tables of docs/REPRODUCTION.md (trained runs are cached)."""
 
-def _reproduce_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("reproduce", help="regenerate the figures and tables of docs/REPRODUCTION.md (cached runs)")
-    p.add_argument("claims", nargs="+", help="gradients, deep, rl, table1, table2 or all")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--runs", type=Path, default=Path("runs/reproduce"), help="cache of trained runs")
-    p.add_argument("--docs", type=Path, default=Path("docs"))
-    from trainer.experiments.reproduce import BUDGET  # numpy only: keeps --help fast
+    claims: tyro.conf.Positional[tuple[Claim, ...]]
+    """What to regenerate."""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """Seeds of the trained claims."""
+    runs: Path = Path("runs/reproduce")
+    """Cache of trained runs."""
+    docs: Path = Path("docs")
+    """Where results/ and figures/ go."""
+    budget: Annotated[ReproductionBudget, Flattened] = field(default_factory=ReproductionBudget)
 
-    for key, default in BUDGET.items():  # defaults: the budgets of the committed results
-        help_ = "random instances per gradient-band cell" if key == "instances" else None
-        p.add_argument("--" + key.replace("_", "-"), type=int, default=default, help=help_)
+    def run(self, command: str) -> int:
+        from trainer.experiments.reproduce import run
 
-    def run(args: argparse.Namespace) -> int:
-        from trainer.experiments.reproduce import run as reproduce
-
-        options = {k: getattr(args, k) for k in BUDGET}
-        for path in reproduce(args.claims, docs=args.docs, runs=args.runs, seeds=args.seeds, options=options):
+        if not self.claims:
+            raise SystemExit("reproduce: name at least one claim (or all)")
+        for path in run(self.claims, docs=self.docs, runs=self.runs, seeds=self.seeds, budget=self.budget):
             print(f"wrote {path}")
         return 0
 
-    p.set_defaults(run=run)
+
+@dataclass
+class EvaluateCommand:
+    """Evaluate an exported ONNX policy in its environment; the policy runs on ONNX Runtime alone."""
+
+    model: tyro.conf.Positional[Path]
+    """Path to model.onnx."""
+    env: str | None = None
+    """Environment id (default: the model's odetoode.env_id)."""
+    episodes: int = 20
+    """Episodes, with seeds --seed, --seed + 1, ..."""
+    seed: int = EVALUATION_SEED_BASE
+    """First episode seed (training draws its seeds below the default)."""
+
+    def run(self, command: str) -> int:
+        from trainer.evaluate import evaluate_onnx
+
+        result = evaluate_onnx(self.model, self.env, self.episodes, self.seed)
+        print(f"{result.env_id}: mean return {result.mean:.1f} +- {result.std:.1f} over {len(result.returns)} "
+              f"episodes (seeds {result.seeds[0]}..{result.seeds[-1]})")  # fmt: skip
+        return 0
+
+
+@dataclass
+class GradientsCommand:
+    """Print the band of gradient-norm ratios (Lemma 4.1) each architecture reaches on random instances."""
+
+    arch: tuple[Arch, ...] = ("iso-odetoode", "gated-odetoode", "baseode", "nanode", "hypernet")
+    """Architectures to measure."""
+    steps: tuple[int, ...] = (10, 100, 1000)
+    """Depths N."""
+    hidden: int = 16
+    """Hidden size h."""
+    instances: int = 5
+    """Random instances per (architecture, depth)."""
+
+    def run(self, command: str) -> int:
+        from trainer.experiments.gradient_stability import band_report
+
+        for line in band_report(self.arch, self.steps, hidden=self.hidden, instances=self.instances):
+            print(line, flush=True)
+        return 0
+
+
+@dataclass
+class GridCommand:
+    """Draw every digits-C corruption (rows) on the same few test digits (columns) to a PNG."""
+
+    out: Path = Path("docs/figures/digits_c.png")
+    """PNG to write."""
+    examples: int = 8
+    """Test digits per row."""
+    seed: int = 0
+    """Corruption seed."""
+
+    def run(self, command: str) -> int:
+        from trainer.data.grid import render_grid
+
+        print(render_grid(self.out, examples=self.examples, seed=self.seed))
+        return 0
+
+
+COMMANDS: dict[str, Callable[..., Command]] = {
+    "es": ESCommand,
+    "export": ExportCommand,
+    "supervised": SupervisedCommand,
+    "evaluate": EvaluateCommand,
+    "plot": PlotCommand,
+    "table": TableCommand,
+    "reproduce": ReproduceCommand,
+    "gradients": GradientsCommand,
+    "grid": GridCommand,
+}
+
+
+def parse(argv: Sequence[str]) -> Command:
+    """The command ``argv`` (without the program name) asks for; exits with usage on bad arguments or --help."""
+    command: Command = tyro.extras.subcommand_cli_from_dict(
+        COMMANDS, prog=PROG, description="odetoode trainer: train, export and evaluate ODEtoODE models.",
+        args=list(argv),
+    )  # fmt: skip
+    return command
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["es"]:
-        sys.exit(_run_es(argv[1:]))
-    parser = argparse.ArgumentParser(prog="python -m trainer", description="odetoode trainer")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
-    sub.add_parser("es", help="train a policy with evolution strategies (see: python -m trainer es --help)")
-    _export_parser(sub)
-    _plot_parser(sub)
-    _supervised_parser(sub)
-    _table_parser(sub)
-    _reproduce_parser(sub)
-    args = parser.parse_args(argv)
-    sys.exit(args.run(args))
+    sys.exit(parse(argv).run(shlex.join([*PROG.split(), *argv])))

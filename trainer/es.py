@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from trainer.manifolds import Manifold, Stiefel
+from trainer.manifolds import Manifold, Stiefel, orthogonality_error
 
 Params = dict[str, torch.Tensor]
 Shaping = Literal["centered-ranks", "top-b"]
@@ -108,8 +108,19 @@ def ascend(params: Mapping[str, torch.Tensor], gradient: Mapping[str, torch.Tens
     return out
 
 
+def off_manifolds(params: Mapping[str, torch.Tensor], manifolds: Mapping[str, Manifold], atol: float = 1e-5
+                  ) -> dict[str, float]:  # fmt: skip
+    """The Stiefel/orthogonal parameters farther than ``atol`` from their manifolds, with their orthogonality
+    errors (empty when every one is on its manifold)."""
+    return {
+        name: float(orthogonality_error(p).max())
+        for name, p in params.items()
+        if isinstance(m := manifolds[name], Stiefel) and not m.in_manifold(p, atol)
+    }
+
+
 def on_manifolds(params: Mapping[str, torch.Tensor], manifolds: Mapping[str, Manifold], atol: float = 1e-5) -> bool:
-    return all(manifolds[n].in_manifold(p, atol) for n, p in params.items() if isinstance(manifolds[n], Stiefel))
+    return not off_manifolds(params, manifolds, atol)
 
 
 def step_size(base: float, iteration: int, decay: Literal["constant", "sqrt"]) -> float:

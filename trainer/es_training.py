@@ -3,7 +3,8 @@
 The loop is the paper's (Sec. 4.2, 5.1): antithetic perturbations of every parameter, one episode each, fitness
 shaping, and a Riemannian step for the Stiefel/orthogonal parameters. A run directory holds ``log.jsonl`` (one line
 per iteration), ``checkpoint.pt`` (the latest state, for ``--resume``) and ``best.pt`` (the best evaluated policy,
-with the normalization it was evaluated with), which ``--export`` writes into the model repository.
+with the normalization it was evaluated with), which ``--export`` writes into the model repository
+(``trainer.publish.export_checkpoint``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from odetoode.modelfile import Box, Normalization
+from odetoode.modelfile import Arch, Box, Normalization, TrainingRecord
 from trainer.checkpoint import Checkpoint
 from trainer.envs import EnvSpec, env_spec, make_env
 from trainer.es import (
@@ -29,15 +29,16 @@ from trainer.es import (
     RunningStats,
     ascend,
     estimate_gradient,
-    on_manifolds,
+    off_manifolds,
     population,
     sample_directions,
     shape_fitness,
     step_size,
 )
 from trainer.evaluate import EVALUATION_SEED_BASE
-from trainer.manifolds import Stiefel, orthogonality_error
+from trainer.manifolds import NotOnManifoldError
 from trainer.models import FlowModel, build_model
+from trainer.provenance import command_line
 from trainer.rollouts import Backend, RolloutRequest, make_backend
 
 
@@ -47,14 +48,14 @@ class ESConfig:
 
     env: str = "HalfCheetah-v5"
     """Environment id: a Gymnasium id or ``dmc:<domain>/<task>``."""
-    arch: str = "iso-odetoode"
-    """Policy architecture (see ``trainer.models.ARCHITECTURES``)."""
+    arch: Arch = "iso-odetoode"
+    """Policy architecture."""
     hidden: int = 16
     """Hidden size ``h`` (the paper: 16; 64 for Humanoid)."""
     steps: int = 25
     """Euler steps ``N`` of the flow (the paper: eta = 0.04, so N = 25)."""
-    model_options: dict[str, Any] = field(default_factory=dict)
-    """Extra architecture arguments, e.g. ``{"depth": 25}`` or ``{"degree": 5}``."""
+    model_options: dict[str, int] = field(default_factory=dict)
+    """Extra architecture arguments, e.g. ``depth 25`` (DeepNet) or ``degree 5`` (NANODE)."""
     directions: int = 100
     """Antithetic pairs per iteration; the paper's k = 200 perturbations is 100 pairs."""
     sigma: float = 0.1
@@ -124,12 +125,16 @@ class RunState:
 
 
 class ESRun:
-    """One training run in ``out``: ``train()`` runs (or resumes) it; ``best_checkpoint()`` is what gets exported."""
+    """One training run in ``out``: ``train()`` runs (or resumes) it; ``best_checkpoint()`` is what gets exported.
+
+    ``command`` is recorded as the run's provenance: the command line as typed when the CLI starts the run; by
+    default the configuration spelled as one (``trainer.provenance.command_line``).
+    """
 
     def __init__(self, config: ESConfig, out: Path, *, command: str | None = None) -> None:
         self.config = config
         self.out = out
-        self.command = command or "python -m trainer " + " ".join(sys.argv[1:])
+        self.command = command or command_line("es", config, out=out)
         self.spec: EnvSpec = env_spec(config.env)
         self.bonus = self.spec.survival_bonus if config.survival_bonus is None else config.survival_bonus
         generator = torch.Generator().manual_seed(config.seed)
@@ -153,14 +158,15 @@ class ESRun:
             observation_space=_observation_box(self.config.env),
             action_space=Box((self.spec.act_dim,), self.spec.action_low, self.spec.action_high),
             normalization=Normalization(tuple(mean.tolist()), tuple(std.tolist()), self.config.obs_clip),
-            training={
-                "command": self.command,
-                "seed": self.config.seed,
-                "iterations": self.state.iteration,
-                "env_steps": self.state.env_steps,
-                "wall_s": round(self.state.wall_s, 1),
-                "metrics": metrics,
-            },
+            training=TrainingRecord(
+                command=self.command,
+                seed=self.config.seed,
+                env=self.config.env,
+                iterations=self.state.iteration,
+                env_steps=self.state.env_steps,
+                wall_s=round(self.state.wall_s, 1),
+                metrics=metrics,
+            ),
             extra={
                 "es_config": dataclasses.asdict(self.config),
                 "run_state": dataclasses.asdict(self.state),
@@ -191,7 +197,7 @@ class ESRun:
         config = ESConfig(**ckpt.extra["es_config"])
         if overrides is not None:
             config = dataclasses.replace(config, **{k: getattr(overrides, k) for k in cls.RESUMABLE})
-        history = ckpt.training.get("command", "")
+        history = ckpt.training.command or ""
         run = cls(config, out, command=f"{history} && {command}" if command and history else (command or history))
         run.params = {n: v.to(torch.float64) for n, v in ckpt.state_dict.items()}
         run.state = RunState(**ckpt.extra["run_state"])
@@ -261,6 +267,8 @@ class ESRun:
         return record
 
     def train(self, backend: Backend | None = None, progress: bool = True) -> RunState:
+        """Runs iterations until ``config.iterations`` (or the time budget), checkpointing after each; raises
+        ``NotOnManifoldError`` if a constrained parameter ends off its manifold."""
         c = self.config
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.json").write_text(json.dumps(dataclasses.asdict(c), indent=2) + "\n")
@@ -288,62 +296,14 @@ class ESRun:
             bar.close()
             if own:
                 backend.close()
-        if not on_manifolds(self.params, self.model.manifolds):
-            raise RuntimeError("a Stiefel/orthogonal parameter left its manifold; this is a bug")
+        self.check_manifolds()
         return self.state
 
-
-def export_run(run_dir: Path, name: str, repository: Path, *, episodes: int = 20, version: int | None = None) -> Path:
-    """Exports ``run_dir/best.pt`` into the repository with an ONNX Runtime evaluation and its learning curve.
-
-    The evaluation runs the exported file with ONNX Runtime alone on ``episodes`` episodes whose seeds training
-    never used, and is recorded in the file's metadata and in the model card.
-    """
-    import tempfile
-
-    from trainer.evaluate import evaluate_onnx
-    from trainer.export import PolicySpec, export_policy, write_to_repository
-    from trainer.plots import plot_learning_curves
-
-    ckpt = Checkpoint.load(run_dir / "best.pt")
-    assert ckpt.observation_space and ckpt.action_space and ckpt.normalization
-    spec = PolicySpec(ckpt.observation_space, ckpt.action_space, ckpt.normalization, ckpt.env_id)
-    model = ckpt.model(dtype=torch.float64)
-    # How far the Riemannian updates let the constrained parameters drift from their manifolds (should be ~1e-13).
-    drift = max(
-        (float(orthogonality_error(p.detach()).max()) for n, p in model.named_parameters()
-         if isinstance(model.manifolds[n], Stiefel)),
-        default=0.0,
-    )  # fmt: skip
-    exported = export_policy(model, spec, training=ckpt.training)
-    with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = Path(tmp) / "model.onnx"
-        exported.save(onnx_path)
-        evaluation = evaluate_onnx(onnx_path, ckpt.env_id, episodes)
-        curve = plot_learning_curves([run_dir], Path(tmp) / "learning_curve.png", title=name)
-        png = curve.read_bytes()
-    training = dict(ckpt.training)
-    metrics = dict(training.get("metrics", {}))
-    metrics.update({
-        f"onnx_eval_return_{episodes}_episodes": round(evaluation.mean, 2),
-        f"onnx_eval_return_std_{episodes}_episodes": round(evaluation.std, 2),
-        "onnx_eval_seeds": f"{evaluation.seeds[0]}..{evaluation.seeds[-1]} (never used in training)",
-        "stiefel_orthogonality_error_max": float(f"{drift:.3g}"),
-    })  # fmt: skip
-    training["metrics"] = metrics
-    exported = exported.with_training(training)
-    exported.card_sections = [
-        "## Evaluation",
-        "",
-        f"ONNX Runtime alone, {episodes} episodes of `{ckpt.env_id}` with seeds {evaluation.seeds[0]}.."
-        f"{evaluation.seeds[-1]} (training drew its episode seeds below {EVALUATION_SEED_BASE}): "
-        f"mean return **{evaluation.mean:.1f}** +- {evaluation.std:.1f} "
-        f"(min {min(evaluation.returns):.1f}, max {max(evaluation.returns):.1f}).",
-        "",
-        "Reproduce: `python -m trainer.evaluate model.onnx --episodes 20`",
-        "",
-        "## Learning curve",
-        "",
-        "![learning curve](learning_curve.png)",
-    ]
-    return write_to_repository(exported, repository, name, version, extra_files={"learning_curve.png": png})
+    def check_manifolds(self, atol: float = 1e-5) -> None:
+        """Raises ``NotOnManifoldError`` naming every Stiefel/orthogonal parameter farther than ``atol`` from its
+        manifold (the Riemannian steps keep them on it up to rounding: one that left is a bug)."""
+        off = off_manifolds(self.params, self.model.manifolds, atol)
+        if off:
+            errors = ", ".join(f"{name} (orthogonality error {error:.3g})" for name, error in off.items())
+            raise NotOnManifoldError(f"parameters left their manifolds after iteration {self.state.iteration}: "
+                                     f"{errors}; this is a bug")  # fmt: skip

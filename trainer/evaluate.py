@@ -2,12 +2,11 @@
 
 This is the check a user can run on a bundled model: the file, ONNX Runtime and the environment, nothing of the
 trainer. Evaluation seeds start at ``EVALUATION_SEED_BASE``; training draws its episode seeds below it, so the two
-never overlap.
+never overlap. On the command line: ``python -m trainer evaluate model.onnx --episodes 20``.
 """
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,17 +74,9 @@ def evaluate_onnx(path: str | Path, env_id: str | None = None, episodes: int = 2
     return Evaluation(env_id, tuple(r for r, _ in results), tuple(n for _, n in results), seeds)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Evaluate an exported ONNX policy with ONNX Runtime alone.")
-    parser.add_argument("model", type=Path, help="path to model.onnx")
-    parser.add_argument("--env", help="environment id (default: the model's odetoode.env_id)")
-    parser.add_argument("--episodes", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=EVALUATION_SEED_BASE)
-    args = parser.parse_args(argv)
-    result = evaluate_onnx(args.model, args.env, args.episodes, args.seed)
-    print(f"{result.env_id}: mean return {result.mean:.1f} +- {result.std:.1f} over {len(result.returns)} episodes "
-          f"(seeds {result.seeds[0]}..{result.seeds[-1]})")  # fmt: skip
+if __name__ == "__main__":  # the spelling the model cards of the bundled models give; the CLI does the work
+    import sys
 
+    from trainer.cli import main
 
-if __name__ == "__main__":
-    main()
+    main(["evaluate", *sys.argv[1:]])

@@ -1,15 +1,18 @@
 """Export: a trained model -> a self-describing ONNX file with its flow unrolled, checked, in a model repository.
 
-Steps (``export_policy`` / ``export_classifier``):
+One pipeline (``export_model``) for both kinds; what differs between a policy and a classifier is its ``ExportSpec``
+(``PolicySpec`` / ``ClassifierInputs``): the graph, the inputs it is checked on, the float64 reference, and the
+description fields. Steps:
 
 1. ``model.unroll()``: every constant of the flow computed in float64 (``W_1..W_N`` by exact matrix exponentials);
 2. the ONNX graph, with normalization and action clipping baked in for policies (``trainer.onnx_graph``);
-3. golden input/output pairs from the float64 torch reference, which the service re-checks at load;
-4. parity: ONNX Runtime must reproduce the reference within ``PARITY_RTOL`` at batch 1 and 256, or export fails;
+3. parity: ONNX Runtime must reproduce the reference within ``PARITY_RTOL`` at batch 1 and 256, or export fails;
+4. golden input/output pairs from the float64 torch reference, which the service re-checks at load;
 5. ``metadata_props`` per ``odetoode.modelfile`` (kind, arch, spaces, normalization, Lipschitz bound, provenance).
 
 ``write_to_repository`` then places ``<name>/<version>/model.onnx`` and a model card atomically, so a server
-polling the repository never sees half a version.
+polling the repository never sees half a version. ``trainer.publish.export_checkpoint`` runs all of it for a
+checkpoint or a run directory.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import onnx
@@ -27,17 +30,53 @@ import onnxruntime as ort
 import torch
 
 from odetoode.layout import MODEL_FILE, next_version, write_version
-from odetoode.modelfile import IMAGE_SHAPE, Box, Golden, ModelDescription, Normalization
+from odetoode.modelfile import (
+    CLASSIFIER_INPUT,
+    IMAGE_SHAPE,
+    POLICY_INPUT,
+    Box,
+    Golden,
+    Kind,
+    ModelDescription,
+    Normalization,
+    TrainingRecord,
+)
 from trainer.models import FlowModel
 from trainer.onnx_graph import OPSET, classifier_graph, policy_graph
 from trainer.program import Program
 
 PARITY_RTOL = 1e-5
 """Max-norm relative error allowed between ONNX Runtime (float32) and the float64 torch reference."""
+CHECK_BATCH = 256
+"""Inputs drawn for the parity check (batches 1 and ``CHECK_BATCH``); the golden pairs are the first of them."""
 
 
 class ExportError(RuntimeError):
-    """The exported graph failed a check (parity, shapes); nothing was written."""
+    """The exported graph failed a check (parity, shapes) or the model lacks what its kind needs; nothing was
+    written."""
+
+
+class ExportSpec(Protocol):
+    """What one kind of model file needs beyond the network: everything ``export_model`` does differently."""
+
+    kind: ClassVar[Kind]
+    input_name: ClassVar[str]
+
+    def graph(self, program: Program, name: str) -> onnx.ModelProto:
+        """The ONNX graph of the unrolled program."""
+        ...
+
+    def check_inputs(self, rng: np.random.Generator, in_features: int) -> np.ndarray:
+        """``CHECK_BATCH`` float64 inputs, in the graph's input shape, for parity and golden pairs."""
+        ...
+
+    def reference(self, program: Program, inputs: np.ndarray) -> np.ndarray:
+        """The float64 torch evaluation of what the graph computes (its first output)."""
+        ...
+
+    def description_fields(self) -> dict[str, Any]:
+        """The ``ModelDescription`` fields of this kind (spaces, normalization, environment)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -48,6 +87,56 @@ class PolicySpec:
     action_space: Box
     normalization: Normalization
     env_id: str | None = None
+
+    kind: ClassVar[Kind] = "policy"
+    input_name: ClassVar[str] = POLICY_INPUT
+
+    def graph(self, program: Program, name: str) -> onnx.ModelProto:
+        return policy_graph(program, self.normalization, self.action_space, name=name)
+
+    def check_inputs(self, rng: np.random.Generator, in_features: int) -> np.ndarray:
+        # Observations spread over (and a little past) the normalization's clip range, in raw units.
+        mean, std = np.asarray(self.normalization.mean), np.asarray(self.normalization.std)
+        return mean + std * rng.normal(size=(CHECK_BATCH, in_features)) * 2.0
+
+    def reference(self, program: Program, inputs: np.ndarray) -> np.ndarray:
+        return policy_reference(program, self, inputs)
+
+    def description_fields(self) -> dict[str, Any]:
+        return {
+            "env_id": self.env_id,
+            "observation_space": self.observation_space,
+            "action_space": self.action_space,
+            "obs_normalization": self.normalization,
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class ClassifierInputs:
+    """A classifier graph ``image [batch, 1, 28, 28] -> logits, probabilities`` needs only example images:
+    ``samples`` (``[n, 1, 28, 28]`` in [0, 1]) become the first check inputs and so the golden pairs; uniform noise
+    fills the rest."""
+
+    samples: np.ndarray | None = None
+
+    kind: ClassVar[Kind] = "classifier"
+    input_name: ClassVar[str] = CLASSIFIER_INPUT
+
+    def graph(self, program: Program, name: str) -> onnx.ModelProto:
+        return classifier_graph(program, name=name)
+
+    def check_inputs(self, rng: np.random.Generator, in_features: int) -> np.ndarray:
+        inputs = rng.uniform(0.0, 1.0, size=(CHECK_BATCH, *IMAGE_SHAPE))
+        if self.samples is not None:
+            sample = np.asarray(self.samples, dtype=np.float64).reshape(-1, *IMAGE_SHAPE)[:CHECK_BATCH]
+            inputs[: len(sample)] = sample
+        return inputs
+
+    def reference(self, program: Program, inputs: np.ndarray) -> np.ndarray:
+        return classifier_reference(program, inputs)
+
+    def description_fields(self) -> dict[str, Any]:
+        return {}
 
 
 @dataclass
@@ -68,9 +157,9 @@ class ExportedModel:
     def card(self, name: str, version: int) -> str:
         return model_card(self, name, version)
 
-    def with_training(self, training: Mapping[str, Any]) -> ExportedModel:
+    def with_training(self, training: TrainingRecord) -> ExportedModel:
         """The same model with its ``odetoode.training`` record replaced (e.g. to add an evaluation)."""
-        description = dataclasses.replace(self.description, training=_training_record(training))
+        description = dataclasses.replace(self.description, training=training)
         proto = onnx.ModelProto()
         proto.CopyFrom(self.proto)
         del proto.metadata_props[:]
@@ -112,7 +201,7 @@ def _parity(
     session: ort.InferenceSession, input_name: str, reference: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray
 ) -> dict[str, float]:
     out: dict[str, float] = {}
-    for batch in (1, 256):
+    for batch in (1, CHECK_BATCH):
         x = inputs[:batch].astype(np.float32)
         actual = session.run(None, {input_name: x})[0]
         out[f"batch_{batch}"] = max_relative_error(actual, reference(x.astype(np.float64)))
@@ -133,84 +222,69 @@ def _golden(inputs: np.ndarray, outputs: np.ndarray) -> Golden:
     )
 
 
-def _training_record(training: Mapping[str, Any] | None) -> dict[str, Any]:
-    record = dict(training or {})
-    json.dumps(record, allow_nan=False)  # fail here, not in the service, if provenance is not plain JSON
-    return record
+def _record(training: TrainingRecord | Mapping[str, Any] | None) -> TrainingRecord:
+    if isinstance(training, TrainingRecord):
+        return training
+    return TrainingRecord.from_mapping(training or {})
+
+
+def export_model(
+    model: FlowModel,
+    spec: ExportSpec,
+    *,
+    training: TrainingRecord | Mapping[str, Any] | None = None,
+    golden: int = 4,
+    seed: int = 0,
+) -> ExportedModel:
+    """Exports ``model`` as the kind ``spec`` describes; raises ``ExportError`` if ONNX Runtime disagrees with
+    torch. ``training`` (a mapping is read as ``TrainingRecord.from_mapping`` does) becomes ``odetoode.training``;
+    ``seed`` draws the check inputs, the first ``golden`` of which become the golden pairs."""
+    program = model.unroll()
+    proto = spec.graph(program, f"{model.arch}-{spec.kind}")
+    inputs = spec.check_inputs(np.random.default_rng(seed), model.in_features)
+
+    def reference(x: np.ndarray) -> np.ndarray:
+        return spec.reference(program, x)
+
+    parity = _parity(cpu_session(proto), spec.input_name, reference, inputs)
+    golden_inputs = inputs[:golden].astype(np.float32).astype(np.float64)  # what the service will feed, exactly
+    description = ModelDescription(
+        kind=spec.kind,
+        arch=model.arch,
+        steps=model.steps,
+        hidden=model.hidden,
+        golden=_golden(golden_inputs, reference(golden_inputs)),
+        lipschitz_bound=program.lipschitz_bound(),
+        training=_record(training),
+        **spec.description_fields(),
+    )
+    onnx.helper.set_model_props(proto, description.to_metadata_props())
+    return ExportedModel(proto, description, parity, model.num_parameters(), dict(model.config))
 
 
 def export_policy(
     model: FlowModel,
     spec: PolicySpec,
     *,
-    training: Mapping[str, Any] | None = None,
+    training: TrainingRecord | Mapping[str, Any] | None = None,
     golden: int = 4,
     seed: int = 0,
 ) -> ExportedModel:
-    """Exports a policy ``observation -> action``; raises ``ExportError`` if ONNX Runtime disagrees with torch."""
-    program = model.unroll()
-    proto = policy_graph(program, spec.normalization, spec.action_space, name=f"{model.arch}-policy")
-    rng = np.random.default_rng(seed)
-    mean, std = np.asarray(spec.normalization.mean), np.asarray(spec.normalization.std)
-    # Observations spread over (and a little past) the normalization's clip range, in raw units.
-    inputs = mean + std * rng.normal(size=(256, model.in_features)) * 2.0
-
-    def reference(x: np.ndarray) -> np.ndarray:
-        return policy_reference(program, spec, x)
-
-    parity = _parity(cpu_session(proto), "observation", reference, inputs)
-    golden_inputs = inputs[:golden].astype(np.float32).astype(np.float64)  # what the service will feed, exactly
-    description = ModelDescription(
-        kind="policy",
-        arch=model.arch,
-        steps=model.steps,
-        hidden=model.hidden,
-        golden=_golden(golden_inputs, reference(golden_inputs)),
-        env_id=spec.env_id,
-        observation_space=spec.observation_space,
-        action_space=spec.action_space,
-        obs_normalization=spec.normalization,
-        lipschitz_bound=program.lipschitz_bound(),
-        training=_training_record(training),
-    )
-    onnx.helper.set_model_props(proto, description.to_metadata_props())
-    return ExportedModel(proto, description, parity, model.num_parameters(), dict(model.config))
+    """Exports a policy ``observation -> action`` (``export_model`` with a ``PolicySpec``)."""
+    return export_model(model, spec, training=training, golden=golden, seed=seed)
 
 
 def export_classifier(
     model: FlowModel,
     *,
-    training: Mapping[str, Any] | None = None,
+    training: TrainingRecord | Mapping[str, Any] | None = None,
     sample_images: np.ndarray | None = None,
     golden: int = 4,
     seed: int = 0,
 ) -> ExportedModel:
-    """Exports a classifier ``image -> logits, probabilities``; ``sample_images`` (``[n, 1, 28, 28]`` in [0, 1])
-    become the golden inputs when given, uniform noise otherwise."""
-    program = model.unroll()
-    proto = classifier_graph(program, name=f"{model.arch}-classifier")
-    rng = np.random.default_rng(seed)
-    inputs = rng.uniform(0.0, 1.0, size=(256, *IMAGE_SHAPE))
-    if sample_images is not None:
-        sample = np.asarray(sample_images, dtype=np.float64).reshape(-1, *IMAGE_SHAPE)[:256]
-        inputs[: len(sample)] = sample
-
-    def reference(x: np.ndarray) -> np.ndarray:
-        return classifier_reference(program, x)
-
-    parity = _parity(cpu_session(proto), "image", reference, inputs)
-    golden_inputs = inputs[:golden].astype(np.float32).astype(np.float64)  # what the service will feed, exactly
-    description = ModelDescription(
-        kind="classifier",
-        arch=model.arch,
-        steps=model.steps,
-        hidden=model.hidden,
-        golden=_golden(golden_inputs, reference(golden_inputs)),
-        lipschitz_bound=program.lipschitz_bound(),
-        training=_training_record(training),
-    )
-    onnx.helper.set_model_props(proto, description.to_metadata_props())
-    return ExportedModel(proto, description, parity, model.num_parameters(), dict(model.config))
+    """Exports a classifier ``image -> logits, probabilities`` (``export_model`` with ``ClassifierInputs``):
+    ``sample_images`` (``[n, 1, 28, 28]`` in [0, 1]) become the golden inputs when given, uniform noise otherwise."""
+    return export_model(model, ClassifierInputs(sample_images), training=training, golden=golden, seed=seed)
 
 
 def write_to_repository(

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from odetoode.modelfile import Box, Golden, ModelDescription, Normalization
+from odetoode.modelfile import Box, Golden, ModelDescription, Normalization, TrainingRecord
 from odetoode.testing.models import ACT, FIXTURES, OBS, POLICY_SEEDS, policy_fixture
 from trainer.export import PolicySpec, export_classifier, export_policy
 from trainer.models import build_model
@@ -37,12 +37,13 @@ def policy_spec(obs: int = OBS, act: int = ACT, bound: float = 1.0) -> PolicySpe
 
 def policy(seed: int) -> bytes:
     model = build_model("iso-odetoode", OBS, ACT, generator=torch.Generator().manual_seed(seed))
-    return export_policy(model, policy_spec(), training={"command": "tests", "seed": seed}).proto.SerializeToString()
+    training = TrainingRecord(command="tests", seed=seed)
+    return export_policy(model, policy_spec(), training=training).proto.SerializeToString()
 
 
 def classifier() -> bytes:
     model = build_model("gated-odetoode", 784, 10, hidden=16, steps=5, generator=torch.Generator().manual_seed(0))
-    return export_classifier(model, training={"command": "tests", "seed": 0}).proto.SerializeToString()
+    return export_classifier(model, training=TrainingRecord(command="tests", seed=0)).proto.SerializeToString()
 
 
 def runtime_failure() -> bytes:

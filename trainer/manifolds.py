@@ -275,12 +275,6 @@ class Stiefel:
             return rotation @ point
         return point @ rotation.mT
 
-    def tangent_vector(self, point: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
-        """The ambient velocity ``d/dalpha step(point, direction, alpha)`` at ``alpha = 0``."""
-        if self.tall:
-            return direction @ point
-        return point @ direction.mT
-
     def project(self, point: torch.Tensor) -> torch.Tensor:
         """Polar projection ``U V^T`` of the SVD ``U S V^T``: the nearest Stiefel point in Frobenius norm."""
         _check_trailing(point, self.shape, self.name)

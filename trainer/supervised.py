@@ -23,12 +23,16 @@ from torch import nn
 from torch.nn.utils.parametrizations import orthogonal
 from tqdm import tqdm
 
+from odetoode.modelfile import TrainingRecord
 from trainer.checkpoint import Checkpoint
 from trainer.data.digits import DIGITS_C_CORRUPTIONS, digits_c
 from trainer.models import FlowModel, build_model
 from trainer.program import Program
+from trainer.provenance import command_line
 
 PIXELS, CLASSES = 28 * 28, 10
+DATASET = "digits"
+"""The training set (``TrainingRecord.env``): scikit-learn's handwritten digits at 28x28, clean."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,8 @@ TABLE_2 = ("dense-1", "dense-2", "dense-4", "node", "nanode-1", "nanode-2", "nan
 
 @dataclass
 class SupervisedConfig:
+    """One classifier of the tables: its column, width, regularization and training budget."""
+
     model: str = "odetoode-1"
     """A table column: dense-k, node, nanode-k, hypernet-k or odetoode-k."""
     width: int = 128
@@ -79,9 +85,11 @@ class SupervisedConfig:
     epochs: int = 20
     """Passes over the training split (the paper: 100)."""
     batch_size: int = 128
+    """Images per Adam step."""
     learning_rate: float = 1e-3
     """Adam learning rate."""
     seed: int = 0
+    """Seeds the initialization, the data order and dropout."""
 
 
 class Classifier(nn.Module):
@@ -110,18 +118,6 @@ def build_classifier(config: SupervisedConfig) -> Classifier:
     if "w0" in model.manifolds and spec.arch == "gated-odetoode":
         orthogonal(model, "w0", orthogonal_map="matrix_exp")
     return Classifier(model, config.dropout)
-
-
-def plain_model(classifier: Classifier) -> FlowModel:
-    """The classifier's ``FlowModel`` with parametrizations folded into plain parameters (for export)."""
-    m = classifier.model
-    values = {name: getattr(m, name).detach().clone() for name in m.manifolds}
-    config = dict(m.config)
-    fresh = build_model(m.arch, config.pop("in_features"), config.pop("out_features"), **config)
-    with torch.no_grad():
-        for name, p in fresh.named_parameters():
-            p.copy_(values[name])
-    return fresh
 
 
 @torch.no_grad()
@@ -156,10 +152,11 @@ class SupervisedResult:
 
 
 def train(
-    config: SupervisedConfig, *, progress: bool = True, out: Path | None = None
+    config: SupervisedConfig, *, progress: bool = True, out: Path | None = None, command: str | None = None
 ) -> tuple[Classifier, SupervisedResult]:
     """Trains on the clean training split, evaluates on every corruption; writes ``out/result.json`` and
-    ``out/checkpoint.pt`` when ``out`` is given."""
+    ``out/checkpoint.pt`` (which ``trainer.publish.export_checkpoint`` exports) when ``out`` is given. ``command``
+    is recorded as provenance (default: the configuration spelled as a command line)."""
     torch.manual_seed(config.seed)
     images, labels = digits_c("identity", split="train")
     x, y = torch.from_numpy(images).float(), torch.from_numpy(labels).long()
@@ -193,53 +190,21 @@ def train(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "result.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
-        Checkpoint.from_model(
-            plain_model(classifier), "classifier",
-            training={"command": f"supervised {config.model}", "seed": config.seed, "iterations": config.epochs,
-                      "wall_s": result.wall_s, "metrics": {f"accuracy_{k}": v for k, v in result.accuracies.items()}},
-            extra={"supervised_config": dataclasses.asdict(config)},
-        ).save(out / "checkpoint.pt")  # fmt: skip
+        checkpoint(classifier, result, command or command_line("supervised", config, out=out)).save(
+            out / "checkpoint.pt"
+        )
     return classifier, result
 
 
-def export_trained_classifier(model: FlowModel, config: SupervisedConfig, accuracies: dict[str, float], wall_s: float,
-                              name: str, repository: Path) -> Path:  # fmt: skip
-    """Writes a trained classifier into the repository; its card lists clean and per-corruption test accuracy,
-    and its golden pairs are real test digits."""
-    from trainer.export import export_classifier, write_to_repository
-
-    images, _ = digits_c("identity", split="test")
-    training = {
-        "command": f"python -m trainer supervised --model {config.model} --width {config.width} "
-        f"--dropout {config.dropout} --epochs {config.epochs} --seed {config.seed}",
-        "seed": config.seed,
-        "iterations": config.epochs,
-        "wall_s": wall_s,
-        "metrics": {f"test_accuracy_{k}": round(v, 4) for k, v in accuracies.items()},
-    }
-    exported = export_classifier(model, training=training, sample_images=images[:8, None])
-    rows = "\n".join(f"| {k.replace('_', ' ')} | {100 * v:.2f} |" for k, v in accuracies.items())
-    exported.card_sections = [
-        "## Test accuracy on digits-C",
-        "",
-        "Trained on clean digits (scikit-learn's handwritten digits at 28x28), tested on each MNIST-C corruption of "
-        "the held-out split (`identity` is the clean test set).",
-        "",
-        "| corruption | accuracy (%) |",
-        "|---|---|",
-        rows,
-    ]
-    return write_to_repository(exported, repository, name)
-
-
-def export_classifier_run(classifier: Classifier, result: SupervisedResult, name: str, repository: Path) -> Path:
-    return export_trained_classifier(plain_model(classifier), result.config, result.accuracies, result.wall_s, name,
-                                     repository)  # fmt: skip
-
-
-def export_saved_run(run: Path, name: str, repository: Path) -> Path:
-    """Exports a finished run directory (``checkpoint.pt`` + ``result.json``, e.g. a table cell) without retraining."""
-    result = json.loads((run / "result.json").read_text())
-    config = SupervisedConfig(**result["config"])
-    model = Checkpoint.load(run / "checkpoint.pt").model()
-    return export_trained_classifier(model, config, result["accuracies"], result["wall_s"], name, repository)
+def checkpoint(classifier: Classifier, result: SupervisedResult, command: str) -> Checkpoint:
+    """The trained classifier's ``FlowModel`` (``W_0``'s parametrization folded in) with its provenance: the
+    test accuracy on every corruption as ``test_accuracy_<corruption>`` metrics."""
+    config = result.config
+    return Checkpoint.from_model(
+        classifier.model, "classifier",
+        training=TrainingRecord(
+            command=command, seed=config.seed, env=DATASET, iterations=result.epochs, wall_s=result.wall_s,
+            metrics={f"test_accuracy_{k}": round(v, 4) for k, v in result.accuracies.items()},
+        ),
+        extra={"supervised_config": dataclasses.asdict(config)},
+    )  # fmt: skip

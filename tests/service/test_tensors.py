@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from odetoode.proto.inference import grpc_service_pb2 as pb
-from service.oip_codec import MAX_TOP_LEVEL_FIELDS, infer_request_from_proto, scan_infer_request
 from service.errors import InvalidArgument, PayloadTooLarge
+from service.oip_codec import MAX_TOP_LEVEL_FIELDS, infer_request_from_proto, scan_infer_request
 from service.tensors import (
     SMALL_OBSERVATION,
     Signature,

@@ -10,6 +10,7 @@ import pytest
 from scipy import ndimage, stats
 from skimage import color
 
+from trainer.cli import main as trainer_main
 from trainer.data import corruptions
 from trainer.data.corruptions import CORRUPTIONS, RANDOM_CORRUPTIONS, corrupt_batch, image_rng
 from trainer.data.digits import (
@@ -21,7 +22,6 @@ from trainer.data.digits import (
     load_digits_28,
     split_indices,
 )
-from trainer.data.grid import main as grid_main
 from trainer.data.grid import render_grid
 from trainer.data.mnist_c import (
     IDX_IMAGES_MAGIC,
@@ -596,5 +596,7 @@ def test_read_idx_rejects_bad_files(tmp_path: Path) -> None:
 def test_render_grid_writes_a_png(tmp_path: Path) -> None:
     path = render_grid(tmp_path / "figs" / "grid.png", examples=3, corruptions=["identity", "stripe", "spatter"])
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    grid_main(["--out", str(tmp_path / "cli.png"), "--examples", "2"])
+    with pytest.raises(SystemExit) as done:
+        trainer_main(["grid", "--out", str(tmp_path / "cli.png"), "--examples", "2"])
+    assert done.value.code == 0
     assert (tmp_path / "cli.png").stat().st_size > 1000

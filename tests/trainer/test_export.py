@@ -14,17 +14,21 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from odetoode.modelfile import Box, ModelDescription, Normalization
+from odetoode.modelfile import Box, ModelDescription, Normalization, TrainingRecord
 from trainer.checkpoint import Checkpoint
 from trainer.export import (
+    ClassifierInputs,
     ExportedModel,
+    ExportError,
     PolicySpec,
     export_classifier,
+    export_model,
     export_policy,
     max_relative_error,
     write_to_repository,
 )
 from trainer.models import ARCHITECTURES, FlowModel, build_model
+from trainer.publish import export_checkpoint
 
 OBS, ACT = 17, 6
 ALLOWED_OPS = {
@@ -215,7 +219,7 @@ def test_cli_exports_a_checkpoint_and_an_initialized_model(tmp_path: Path) -> No
         observation_space=s.observation_space,
         action_space=s.action_space,
         normalization=s.normalization,
-        training={"command": "unit test", "seed": 8},
+        training=TrainingRecord(command="unit test", seed=8),
     ).save(tmp_path / "ckpt.pt")
     run = [sys.executable, "-m", "trainer", "export", "--repository", str(tmp_path / "models")]
     out = subprocess.run(
@@ -227,7 +231,9 @@ def test_cli_exports_a_checkpoint_and_an_initialized_model(tmp_path: Path) -> No
     assert "certified Lipschitz bound: 2.66584" in out.stdout
     proto = onnx.load(str(tmp_path / "models" / "trained" / "1" / "model.onnx"))
     d = ModelDescription.from_metadata_props({p.key: p.value for p in proto.metadata_props})
-    assert d.training == {"command": "unit test", "seed": 8}
+    assert (d.training.command, d.training.seed) == ("unit test", 8)  # the checkpoint's record, carried over
+    assert set(d.training.metrics) == {"stiefel_orthogonality_error_max"}  # plus what export measured
+    assert d.training.metrics["stiefel_orthogonality_error_max"] < 1e-5
     expected = export_policy(model, s).description.golden
     assert d.golden == expected
     subprocess.run(
@@ -237,8 +243,56 @@ def test_cli_exports_a_checkpoint_and_an_initialized_model(tmp_path: Path) -> No
         check=True,
     )
     props = {p.key: p.value for p in onnx.load(str(tmp_path / "models" / "c" / "1" / "model.onnx")).metadata_props}
-    assert json.loads(props["odetoode.training"])["iterations"] == 0
+    record = json.loads(props["odetoode.training"])
+    assert record["iterations"] == 0 and record["note"].startswith("untrained")
+    assert record["command"].startswith("python -m trainer export") and "--init nanode" in record["command"]
     help_text = subprocess.run(
         [sys.executable, "-m", "trainer", "export", "--help"], capture_output=True, text=True, check=True
     ).stdout
     assert "--checkpoint" in help_text and "--init" in help_text
+
+
+def test_both_kinds_go_through_the_one_pipeline() -> None:
+    """export_policy / export_classifier are export_model with the kind's spec: the same bytes."""
+    policy = build_model("iso-odetoode", OBS, ACT, generator=torch.Generator().manual_seed(9))
+    classifier = build_model("gated-odetoode", 784, 10, hidden=8, steps=3, generator=torch.Generator().manual_seed(9))
+    images = np.random.default_rng(3).uniform(size=(5, 1, 28, 28))
+    pairs = [
+        (
+            export_policy(policy, spec(), training={"seed": 9}),
+            export_model(policy, spec(), training=TrainingRecord(seed=9)),
+        ),
+        (export_classifier(classifier, sample_images=images), export_model(classifier, ClassifierInputs(images))),
+    ]
+    for a, b in pairs:
+        assert a.proto.SerializeToString() == b.proto.SerializeToString()
+    d = pairs[1][0].description
+    assert (d.kind, d.input_name, d.env_id, d.observation_space) == ("classifier", "image", None, None)
+    assert d.golden.inputs[0] == tuple(float(v) for v in images[0].astype(np.float32).ravel())  # samples first
+
+
+def test_export_checkpoint_refuses_a_policy_without_its_spaces(tmp_path: Path) -> None:
+    model = build_model("iso-odetoode", OBS, ACT)
+    with pytest.raises(ExportError, match="needs its observation and action spaces"):
+        export_checkpoint(Checkpoint.from_model(model, "policy"), "p", tmp_path)
+    assert not (tmp_path / "p" / "1").exists()
+
+
+def test_export_checkpoint_of_a_run_directory_picks_best_and_draws_its_curve(tmp_path: Path) -> None:
+    s = spec(bound=1.0)
+    run = tmp_path / "run"
+    for filename, seed in (("checkpoint.pt", 1), ("best.pt", 2)):
+        model = build_model("deepnet", OBS, ACT, depth=2, generator=torch.Generator().manual_seed(seed))
+        Checkpoint.from_model(model, "policy", env_id=s.env_id, observation_space=s.observation_space,
+                              action_space=s.action_space, normalization=s.normalization,
+                              training=TrainingRecord(command=filename, iterations=3)).save(run / filename)  # fmt: skip
+    (run / "config.json").write_text(json.dumps({"env": "HalfCheetah-v5", "arch": "deepnet"}))
+    (run / "log.jsonl").write_text("".join(json.dumps({"env_steps": 10 * i, "eval_return": float(i)}) + "\n"
+                                           for i in range(1, 4)))  # fmt: skip
+    published = export_checkpoint(run, "cheetah", tmp_path / "models")
+    d = published.exported.description
+    assert d.training.command == "best.pt" and d.training.iterations == 3
+    assert "stiefel_orthogonality_error_max" not in d.training.metrics  # a DeepNet has no constrained parameter
+    assert (published.path / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+    card = (published.path / "README.md").read_text()
+    assert "![learning curve](learning_curve.png)" in card and "## Evaluation" not in card  # no episodes asked

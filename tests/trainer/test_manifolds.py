@@ -73,7 +73,9 @@ def test_riemannian_gradient_is_a_skew_ascent_direction(d1: int, d2: int) -> Non
     eps = 1e-6
     derivative = ((grad * m.step(omega, a, eps)).sum() - (grad * m.step(omega, a, -eps)).sum()) / (2 * eps)
     assert derivative.item() == pytest.approx(0.5 * float((a * a).sum()), rel=1e-6)
-    assert torch.allclose(m.tangent_vector(omega, a), (m.step(omega, a, eps) - m.step(omega, a, -eps)) / (2 * eps))
+    # The step's velocity at alpha = 0 is the generator acting on the point: A Omega (tall), Omega A^T (wide).
+    velocity = a @ omega if d1 >= d2 else omega @ a.mT
+    assert torch.allclose(velocity, (m.step(omega, a, eps) - m.step(omega, a, -eps)) / (2 * eps))
 
 
 def test_equation_8_for_square_and_tall_matrices() -> None:

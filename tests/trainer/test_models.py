@@ -9,8 +9,19 @@ import pytest
 import scipy.linalg
 import torch
 
-from trainer.manifolds import orthogonality_error, skew
-from trainer.models import ARCHITECTURES, FlowModel, GatedODEtoODE, IsoODEtoODE, build_model
+from odetoode.modelfile import ARCHS
+from trainer.manifolds import Euclidean, Stiefel, orthogonality_error, skew
+from trainer.models import (
+    ARCHITECTURES,
+    FlowModel,
+    GatedODEtoODE,
+    GatedWeightFlow,
+    HyperNet,
+    IsoODEtoODE,
+    LayerStack,
+    WeightFlowModel,
+    build_model,
+)
 from trainer.models.gates import gate_outputs
 from trainer.program import Dense, Residual
 
@@ -205,3 +216,49 @@ def test_time_only_gates_take_the_batched_path_and_agree_with_the_recurrence() -
             else:
                 w = w @ torch.linalg.matrix_exp(model.step_size * torch.einsum("k,kij->ij", p["gate_a"], f - f.mT))
             assert torch.allclose(ws[i], w, atol=1e-12)
+
+
+def test_the_registry_names_exactly_the_contracts_architectures() -> None:
+    assert tuple(ARCHITECTURES) == ARCHS
+    assert all(cls.arch == arch for arch, cls in ARCHITECTURES.items())
+
+
+@pytest.mark.parametrize("cls", [IsoODEtoODE, GatedODEtoODE, HyperNet])
+def test_weight_flow_models_supply_only_their_weight_flow(cls: type[WeightFlowModel]) -> None:
+    """The main flow is WeightFlowModel's, once: each layer is x + (1/N) f(W_i x + b) on the subclass's W_i."""
+    assert issubclass(cls, WeightFlowModel) and "flow_layers" not in vars(cls) and "flow_matrices" in vars(cls)
+    model = small(cls.arch)
+    p = {k: v.detach() for k, v in model.parameter_dict().items()}
+    assert isinstance(model, WeightFlowModel)
+    layers, ws = model.flow_layers(p), model.flow_matrices(p)
+    assert len(layers) == len(ws) == model.steps
+    for layer, w in zip(layers, ws, strict=True):
+        assert isinstance(layer, Residual) and layer.scale == model.step_size
+        dense = layer.body[0]
+        assert isinstance(dense, Dense) and dense.activation == model.activation
+        assert torch.equal(dense.weight, w) and dense.bias is not None and torch.equal(dense.bias, p["b"])
+    # W_0 starts Haar-orthogonal everywhere; only HyperNet lets it leave O(h)
+    assert float(orthogonality_error(p["w0"])) < 1e-6
+    expected = Euclidean if cls is HyperNet else Stiefel
+    assert isinstance(model.manifolds["w0"], expected)
+
+
+def test_gated_models_share_one_constructor_with_their_own_defaults() -> None:
+    gated, hyper = small("gated-odetoode", gates=2), small("hypernet", gates=2)
+    assert isinstance(gated, GatedWeightFlow) and isinstance(hyper, GatedWeightFlow)
+    assert (gated.gate_width, gated.weight_input) == (8, False)
+    assert (hyper.gate_width, hyper.weight_input) == (16, True)
+    projections = {"omega1", "omega2", "w_in", "b_in", "w_out", "b_out"}  # Stiefel for gated, linear for HyperNet
+    flow = [[n for n in m.manifolds if n not in projections] for m in (gated, hyper)]
+    assert flow[0] == flow[1] == ["w0", "b", "gate_a", "gate_w1", "gate_b1", "gate_w2", "gate_b2", "gate_w3", "gate_b3"]
+    for arch in ("gated-odetoode", "hypernet"):
+        with pytest.raises(ValueError, match=r"gates and gate_width must be >= 1"):
+            small(arch, gates=0)
+
+
+@pytest.mark.parametrize("arch", ["deepnet", "deepresnet", "dense"])
+def test_layer_stacks_share_one_constructor(arch: str) -> None:
+    model = build_model(arch, 5, 3, depth=3)
+    assert isinstance(model, LayerStack) and model.depth == 3 == model.steps and model.config["depth"] == 3
+    with pytest.raises(ValueError, match=r"depth must be >= 1, got 0"):
+        build_model(arch, 5, 3, depth=0)

@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
 
+from odetoode.modelfile import ModelDescription
+from trainer.checkpoint import Checkpoint
 from trainer.data.digits import digits_c
 from trainer.experiments.tables import reproduce
+from trainer.publish import export_checkpoint
 from trainer.supervised import (
     TABLE_1,
     TABLE_2,
@@ -18,8 +22,6 @@ from trainer.supervised import (
     SupervisedConfig,
     accuracy,
     build_classifier,
-    export_classifier_run,
-    plain_model,
     train,
 )
 
@@ -42,20 +44,29 @@ def test_a_dense_classifier_learns_digits(tmp_path: Path) -> None:
 
 def test_odetoode_w0_stays_orthogonal_while_training_and_exports_with_parity(tmp_path: Path) -> None:
     config = SupervisedConfig(model="odetoode-2", width=16, step=0.2, epochs=2)
-    classifier, result = train(config, progress=False)
+    classifier, result = train(config, progress=False, out=tmp_path / "run")
     w0 = classifier.model.w0.detach().double()
     assert float((w0.T @ w0 - torch.eye(16, dtype=torch.float64)).abs().max()) < 1e-5
-    plain = plain_model(classifier)
+    # the checkpoint stores W_0's value (the parametrization folded in): a plain model computing the same function
+    plain = Checkpoint.load(tmp_path / "run" / "checkpoint.pt").model()
+    assert not hasattr(plain, "parametrizations")
     images, labels = digits_c("identity", split="test")
     with torch.no_grad():
         assert torch.allclose(plain(torch.from_numpy(images[:4]).reshape(4, -1)),
                               classifier.eval()(torch.from_numpy(images[:4])), atol=1e-5)  # fmt: skip
-    target = export_classifier_run(classifier, result, "digits", tmp_path)
+    target = export_checkpoint(tmp_path / "run", "digits", tmp_path / "models").path
     session = ort.InferenceSession(str(target / "model.onnx"), providers=["CPUExecutionProvider"])
     probs = session.run(["probabilities"], {"image": images[:, None]})[0]
     assert float((probs.argmax(1) == labels).mean()) == pytest.approx(accuracy(classifier, images, labels), abs=1e-9)
     card = (target / "README.md").read_text()
     assert "| stripe |" in card and "Test accuracy on digits-C" in card
+    proto = onnx.load(str(target / "model.onnx"))
+    d = ModelDescription.from_metadata_props({p.key: p.value for p in proto.metadata_props})
+    assert (d.training.env, d.training.seed, d.training.iterations) == ("digits", 0, 2)
+    assert (d.training.command or "").startswith("python -m trainer supervised --model odetoode-2 --width 16")
+    assert d.training.metrics["test_accuracy_identity"] == round(result.accuracies["identity"], 4)
+    assert d.training.metrics["stiefel_orthogonality_error_max"] < 1e-5  # W_0 of the linear-projection classifier
+    assert d.golden.inputs[0] == tuple(float(v) for v in images[0].astype("float32").ravel())  # real test digits
 
 
 def test_dropout_is_active_only_in_training() -> None:

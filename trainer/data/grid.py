@@ -1,11 +1,10 @@
 """A picture of digits-C: every corruption (rows) applied to the same test digits (columns), drawn to a PNG.
 
-python -m trainer.data.grid --out docs/figures/digits_c.png [--examples 8] [--seed 0]
+python -m trainer grid --out docs/figures/digits_c.png [--examples 8] [--seed 0]
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -59,19 +58,3 @@ def render_grid(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return path
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m trainer.data.grid", description="Draw every digits-C corruption on a few test digits."
-    )
-    parser.add_argument("--out", type=Path, default=Path("docs/figures/digits_c.png"), help="PNG to write")
-    parser.add_argument("--examples", type=int, default=8, help="test digits per row (columns)")
-    parser.add_argument("--seed", type=int, default=0, help="corruption seed")
-    args = parser.parse_args(argv)
-    path = render_grid(args.out, examples=args.examples, seed=args.seed)
-    print(path)
-
-
-if __name__ == "__main__":
-    main()

@@ -5,13 +5,14 @@ the weights ``W_i`` are orthogonal and ``|f'| = 1`` (f = |x|): the Jacobian of o
 ``D_i W_i`` orthogonal, so a product of ``N - i`` of them has norm in ``[(1 - 1/N)^N, (1 + 1/N)^N]``. Unconstrained
 weight flows (BaseODE, HyperNet, NANODE) carry no such bound.
 
-``python -m trainer.experiments.gradient_stability`` prints the band each architecture reaches at several depths.
+``python -m trainer gradients`` prints the band each architecture reaches at several depths (``band_report``);
+``python -m trainer reproduce gradients`` draws the committed figure (``band_table``, ``plot_bands``).
 """
 
 from __future__ import annotations
 
-import argparse
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 
 from trainer.manifolds import Stiefel
-from trainer.models import ARCHITECTURES, FlowModel, build_model
+from trainer.models import FlowModel, build_model
 from trainer.program import Program
 
 LOWER, UPPER = 1 / math.e, math.e
@@ -101,27 +102,16 @@ def measure(
     return BandReading(arch, steps, low, high)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--arch", nargs="+", default=["iso-odetoode", "gated-odetoode", "baseode", "nanode", "hypernet"]
-    )
-    parser.add_argument("--steps", nargs="+", type=int, default=[10, 100, 1000])
-    parser.add_argument("--hidden", type=int, default=16)
-    parser.add_argument("--instances", type=int, default=5)
-    args = parser.parse_args(argv)
-    print(f"band [1/e, e] = [{LOWER:.4f}, {UPPER:.4f}]")
-    print(f"{'arch':<16}{'N':>6}{'min ratio':>14}{'max ratio':>14}  inside")
-    for arch in args.arch:
-        if arch not in ARCHITECTURES:
-            parser.error(f"unknown architecture {arch!r}")
-        for steps in args.steps:
-            r = measure(arch, steps, hidden=args.hidden, instances=args.instances)
-            print(f"{arch:<16}{steps:>6}{r.low:>14.4g}{r.high:>14.4g}  {'yes' if r.inside else 'NO'}")
-
-
-if __name__ == "__main__":
-    main()
+def band_report(archs: Sequence[str], steps: Sequence[int], *, hidden: int = 16, instances: int = 5
+                ) -> Iterator[str]:  # fmt: skip
+    """The lines of a plain-text table: for each architecture and depth, the band its ratios reach (``measure``),
+    one line at a time as each is measured."""
+    yield f"band [1/e, e] = [{LOWER:.4f}, {UPPER:.4f}]"
+    yield f"{'arch':<16}{'N':>6}{'min ratio':>14}{'max ratio':>14}  inside"
+    for arch in archs:
+        for n in steps:
+            r = measure(arch, n, hidden=hidden, instances=instances)
+            yield f"{arch:<16}{n:>6}{r.low:>14.4g}{r.high:>14.4g}  {'yes' if r.inside else 'NO'}"
 
 
 CLIP_LOW, CLIP_HIGH = 1e-6, 1e12  # the plot's range; beyond it (up to float64 overflow) points sit on the edge

@@ -11,14 +11,32 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Literal, get_args
 
 import numpy as np
 
-CLAIMS = ("gradients", "deep", "rl", "table1", "table2")
-# The budgets behind the committed figures and tables (docs/REPRODUCTION.md states each one).
-BUDGET = {"instances": 3, "deep_epochs": 25, "rl_iterations": 30, "table1_epochs": 20, "table2_epochs": 10}
+Claim = Literal["gradients", "deep", "rl", "table1", "table2", "all"]
+CLAIMS: tuple[str, ...] = get_args(Claim)[:-1]
+"""Every claim; ``all`` stands for them all, in this order."""
+
+
+@dataclass(frozen=True)
+class ReproductionBudget:
+    """How much each claim trains or samples; the defaults are the budgets behind the committed figures and tables
+    (docs/REPRODUCTION.md states each one)."""
+
+    instances: int = 3
+    """Random instances per gradient-band cell (``gradients``)."""
+    deep_epochs: int = 25
+    """Epochs of each depth-200 classifier (``deep``)."""
+    rl_iterations: int = 30
+    """ES iterations of each run of the RL comparison (``rl``)."""
+    table1_epochs: int = 20
+    """Epochs of each cell of Table 1 (``table1``)."""
+    table2_epochs: int = 10
+    """Epochs of each cell of Table 2 (``table2``)."""
 
 
 def gradients(docs: Path, instances: int = 3) -> list[Path]:
@@ -118,19 +136,22 @@ def table(docs: Path, runs: Path, which: int, seeds: Sequence[int], epochs: int)
     return [reproduce(which, seeds, epochs, runs / "supervised", docs)]
 
 
-def run(claims: Sequence[str], *, docs: Path, runs: Path, seeds: Sequence[int], options: dict[str, Any]) -> list[Path]:
+def run(claims: Sequence[str], *, docs: Path, runs: Path, seeds: Sequence[int],
+        budget: ReproductionBudget = ReproductionBudget()) -> list[Path]:  # fmt: skip
+    """Regenerates each claim's figures and tables (``all``: every claim); returns the files written."""
     wanted = CLAIMS if "all" in claims else claims
-    budget = {**BUDGET, **options}  # what the caller leaves out: the committed budgets
     out: list[Path] = []
     for claim in wanted:
         if claim == "gradients":
-            out += gradients(docs, budget["instances"])
+            out += gradients(docs, budget.instances)
         elif claim == "deep":
-            out += deep(docs, runs, budget["deep_epochs"])
+            out += deep(docs, runs, budget.deep_epochs)
         elif claim == "rl":
-            out += rl(docs, runs, seeds, budget["rl_iterations"])
-        elif claim in ("table1", "table2"):
-            out += table(docs, runs, int(claim[-1]), seeds, budget[f"{claim}_epochs"])
+            out += rl(docs, runs, seeds, budget.rl_iterations)
+        elif claim == "table1":
+            out += table(docs, runs, 1, seeds, budget.table1_epochs)
+        elif claim == "table2":
+            out += table(docs, runs, 2, seeds, budget.table2_epochs)
         else:
             raise ValueError(f"unknown claim {claim!r}; expected one of {CLAIMS} or all")
     return out

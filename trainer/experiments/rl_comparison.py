@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from odetoode.modelfile import Arch
 from trainer.envs import env_spec
 from trainer.es_training import ESConfig, ESRun
 from trainer.models import build_model
 from trainer.plots import plot_learning_curves
 
 TASKS = ("Swimmer-v5", "HalfCheetah-v5", "Hopper-v5", "dmc:swimmer/swimmer15", "Humanoid-v5")
-ARCHS = ("iso-odetoode", "deepnet", "deepresnet", "baseode", "nanode", "hypernet")
+ARCHS: tuple[Arch, ...] = ("iso-odetoode", "deepnet", "deepresnet", "baseode", "nanode", "hypernet")
 REFERENCE_ARCH, REFERENCE_HIDDEN, REFERENCE_STEPS = "iso-odetoode", 16, 25
 WIDER = {"Humanoid-v5": 64}  # the paper's reference width for Humanoid
 
@@ -60,7 +61,7 @@ def task_configs(task: str) -> dict[str, dict[str, Any]]:
     spec = env_spec(task)
     reference = WIDER.get(task, REFERENCE_HIDDEN)
     target = parameters(REFERENCE_ARCH, spec.obs_dim, spec.act_dim, reference, steps=REFERENCE_STEPS)
-    configs = {}
+    configs: dict[str, dict[str, Any]] = {}
     for arch in ARCHS:
         options: dict[str, Any] = {"steps": REFERENCE_STEPS}
         hidden = (
@@ -76,7 +77,7 @@ def run_dir(runs: Path, task: str, arch: str, seed: int) -> Path:
 
 
 def train_all(runs: Path, seeds: Sequence[int], budget: Budget, tasks: Sequence[str] = TASKS,
-              archs: Sequence[str] = ARCHS) -> None:  # fmt: skip
+              archs: Sequence[Arch] = ARCHS) -> None:  # fmt: skip
     for task in tasks:
         configs = task_configs(task)
         for arch, seed in itertools.product(archs, seeds):

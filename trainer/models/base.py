@@ -1,7 +1,8 @@
 """What every architecture shares: input/output projections, manifold-tagged parameters, and the unrolled program.
 
 A model is ``out = P_out(flow(P_in(s)))``. Subclasses define only ``flow_layers``: the layers of their flow as a
-function of a parameter mapping, so the same code evaluates
+function of a parameter mapping (``WeightFlowModel`` narrows that to the weight flow ``W_1..W_N``), so the same code
+evaluates
 
 * the module's own parameters (``forward``, with autograd);
 * a population of parameter sets stacked on leading dimensions (``program(params)``, used by evolution strategies);
@@ -18,8 +19,9 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from trainer.manifolds import Euclidean, Manifold, Stiefel
-from trainer.program import ACTIVATIONS, Dense, Layer, Program
+from odetoode.modelfile import Arch
+from trainer.manifolds import Euclidean, Manifold, Orthogonal, Stiefel, haar_orthogonal
+from trainer.program import ACTIVATIONS, Dense, Layer, Program, Residual
 
 Projection = Literal["stiefel", "linear"]
 Params = Mapping[str, torch.Tensor]
@@ -47,7 +49,7 @@ class FlowModel(nn.Module, ABC):
         dtype: parameter dtype (initial values are always drawn in float64).
     """
 
-    arch: ClassVar[str]
+    arch: ClassVar[Arch]
     default_projection: ClassVar[Projection] = "linear"
     input_activation: ClassVar[bool] = False
 
@@ -172,3 +174,29 @@ class FlowModel(nn.Module, ABC):
         """The program with every constant computed in float64 from the current parameters (for export)."""
         p = {name: value.detach().to(torch.float64) for name, value in self.named_parameters()}
         return self.program(p)
+
+
+class WeightFlowModel(FlowModel):
+    """The paper's nested flow: ``x_i = x_{i-1} + (1/N) f(W_i x_{i-1} + b)`` on weights ``W_1..W_N`` that follow a
+    weight flow from a learnable ``W_0`` (ISO-ODEtoODE, gated-ODEtoODE, HyperNet).
+
+    Subclasses supply only the weight flow: ``flow_matrices(p)``, the parameters it reads (registered in their
+    constructor, together with the main flow's bias ``b``), and, if ``W_0`` is not meant to stay orthogonal,
+    ``initial_weight_manifold``. ``W_0`` itself starts Haar-random on ``O(h)`` in every subclass.
+    """
+
+    def __init__(self, in_features: int, out_features: int, **kwargs: Any) -> None:
+        super().__init__(in_features, out_features, **kwargs)
+        w0 = haar_orthogonal(self.hidden, generator=self._generator)
+        self.add_parameter("w0", self.initial_weight_manifold(), value=w0)
+
+    def initial_weight_manifold(self) -> Manifold:
+        """Where ``W_0`` lives: ``O(h)`` (ODEtoODE); unconstrained flows override it."""
+        return Orthogonal(self.hidden)
+
+    @abstractmethod
+    def flow_matrices(self, p: Params) -> list[torch.Tensor]:
+        """``W_1..W_N`` for parameters ``p`` (each ``[..., h, h]``; leading population dims allowed)."""
+
+    def flow_layers(self, p: Params) -> tuple[Layer, ...]:
+        return tuple(Residual(self.step_size, (Dense(w, p["b"], self.activation),)) for w in self.flow_matrices(p))

@@ -14,34 +14,51 @@ that only the *weight* flow differs between architectures -- the comparison the 
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from typing import Any, ClassVar
 
 import torch
 
-from trainer.manifolds import Euclidean, haar_orthogonal
+from odetoode.modelfile import Arch
+from trainer.manifolds import Euclidean, Manifold
 from trainer.models.base import FlowModel, Params, uniform_init
-from trainer.models.gates import combine_gates, gate_manifolds, gate_outputs, gate_outputs_over_time
+from trainer.models.gates import GatedWeightFlow, combine_gates, gate_outputs, gate_outputs_over_time
 from trainer.program import Dense, Layer, Residual
 
 
-class DeepNet(FlowModel):
+class LayerStack(FlowModel):
+    """``depth`` discrete layers of width ``hidden`` in place of Euler steps (DeepNet, DeepResNet).
+
+    ``steps`` defaults to ``depth`` (it only labels the model); subclasses supply their layers' parameters
+    (``add_layer_parameters``) and the layers (``flow_layers``).
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, depth: int = 25, **kwargs: Any) -> None:
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        kwargs.setdefault("steps", depth)
+        super().__init__(in_features, out_features, **kwargs)
+        self.depth = depth
+        self.config.update(depth=depth)
+        self.add_layer_parameters()
+
+    @abstractmethod
+    def add_layer_parameters(self) -> None:
+        """Registers the parameters of the ``depth`` layers (called once, at the end of construction)."""
+
+
+class DeepNet(LayerStack):
     """A plain feed-forward network with ``depth`` hidden layers of width ``hidden`` (the paper: 25).
 
     ``steps`` is ignored; ``depth`` counts hidden layers including the input projection's, so ``depth = k`` is the
     paper's Dense-k.
     """
 
-    arch: ClassVar[str] = "deepnet"
+    arch: ClassVar[Arch] = "deepnet"
     input_activation: ClassVar[bool] = True
 
-    def __init__(self, in_features: int, out_features: int, *, depth: int = 25, **kwargs: Any) -> None:
-        kwargs.setdefault("steps", depth)
-        super().__init__(in_features, out_features, **kwargs)
-        if depth < 1:
-            raise ValueError(f"depth must be >= 1, got {depth}")
-        self.depth = depth
-        self.config.update(depth=depth)
-        h = self.hidden
+    def add_layer_parameters(self) -> None:
+        h, depth, in_features = self.hidden, self.depth, self.in_features
         # Variance-preserving (He/Glorot-style) weights: with nn.Linear's default scale a 10-layer ReLU stack
         # shrinks its signal ~3x per layer and barely trains. Gain sqrt(2) for ReLU, 1 for |x| (norm-preserving).
         gain = math.sqrt(3.0) * (math.sqrt(2.0) if self.activation == "relu" else 1.0)
@@ -65,26 +82,20 @@ class DeepNet(FlowModel):
 class DenseK(DeepNet):
     """Dense-k of the supervised tables: ``DeepNet`` with ``depth = k`` (default 1) and ReLU."""
 
-    arch: ClassVar[str] = "dense"
+    arch: ClassVar[Arch] = "dense"
 
     def __init__(self, in_features: int, out_features: int, *, depth: int = 1, **kwargs: Any) -> None:
         kwargs.setdefault("activation", "relu")
         super().__init__(in_features, out_features, depth=depth, **kwargs)
 
 
-class DeepResNet(FlowModel):
+class DeepResNet(LayerStack):
     """``depth`` residual layers ``x <- x + f(W_l x + b_l)`` of width ``hidden`` (the paper: 25)."""
 
-    arch: ClassVar[str] = "deepresnet"
+    arch: ClassVar[Arch] = "deepresnet"
 
-    def __init__(self, in_features: int, out_features: int, *, depth: int = 25, **kwargs: Any) -> None:
-        kwargs.setdefault("steps", depth)
-        super().__init__(in_features, out_features, **kwargs)
-        if depth < 1:
-            raise ValueError(f"depth must be >= 1, got {depth}")
-        self.depth = depth
-        self.config.update(depth=depth)
-        h = self.hidden
+    def add_layer_parameters(self) -> None:
+        h, depth = self.hidden, self.depth
         # Residual branches start scaled by 1/sqrt(depth) (as in Fixup-style inits): with the default scale a
         # 25-block ResNet's output grows by ~1e7 at initialization and ES starts from saturated actions.
         shrink = 1.0 / math.sqrt(depth)
@@ -103,7 +114,7 @@ class DeepResNet(FlowModel):
 class BaseODE(FlowModel):
     """A standard neural ODE ``dx/dt = g(x)``, ``g`` fully connected with two hidden layers of size ``hidden``."""
 
-    arch: ClassVar[str] = "baseode"
+    arch: ClassVar[Arch] = "baseode"
 
     def __init__(self, in_features: int, out_features: int, **kwargs: Any) -> None:
         super().__init__(in_features, out_features, **kwargs)
@@ -124,7 +135,7 @@ class BaseODE(FlowModel):
 class NANODE(FlowModel):
     """Non-autonomous neural ODE: ``W(t) = C_0 + sum_{j=1..d} C_j cos(2 pi j t / T) + S_j sin(2 pi j t / T)``."""
 
-    arch: ClassVar[str] = "nanode"
+    arch: ClassVar[Arch] = "nanode"
 
     def __init__(self, in_features: int, out_features: int, *, degree: int = 5, **kwargs: Any) -> None:
         super().__init__(in_features, out_features, **kwargs)
@@ -157,36 +168,19 @@ class NANODE(FlowModel):
         return tuple(layers)
 
 
-class HyperNet(FlowModel):
+class HyperNet(GatedWeightFlow):
     """Unconstrained hypernetwork flow ``W_i = W_{i-1} + (1/N) sum_j a_j F_j(t_{i-1}, W_{i-1})`` (no orthogonality).
 
-    Args (beyond ``FlowModel``'s): ``gates``, ``gate_width`` (the paper: 16) and ``weight_input`` (the paper's RL
-    hypernetwork reads ``vec(W)``: default ``True``).
+    Gates as in ``GatedWeightFlow``, with the paper's defaults for its RL hypernetwork: width 16, reading ``vec(W)``.
     """
 
-    arch: ClassVar[str] = "hypernet"
+    arch: ClassVar[Arch] = "hypernet"
+    default_gate_width: ClassVar[int] = 16
+    default_weight_input: ClassVar[bool] = True
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        *,
-        gates: int = 1,
-        gate_width: int = 16,
-        weight_input: bool = True,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(in_features, out_features, **kwargs)
-        if gates < 1 or gate_width < 1:
-            raise ValueError(f"gates and gate_width must be >= 1, got {gates}, {gate_width}")
-        self.gates, self.gate_width, self.weight_input = gates, gate_width, weight_input
-        self.config.update(gates=gates, gate_width=gate_width, weight_input=weight_input)
-        h = self.hidden
+    def initial_weight_manifold(self) -> Manifold:
         # Starts from an orthogonal W_0 like ODEtoODE, so any difference comes from the unconstrained flow.
-        self.add_parameter("w0", Euclidean((h, h)), value=haar_orthogonal(h, generator=self._generator))
-        self.add_parameter("b", Euclidean((h,)), fan_in=h)
-        for name, (manifold, fan_in) in gate_manifolds(gates, gate_width, h, weight_input).items():
-            self.add_parameter(name, manifold, fan_in=fan_in)
+        return Euclidean((self.hidden, self.hidden))
 
     def flow_matrices(self, p: Params) -> list[torch.Tensor]:
         w = p["w0"]
@@ -202,6 +196,3 @@ class HyperNet(FlowModel):
             w = w + self.step_size * combine_gates(p["gate_a"], f)
             out.append(w)
         return out
-
-    def flow_layers(self, p: Params) -> tuple[Layer, ...]:
-        return tuple(Residual(self.step_size, (Dense(w, p["b"], self.activation),)) for w in self.flow_matrices(p))

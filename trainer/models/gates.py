@@ -10,10 +10,12 @@ Gate ``j`` is ``F_j(t, W) = L3 tanh(L2 tanh(L1 z + c1) + c2) + c3`` reshaped to 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 
 from trainer.manifolds import Euclidean
+from trainer.models.base import WeightFlowModel
 
 GATE_PARAMETERS = ("gate_a", "gate_w1", "gate_b1", "gate_w2", "gate_b2", "gate_w3", "gate_b3")
 
@@ -67,3 +69,39 @@ def gate_outputs_over_time(params: Mapping[str, torch.Tensor], times: torch.Tens
 def combine_gates(a: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
     """``sum_j a_j G_j`` over the gate axis: ``a: [..., k]``, ``gates: [..., k, h, h]`` -> ``[..., h, h]``."""
     return torch.einsum("...k,...kij->...ij", a, gates)
+
+
+class GatedWeightFlow(WeightFlowModel):
+    """A weight flow driven by gate networks: what gated-ODEtoODE and HyperNet share (parameters, constructor).
+
+    Args (beyond ``FlowModel``'s):
+        gates: number of gates ``k`` (the paper's ODEtoODE-1/-2/-4/-10, HyperNet-k).
+        gate_width: hidden width of each gate network (two hidden layers); default ``default_gate_width``.
+        weight_input: whether the gates also read ``vec(W_t)`` (``h^2`` more inputs per gate); default
+            ``default_weight_input``.
+    """
+
+    default_gate_width: ClassVar[int] = 8
+    default_weight_input: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        gates: int = 1,
+        gate_width: int | None = None,
+        weight_input: bool | None = None,
+        **kwargs: Any,
+    ) -> None:
+        gate_width = self.default_gate_width if gate_width is None else gate_width
+        weight_input = self.default_weight_input if weight_input is None else weight_input
+        super().__init__(in_features, out_features, **kwargs)
+        if gates < 1 or gate_width < 1:
+            raise ValueError(f"gates and gate_width must be >= 1, got {gates}, {gate_width}")
+        self.gates, self.gate_width, self.weight_input = gates, gate_width, weight_input
+        self.config.update(gates=gates, gate_width=gate_width, weight_input=weight_input)
+        h = self.hidden
+        self.add_parameter("b", Euclidean((h,)), fan_in=h)
+        for name, (manifold, fan_in) in gate_manifolds(gates, gate_width, h, weight_input).items():
+            self.add_parameter(name, manifold, fan_in=fan_in)

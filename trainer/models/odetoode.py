@@ -11,13 +11,13 @@ from typing import Any, ClassVar
 
 import torch
 
-from trainer.manifolds import Euclidean, Orthogonal, Symmetric, sym
-from trainer.models.base import FlowModel, Params, Projection
-from trainer.models.gates import combine_gates, gate_manifolds, gate_outputs, gate_outputs_over_time
-from trainer.program import Dense, Layer, Residual
+from odetoode.modelfile import Arch
+from trainer.manifolds import Euclidean, Symmetric, sym
+from trainer.models.base import Params, Projection, WeightFlowModel
+from trainer.models.gates import GatedWeightFlow, combine_gates, gate_outputs, gate_outputs_over_time
 
 
-class IsoODEtoODE(FlowModel):
+class IsoODEtoODE(WeightFlowModel):
     """ISO-ODEtoODE: the isospectral double-bracket flow on ``O(h)``.
 
     ``b_iso(W) = [W^T Q W, N] = W^T Q W N - N W^T Q W`` with learnable symmetric ``Q, N``, learnable ``W_0`` in
@@ -27,19 +27,17 @@ class IsoODEtoODE(FlowModel):
     orthogonal flow.
     """
 
-    arch: ClassVar[str] = "iso-odetoode"
+    arch: ClassVar[Arch] = "iso-odetoode"
     default_projection: ClassVar[Projection] = "stiefel"
 
     def __init__(self, in_features: int, out_features: int, **kwargs: Any) -> None:
         super().__init__(in_features, out_features, **kwargs)
         h = self.hidden
-        self.add_parameter("w0", Orthogonal(h))
         self.add_parameter("q", Symmetric(h), fan_in=h)
         self.add_parameter("n", Symmetric(h), fan_in=h)
         self.add_parameter("b", Euclidean((h,)), fan_in=h)
 
     def flow_matrices(self, p: Params) -> list[torch.Tensor]:
-        """``W_1..W_N`` for parameters ``p`` (each ``[..., h, h]``)."""
         w = p["w0"]
         q, n = sym(p["q"]), sym(p["n"])
         out = []
@@ -49,42 +47,15 @@ class IsoODEtoODE(FlowModel):
             out.append(w)
         return out
 
-    def flow_layers(self, p: Params) -> tuple[Layer, ...]:
-        return tuple(Residual(self.step_size, (Dense(w, p["b"], self.activation),)) for w in self.flow_matrices(p))
 
-
-class GatedODEtoODE(FlowModel):
+class GatedODEtoODE(GatedWeightFlow):
     """gated-ODEtoODE: ``b_psi(t, W) = sum_j a_j (F_j - F_j^T)`` with ``F_j`` small networks of ``t`` (and ``W``).
 
-    Args (beyond ``FlowModel``'s):
-        gates: number of gates ``k`` (the paper's ODEtoODE-1/-2/-4/-10).
-        gate_width: hidden width of each gate network (two hidden layers).
-        weight_input: whether the gates also read ``vec(W_t)`` (``h^2`` more inputs per gate).
+    Gates as in ``GatedWeightFlow`` (default width 8, reading ``t`` only).
     """
 
-    arch: ClassVar[str] = "gated-odetoode"
+    arch: ClassVar[Arch] = "gated-odetoode"
     default_projection: ClassVar[Projection] = "stiefel"
-
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        *,
-        gates: int = 1,
-        gate_width: int = 8,
-        weight_input: bool = False,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(in_features, out_features, **kwargs)
-        if gates < 1 or gate_width < 1:
-            raise ValueError(f"gates and gate_width must be >= 1, got {gates}, {gate_width}")
-        self.gates, self.gate_width, self.weight_input = gates, gate_width, weight_input
-        self.config.update(gates=gates, gate_width=gate_width, weight_input=weight_input)
-        h = self.hidden
-        self.add_parameter("w0", Orthogonal(h))
-        self.add_parameter("b", Euclidean((h,)), fan_in=h)
-        for name, (manifold, fan_in) in gate_manifolds(gates, gate_width, h, weight_input).items():
-            self.add_parameter(name, manifold, fan_in=fan_in)
 
     def flow_matrices(self, p: Params) -> list[torch.Tensor]:
         w = p["w0"]
@@ -104,6 +75,3 @@ class GatedODEtoODE(FlowModel):
             w = w @ torch.linalg.matrix_exp(self.step_size * b_psi)
             out.append(w)
         return out
-
-    def flow_layers(self, p: Params) -> tuple[Layer, ...]:
-        return tuple(Residual(self.step_size, (Dense(w, p["b"], self.activation),)) for w in self.flow_matrices(p))

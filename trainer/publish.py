@@ -1,0 +1,166 @@
+"""Publishing a trained model: a checkpoint (or a run directory) -> a version in a model repository.
+
+``export_checkpoint`` is the one path from training to serving, used by ``python -m trainer export``, by
+``es --export`` and by ``supervised --export``. What the model card and the ``odetoode.training`` record get beyond
+the checkpoint's own record follows from what the source holds, never from who calls:
+
+* every model with Stiefel/orthogonal parameters: how far training let them drift from their manifolds;
+* a policy, when ``episodes > 0``: an evaluation of the exported file by ONNX Runtime alone, on episode seeds
+  training never used;
+* a run directory with ``config.json`` and ``log.jsonl`` (an ES run): its learning curve, beside the model;
+* a classifier: real test digits as golden inputs, and its ``test_accuracy_<corruption>`` metrics as a table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from trainer.checkpoint import Checkpoint
+from trainer.evaluate import EVALUATION_SEED_BASE
+from trainer.export import ExportedModel, ExportError, PolicySpec, export_classifier, export_policy, write_to_repository
+from trainer.manifolds import Stiefel, orthogonality_error
+from trainer.models import FlowModel
+
+RUN_CHECKPOINTS = ("best.pt", "checkpoint.pt")
+"""What a run directory exports, in order of preference: an ES run's best evaluated policy, else its (or a
+supervised run's) latest checkpoint."""
+ACCURACY_PREFIX = "test_accuracy_"
+
+
+@dataclass(frozen=True)
+class PublishedModel:
+    """A version written to a repository: its directory and the model as exported."""
+
+    path: Path
+    exported: ExportedModel
+
+
+def resolve_source(source: Path) -> tuple[Checkpoint, Path | None]:
+    """The checkpoint a source names and the run directory around it (``None`` when it has no training log).
+
+    ``source`` is a checkpoint file or a run directory (``RUN_CHECKPOINTS``); a checkpoint inside a run directory
+    brings the run along.
+    """
+    if source.is_dir():
+        found = next((source / f for f in RUN_CHECKPOINTS if (source / f).is_file()), None)
+        if found is None:
+            raise FileNotFoundError(f"{source}: a run directory needs one of {list(RUN_CHECKPOINTS)}")
+        checkpoint, run = found, source
+    else:
+        checkpoint, run = source, source.parent
+    has_log = (run / "log.jsonl").is_file() and (run / "config.json").is_file()
+    return Checkpoint.load(checkpoint), run if has_log else None
+
+
+def manifold_drift(model: FlowModel) -> float | None:
+    """The largest orthogonality error of the Stiefel/orthogonal parameters (``None`` if the model has none).
+
+    Riemannian updates keep them on their manifolds up to rounding (about 1e-13 in float64)."""
+    errors = [float(orthogonality_error(p.detach()).max()) for name, p in model.named_parameters()
+              if isinstance(model.manifolds[name], Stiefel)]  # fmt: skip
+    return max(errors) if errors else None
+
+
+def export_checkpoint(
+    source: Path | Checkpoint,
+    name: str,
+    repository: Path,
+    *,
+    version: int | None = None,
+    episodes: int = 0,
+) -> PublishedModel:
+    """Exports ``source`` (a checkpoint file, a run directory, or a ``Checkpoint`` in memory) into ``repository``
+    as ``name``, version ``version`` (default: the next). Raises ``ExportError`` when a policy checkpoint lacks its
+    spaces or normalization, or when ``episodes > 0`` and it names no environment."""
+    checkpoint, run = (source, None) if isinstance(source, Checkpoint) else resolve_source(Path(source))
+    model = checkpoint.model(dtype=torch.float64)  # exact for float32 checkpoints, and ES trains in float64
+    record = checkpoint.training
+    metrics = dict(record.metrics)
+    drift = manifold_drift(model)
+    if drift is not None:
+        metrics["stiefel_orthogonality_error_max"] = float(f"{drift:.3g}")
+    sections: list[list[str]] = []  # markdown blocks for the card, in order
+    extra_files: dict[str, bytes] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        if checkpoint.kind == "policy":
+            exported = export_policy(model, _policy_spec(checkpoint))
+            if episodes > 0:
+                sections.append(_evaluate(exported, checkpoint.env_id, episodes, Path(tmp), metrics))
+        else:
+            from trainer.data.digits import digits_c
+
+            images, _ = digits_c("identity", split="test")
+            exported = export_classifier(model, sample_images=images[:8, None])
+            sections.append(_accuracy_table(metrics))
+        if run is not None:
+            from trainer.plots import plot_learning_curves
+
+            curve = plot_learning_curves([run], Path(tmp) / "learning_curve.png", title=name)
+            extra_files[curve.name] = curve.read_bytes()
+            sections.append(["## Learning curve", "", f"![learning curve]({curve.name})"])
+    exported = exported.with_training(dataclasses.replace(record, metrics=metrics))
+    exported.card_sections = _blank_line_joined(sections)
+    path = write_to_repository(exported, repository, name, version, extra_files=extra_files)
+    return PublishedModel(path, exported)
+
+
+def _blank_line_joined(blocks: list[list[str]]) -> list[str]:
+    lines: list[str] = []
+    for block in blocks:
+        if block:
+            lines += ([""] if lines else []) + block
+    return lines
+
+
+def _policy_spec(checkpoint: Checkpoint) -> PolicySpec:
+    if checkpoint.observation_space is None or checkpoint.action_space is None or checkpoint.normalization is None:
+        raise ExportError("a policy checkpoint needs its observation and action spaces and normalization to export")
+    return PolicySpec(checkpoint.observation_space, checkpoint.action_space, checkpoint.normalization,
+                      checkpoint.env_id)  # fmt: skip
+
+
+def _evaluate(exported: ExportedModel, env_id: str | None, episodes: int, tmp: Path, metrics: dict[str, object]
+              ) -> list[str]:  # fmt: skip
+    """Runs the exported file with ONNX Runtime alone; adds its returns to ``metrics``, returns the card section."""
+    from trainer.evaluate import evaluate_onnx
+
+    if not env_id:
+        raise ExportError("evaluating a policy needs the environment it was trained on (the checkpoint names none)")
+    exported.save(tmp / "model.onnx")
+    evaluation = evaluate_onnx(tmp / "model.onnx", env_id, episodes)
+    seeds = f"{evaluation.seeds[0]}..{evaluation.seeds[-1]}"
+    metrics.update({
+        f"onnx_eval_return_{episodes}_episodes": round(evaluation.mean, 2),
+        f"onnx_eval_return_std_{episodes}_episodes": round(evaluation.std, 2),
+        "onnx_eval_seeds": f"{seeds} (never used in training)",
+    })  # fmt: skip
+    return [
+        "## Evaluation",
+        "",
+        f"ONNX Runtime alone, {episodes} episodes of `{env_id}` with seeds {seeds} (training drew its episode seeds "
+        f"below {EVALUATION_SEED_BASE}): mean return **{evaluation.mean:.1f}** +- {evaluation.std:.1f} "
+        f"(min {min(evaluation.returns):.1f}, max {max(evaluation.returns):.1f}).",
+        "",
+        f"Reproduce: `python -m trainer evaluate model.onnx --episodes {episodes}`",
+    ]
+
+
+def _accuracy_table(metrics: dict[str, object]) -> list[str]:
+    accuracies = {k.removeprefix(ACCURACY_PREFIX): v for k, v in metrics.items() if k.startswith(ACCURACY_PREFIX)}
+    if not accuracies:
+        return []
+    return [
+        "## Test accuracy on digits-C",
+        "",
+        "Trained on clean digits (scikit-learn's handwritten digits at 28x28), tested on each MNIST-C corruption of "
+        "the held-out split (`identity` is the clean test set).",
+        "",
+        "| corruption | accuracy (%) |",
+        "|---|---|",
+        *(f"| {k.replace('_', ' ')} | {100 * float(v):.2f} |" for k, v in accuracies.items()),  # type: ignore[arg-type]
+    ]
