@@ -11,7 +11,7 @@ from scipy import ndimage, stats
 from skimage import color
 
 from trainer.cli import main as trainer_main
-from trainer.data import corruptions
+from trainer.data import corruptions, image_ops
 from trainer.data.corruptions import CORRUPTIONS, RANDOM_CORRUPTIONS, corrupt_batch, image_rng
 from trainer.data.digits import (
     DIGITS_C_CORRUPTIONS,
@@ -162,7 +162,7 @@ def test_rotate_matches_scipy_rotate_by_the_drawn_angle(seed: int, digit: np.nda
 @pytest.mark.parametrize("angle", [0.4, -0.4])
 def test_rotate_turns_the_principal_axis(angle: float) -> None:
     bar = blob(13.5, 13.5, sx=6.0, sy=1.5)  # long axis along x
-    out = corruptions.rotate_image(bar, angle)
+    out = image_ops.rotate_image(bar, angle)
     rows, cols = np.indices(out.shape, dtype=np.float64)
     w = out / out.sum()
     u, v = cols - (w * cols).sum(), -(rows - (w * rows).sum())  # v points up: counter-clockwise is positive
@@ -179,7 +179,7 @@ def test_shear_moves_an_off_center_blob_by_the_inverse_of_the_reference_map(shea
     # A^-1 q = (q_x + tan(s) q_y, q_y / cos(s)).
     offset = np.array([-2.0, 5.0])
     image = blob(13.5 + offset[0], 13.5 + offset[1], 1.5, 1.5)
-    out = corruptions.shear_image(image, shear)
+    out = image_ops.shear_image(image, shear)
     expected = np.array([offset[0] + np.tan(shear) * offset[1], offset[1] / np.cos(shear)])
     np.testing.assert_allclose(center_of_mass(out) - 13.5, expected, atol=0.05)
     # the mass grows by the Jacobian 1 / cos(s)
@@ -192,7 +192,7 @@ def test_shear_draws_a_random_sign(digit: np.ndarray) -> None:
     for seed in range(4):
         s = corruptions.draw_shear(np.random.default_rng(seed))
         np.testing.assert_array_equal(
-            corruptions.shear(digit, np.random.default_rng(seed)), corruptions.shear_image(digit, s)
+            corruptions.shear(digit, np.random.default_rng(seed)), image_ops.shear_image(digit, s)
         )
 
 
@@ -206,7 +206,7 @@ def test_scale_shrinks_the_digit_by_0_7_about_the_center(digit: np.ndarray) -> N
     np.testing.assert_allclose(extent(out) / extent(digit), 0.7, atol=0.08)
     # second moments shrink by exactly the factor for a smooth image; the mass by its square
     image = blob(15.0, 11.0, 3.0, 2.0)
-    small = corruptions.scale_image(image, 0.7)
+    small = image_ops.scale_image(image, 0.7)
     np.testing.assert_allclose(center_of_mass(small) - 13.5, 0.7 * (np.array([15.0, 11.0]) - 13.5), atol=0.02)
     assert small.sum() == pytest.approx(0.49 * image.sum(), rel=0.01)
 
@@ -246,7 +246,7 @@ def test_impulse_noise_flips_17_percent_to_black_or_white() -> None:
 
 def test_local_shuffle_permutes_pixels_near_where_they_were() -> None:
     image = np.random.default_rng(0).random((28, 28))
-    out = corruptions.local_shuffle(image, 1, 2, np.random.default_rng(1))
+    out = image_ops.local_shuffle(image, 1, 2, np.random.default_rng(1))
     np.testing.assert_array_equal(np.sort(out.ravel()), np.sort(image.ravel()))  # a permutation
     assert (out != image).mean() > 0.3
     # swaps only reach up and left by one (randint(-1, 1) draws -1 or 0) from rows and columns 2..27
@@ -341,11 +341,11 @@ def test_dotted_line_is_dashed_every_other_pair_of_columns() -> None:
 
 
 def test_line_layer_is_full_on_the_line_and_zero_off_it() -> None:
-    layer = corruptions.line_layer(0, 10, 27, 10)
+    layer = image_ops.line_layer(0, 10, 27, 10)
     np.testing.assert_allclose(layer[10, :27], 1.0)
     assert (layer[[7, 13], :] == 0).all()
     assert (layer[:, 27] == 0).all()
-    np.testing.assert_array_equal(corruptions.line_layer(5, 0, 5, 20), 0.0)
+    np.testing.assert_array_equal(image_ops.line_layer(5, 0, 5, 20), 0.0)
 
 
 def test_zigzag_draws_a_stroke_between_columns_two_and_twenty_five() -> None:

@@ -17,10 +17,21 @@ from collections.abc import Callable
 
 import numpy as np
 from scipy import ndimage
-from skimage import feature, transform, util
+from skimage import feature, util
 
-SIZE = 28
-CENTER = (SIZE - 1) / 2  # 13.5: the point the reference's affine corruptions keep fixed
+from trainer.data.image_ops import (
+    SIZE,
+    as_image,
+    clipped,
+    gaussian,
+    line_layer,
+    local_shuffle,
+    rotate_image,
+    scale_image,
+    shear_image,
+    translate_image,
+    zigzag_layer,
+)
 
 # Parameters of the reference code at the published severity of each corruption.
 SHOT_NOISE_RATE = 3.0  # shot_noise, severity 5: Poisson(x * 3) / 3
@@ -41,74 +52,7 @@ STRIPE_COLUMNS = (slice(0, 7), slice(21, SIZE))  # stripe: columns 0-6 and 21-27
 Corruption = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 
-# ---------------------------------------------------------------------------------------------------- helpers
-
-
-def _image(image: np.ndarray) -> np.ndarray:
-    """A float64 copy of a ``[28, 28]`` image; raises ValueError for any other shape."""
-    x = np.array(image, dtype=np.float64)
-    if x.shape != (SIZE, SIZE):
-        raise ValueError(f"expected a [{SIZE}, {SIZE}] image, got shape {x.shape}")
-    return x
-
-
-def _out(x: np.ndarray) -> np.ndarray:
-    return np.clip(x, 0.0, 1.0).astype(np.float32)
-
-
-def _gaussian(x: np.ndarray, sigma: float) -> np.ndarray:
-    """skimage.filters.gaussian's defaults (edge-replicating border, truncate at 4 sigma), without its dtype rules."""
-    return np.asarray(ndimage.gaussian_filter(x, sigma=sigma, mode="nearest", truncate=4.0))
-
-
-def warp_about_center(image: np.ndarray, inverse: np.ndarray) -> np.ndarray:
-    """Bilinear warp whose inverse map is ``p -> inverse @ (p - c) + c`` in (x, y) coordinates, c = (13.5, 13.5).
-
-    An output pixel at ``p`` takes the (bilinearly interpolated) input value at the mapped point; points outside the
-    image read 0. This is skimage's ``warp(x, inverse_map=AffineTransform(...))`` with the translation the reference
-    code adds to keep the image centre fixed.
-    """
-    x = _image(image)
-    a = np.asarray(inverse, dtype=np.float64)
-    if a.shape != (2, 2):
-        raise ValueError(f"expected a 2x2 inverse map, got shape {a.shape}")
-    c = np.array([CENTER, CENTER])
-    matrix = np.eye(3)
-    matrix[:2, :2] = a
-    matrix[:2, 2] = c - a @ c
-    out = transform.warp(x, transform.AffineTransform(matrix=matrix), order=1, mode="constant", cval=0.0)
-    return _out(out)
-
-
-def translate_image(image: np.ndarray, dx: float, dy: float) -> np.ndarray:
-    """The image content moved ``dx`` pixels right and ``dy`` pixels down; uncovered pixels are 0."""
-    x = _image(image)
-    matrix = np.eye(3)
-    matrix[:2, 2] = (-dx, -dy)  # inverse map: an output pixel reads the input dx, dy back
-    return _out(transform.warp(x, transform.AffineTransform(matrix=matrix), order=1, mode="constant", cval=0.0))
-
-
-def rotate_image(image: np.ndarray, angle: float) -> np.ndarray:
-    """The content turned ``angle`` radians counter-clockwise (as displayed) about the image centre, bilinear."""
-    cos, sin = np.cos(angle), np.sin(angle)
-    # skimage's AffineTransform(rotation=angle) used as the inverse map, as in the reference code.
-    return warp_about_center(image, np.array([[cos, -sin], [sin, cos]]))
-
-
-def shear_image(image: np.ndarray, shear: float) -> np.ndarray:
-    """Shear about the image centre with the inverse map of the reference code, ``[[1, -sin s], [0, cos s]]``.
-
-    That is the matrix of ``skimage.transform.AffineTransform(shear=s)`` in the scikit-image releases MNIST-C was
-    made with (newer releases define shear through ``tan`` and would give a different image), so it is written out
-    here. Rows above the centre slide one way and rows below it the other; the content also stretches vertically by
-    ``1 / cos s``.
-    """
-    return warp_about_center(image, np.array([[1.0, -np.sin(shear)], [0.0, np.cos(shear)]]))
-
-
-def scale_image(image: np.ndarray, factor: float) -> np.ndarray:
-    """The content scaled by ``factor`` about the image centre (``factor < 1`` shrinks it), bilinear."""
-    return warp_about_center(image, np.eye(2) / factor)
+# ------------------------------------------------------------------------------------- motion blur and fog
 
 
 def motion_blur_kernel(angle: float, radius: float = MOTION_BLUR[0], sigma: float = MOTION_BLUR[1]) -> np.ndarray:
@@ -139,7 +83,7 @@ def motion_blur_image(image: np.ndarray, angle: float) -> np.ndarray:
     Pixels beyond the border repeat the edge, as ImageMagick's default virtual-pixel method does. Only the rows and
     columns of the kernel that hold taps are used, which keeps this a sub-millisecond correlation.
     """
-    x = _image(image)
+    x = as_image(image)
     kernel = motion_blur_kernel(angle)
     rows = np.flatnonzero(kernel.any(axis=1))
     cols = np.flatnonzero(kernel.any(axis=0))
@@ -149,55 +93,7 @@ def motion_blur_image(image: np.ndarray, angle: float) -> np.ndarray:
     # scipy centres a kernel of length n at n // 2 + origin; the offset-0 tap sits at reach - first.
     origin = (reach - rows[0] - crop.shape[0] // 2, reach - cols[0] - crop.shape[1] // 2)
     blurred = ndimage.correlate(x, crop, mode="nearest", origin=origin)
-    return _out(blurred)
-
-
-def line_layer(c0: float, r0: float, c1: float, r1: float) -> np.ndarray:
-    """The reference code's line stroke through (column, row) points ``(c0, r0)`` and ``(c1, r1)``.
-
-    A pixel's value is ``1 + log(1 - d / 2.3)`` clipped to [0, 1], where ``d`` is its vertical distance to the
-    line (so the stroke is about 3 px tall, full intensity on the line); columns outside
-    ``[floor(c0), ceil(c1))`` are 0, and so is everything when the line is vertical (``c0 == c1``).
-    """
-    if c1 == c0:
-        return np.zeros((SIZE, SIZE))
-    cols = np.arange(SIZE, dtype=np.float64)[None, :]
-    rows = np.arange(SIZE, dtype=np.float64)[:, None]
-    slope = (r1 - r0) / (c1 - c0)
-    distance = np.clip(np.abs(rows - (slope * (cols - c0) + r0)), 0.0, 2.3 - 1e-10)
-    layer = np.clip(np.log1p(-distance / 2.3) + 1.0, 0.0, 1.0)
-    layer[:, : int(np.floor(c0))] = 0.0
-    layer[:, int(np.ceil(c1)) :] = 0.0
-    return layer
-
-
-def zigzag_layer(r0: int, rise: int) -> np.ndarray:
-    """The reference code's zigzag: 2 px teeth of amplitude 2 along a line from (2, r0) to (25, r0 + rise).
-
-    The unrotated path starts at (0, 0), visits ``((2i + 1) * 2, 2 * (-1)**i)`` for each full tooth that fits in
-    the line's length ``d``, and, when ``d`` is not a whole number of teeth, ends at ``(d, r / (2 (d - m)))`` with
-    ``r`` the last tooth's height and ``m`` the length the full teeth cover (the reference's formula, kept as is).
-    The path is turned by the line's angle, moved to (2, r0), and each segment drawn with ``line_layer``.
-    """
-    tooth, amplitude = 2.0, 2.0
-    c0, c1 = 2, 25
-    theta = np.arctan(rise / (c1 - c0))
-    length = (c1 - c0) / np.cos(theta)
-    teeth = int((length - tooth) // (2 * tooth)) + 1
-    i = np.arange(teeth)
-    path_c = [0.0, *((2 * i + 1) * tooth)]
-    path_r = [0.0, *(amplitude * (-1.0) ** i)]
-    covered = 2 * tooth * (length // (2 * tooth))
-    if length != covered:
-        path_c.append(length)
-        path_r.append(path_r[-1] / (2 * (length - covered)))
-    turn = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
-    cs, rs = turn @ np.array([path_c, path_r])
-    cs, rs = cs + c0, rs + r0
-    layer = np.zeros((SIZE, SIZE))
-    for k in range(1, cs.size):
-        layer += line_layer(cs[k - 1], rs[k - 1], cs[k], rs[k])
-    return layer
+    return clipped(blurred)
 
 
 def plasma_fractal(rng: np.random.Generator, mapsize: int = 256, decay: float = FOG[1]) -> np.ndarray:
@@ -232,31 +128,6 @@ def plasma_fractal(rng: np.random.Generator, mapsize: int = 256, decay: float = 
     return height / height.max()
 
 
-def local_shuffle(image: np.ndarray, max_delta: int, passes: int, rng: np.random.Generator) -> np.ndarray:
-    """Glass blur's pixel shuffle: ``passes`` sweeps of random swaps with nearby pixels, in the reference's order.
-
-    Each sweep visits the pixels row by row and, within a row, column by column, both from ``28 - max_delta`` down to
-    ``max_delta + 1`` (27 to 2 for ``max_delta = 1``); with probability 1/2 the pixel swaps with the one
-    ``(dy, dx)`` away, both drawn from
-    ``{-max_delta, ..., max_delta - 1}`` (numpy's ``randint(-d, d)``, upper bound excluded, as in the reference, so
-    swaps go up and left only for ``d = 1``). Swaps are sequential (a pixel moved earlier can move again), so the
-    draws are vectorised and only the swaps themselves run in a loop over a flat list.
-    """
-    x = np.array(image, dtype=np.float64)
-    n = x.shape[0]
-    positions = np.arange(n - max_delta, max_delta, -1)
-    pixels = x.ravel().tolist()
-    for _ in range(passes):
-        swap = rng.random((positions.size, positions.size)) < 0.5
-        delta = rng.integers(-max_delta, max_delta, size=(positions.size, positions.size, 2))
-        h, w = np.meshgrid(positions, positions, indexing="ij")
-        source = (h * n + w)[swap]
-        target = ((h + delta[..., 0]) * n + (w + delta[..., 1]))[swap]
-        for p, q in zip(source.tolist(), target.tolist(), strict=True):
-            pixels[p], pixels[q] = pixels[q], pixels[p]
-    return np.asarray(pixels, dtype=np.float64).reshape(x.shape)
-
-
 # ------------------------------------------------------------------------------------------------ parameter draws
 
 
@@ -286,13 +157,13 @@ def draw_motion_angle(rng: np.random.Generator) -> float:
 
 def identity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The image unchanged (as float32)."""
-    return _out(_image(image))
+    return clipped(as_image(image))
 
 
 def shot_noise(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Poisson noise: each pixel becomes ``Poisson(3 x) / 3``, clipped to [0, 1] (severity 5, rate 3)."""
-    x = _image(image)
-    return _out(rng.poisson(x * SHOT_NOISE_RATE) / SHOT_NOISE_RATE)
+    x = as_image(image)
+    return clipped(rng.poisson(x * SHOT_NOISE_RATE) / SHOT_NOISE_RATE)
 
 
 def impulse_noise(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -300,8 +171,8 @@ def impulse_noise(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
     Uses ``skimage.util.random_noise(mode="s&p", amount=0.17)``, which flips each pixel independently.
     """
-    x = _image(image)
-    return _out(util.random_noise(x, mode="s&p", amount=IMPULSE_NOISE_AMOUNT, rng=rng))
+    x = as_image(image)
+    return clipped(util.random_noise(x, mode="s&p", amount=IMPULSE_NOISE_AMOUNT, rng=rng))
 
 
 def glass_blur(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -311,10 +182,10 @@ def glass_blur(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     See ``local_shuffle`` for the swap order and distribution.
     """
     sigma, max_delta, passes = GLASS_BLUR
-    x = _image(image)
-    blurred = np.floor(np.clip(_gaussian(x, sigma), 0.0, 1.0) * 255.0) / 255.0
+    x = as_image(image)
+    blurred = np.floor(np.clip(gaussian(x, sigma), 0.0, 1.0) * 255.0) / 255.0
     shuffled = local_shuffle(blurred, max_delta, passes, rng)
-    return _out(_gaussian(shuffled, sigma))
+    return clipped(gaussian(shuffled, sigma))
 
 
 def motion_blur(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -347,8 +218,8 @@ def brightness(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     ``x``, and the luminance weights sum to 1, so the round trip is the closed form used here (the tests check it
     against scikit-image's colour conversions).
     """
-    x = _image(image)
-    return _out(x + BRIGHTNESS)
+    x = as_image(image)
+    return clipped(x + BRIGHTNESS)
 
 
 def translate(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -359,10 +230,10 @@ def translate(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def stripe(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Stripe: columns 0-6 and 21-27 inverted (``1 - x``), the middle 14 columns unchanged."""
-    x = _image(image)
+    x = as_image(image)
     for columns in STRIPE_COLUMNS:
         x[:, columns] = 1.0 - x[:, columns]
-    return _out(x)
+    return clipped(x)
 
 
 def fog(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -371,10 +242,10 @@ def fog(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     ``f`` is the top-left 28x28 corner of a fresh 256x256 ``plasma_fractal`` with decay 1.4.
     """
     strength, decay = FOG
-    x = _image(image)
+    x = as_image(image)
     peak = x.max()
     fogged = x + strength * plasma_fractal(rng, 256, decay)[:SIZE, :SIZE]
-    return _out(fogged * peak / (peak + strength))
+    return clipped(fogged * peak / (peak + strength))
 
 
 def spatter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -385,11 +256,11 @@ def spatter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     ``x (1 - m) + m * 63 / 255``.
     """
     mean, std, sigma, threshold, mask_sigma = SPATTER
-    x = _image(image)
-    liquid = _gaussian(rng.normal(mean, std, size=x.shape), sigma)
-    mask = _gaussian((liquid > threshold).astype(np.float64), mask_sigma)
+    x = as_image(image)
+    liquid = gaussian(rng.normal(mean, std, size=x.shape), sigma)
+    mask = gaussian((liquid > threshold).astype(np.float64), mask_sigma)
     mask[mask < SPATTER_MASK_THRESHOLD] = 0.0
-    return _out(x * (1.0 - mask) + SPATTER_COLOR * mask)
+    return clipped(x * (1.0 - mask) + SPATTER_COLOR * mask)
 
 
 def dotted_line(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -398,25 +269,25 @@ def dotted_line(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     Dashes are 2 px wide every 4 px: columns ``c`` with ``(c // 2)`` even are blanked (0-1, 4-5, ...); the line
     layer itself already stops before column 27. The dashes are added to the image and clipped.
     """
-    x = _image(image)
+    x = as_image(image)
     r0, r1 = (int(v) for v in rng.integers(0, SIZE - 1, size=2))
     layer = line_layer(0, r0, SIZE - 1, r1)
     layer[:, (np.arange(SIZE) // 2) % 2 == 0] = 0.0
-    return _out(x + layer)
+    return clipped(x + layer)
 
 
 def zigzag(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Zigzag: a ``zigzag_layer`` from (2, r0) to (25, r0 + k), r0 uniform in [0, 26], k in [-5, 4], added, clipped."""
-    x = _image(image)
+    x = as_image(image)
     r0 = int(rng.integers(0, SIZE - 1))
     rise = int(rng.integers(-5, 5))
-    return _out(x + zigzag_layer(r0, rise))
+    return clipped(x + zigzag_layer(r0, rise))
 
 
 def canny_edges(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Canny edges: ``skimage.feature.canny`` with its defaults (sigma 1, thresholds 0.1 and 0.2) as a 0/1 image."""
-    x = _image(image)
-    return _out(feature.canny(x).astype(np.float64))
+    x = as_image(image)
+    return clipped(feature.canny(x).astype(np.float64))
 
 
 CORRUPTIONS: dict[str, Corruption] = {
