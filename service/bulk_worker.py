@@ -34,12 +34,13 @@ import orjson
 
 from service import oip_codec, rest_codec
 from service.batching import Timing
+from service.binding import bind_inputs, check_requested_outputs
 from service.errors import DeadlineExceeded, InternalError, InvalidArgument, ModelNotReady, ServingError
 from service.inference import InferResponse
 from service.memory import map_large_buffers, release_memory
 from service.model_config import ResolvedConfig
 from service.runtime import ModelRuntime
-from service.tensors import Signature, Tensor, bind_inputs, check_requested_outputs, datatype_of
+from service.tensors import Signature, Tensor, datatype_of
 
 log = logging.getLogger("service.bulk_worker")
 

@@ -18,6 +18,7 @@ import numpy as np
 from odetoode.modelfile import POLICY_OUTPUT
 from service import __version__
 from service.batching import Timing
+from service.binding import bind_inputs, bind_observation, check_requested_outputs
 from service.bulk import BulkPool, BulkReply
 from service.errors import (
     InternalError,
@@ -34,9 +35,6 @@ from service.repository import IndexEntry, ModelRepository, ServedVersion
 from service.settings import ServerSettings
 from service.tensors import (
     Tensor,
-    bind_inputs,
-    bind_observation,
-    check_requested_outputs,
     datatype_of,
 )
 

@@ -11,16 +11,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from odetoode.proto.inference import grpc_service_pb2 as pb
+from service.binding import SMALL_OBSERVATION, float32_all_finite
 from service.errors import InvalidArgument, PayloadTooLarge
 from service.oip_codec import MAX_TOP_LEVEL_FIELDS, infer_request_from_proto, scan_infer_request
 from service.tensors import (
-    SMALL_OBSERVATION,
     Signature,
     TensorSpec,
     decode_json,
     decode_raw,
     decode_typed,
-    float32_all_finite,
 )
 
 SPECIALS = (np.nan, np.inf, -np.inf, 0.0, -0.0, np.finfo(np.float32).max, -np.finfo(np.float32).max,
