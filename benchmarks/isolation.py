@@ -69,7 +69,7 @@ import odetoode.telemetry_off  # noqa: F401  (first: turns ONNX Runtime's teleme
 # isort: split
 import numpy as np
 
-from odetoode.testing.bench import add_pin_options, affinity, cpu_split
+from odetoode.testing.bench import Series, add_pin_options, affinity, cpu_split, tree_usage
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICY = "halfcheetah"
@@ -366,47 +366,6 @@ def abuse(kind: str, ports: Ports, seconds: float, limits: Any) -> dict[str, Any
 
 
 # -- the server and what is measured around it --------------------------------------------------------------------
-
-
-def process_tree(pid: int) -> list[int]:
-    pids, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        pids.append(p)
-        with contextlib.suppress(OSError, ValueError):
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-    return pids
-
-
-def tree_usage(pid: int) -> tuple[float, int]:
-    """(RSS in MiB, open file descriptors) of ``pid`` and its descendants."""
-    rss, fds = 0.0, 0
-    for p in process_tree(pid):
-        with contextlib.suppress(OSError, IndexError, ValueError):  # gone meanwhile, or a zombie without VmRSS
-            status = Path(f"/proc/{p}/status").read_text()
-            rss += int(status.split("VmRSS:")[1].split()[0]) / 1024
-            fds += len(os.listdir(f"/proc/{p}/fd"))
-    return rss, fds
-
-
-@dataclass
-class Series:
-    """Timestamped samples of one quantity."""
-
-    t: list[float] = field(default_factory=list)
-    v: list[float] = field(default_factory=list)
-    ok: list[bool] = field(default_factory=list)
-
-    def add(self, value: float, ok: bool = True) -> None:
-        self.t.append(time.monotonic())
-        self.v.append(value)
-        self.ok.append(ok)
-
-    def window(self, start: float, end: float) -> tuple[np.ndarray, np.ndarray]:
-        t = np.asarray(self.t)
-        mask = (t >= start) & (t < end)
-        return np.asarray(self.v)[mask], np.asarray(self.ok, dtype=bool)[mask]
 
 
 class Watch:

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from odetoode.testing.bench import add_pin_options, affinity, cpu_split, next_tick
+from odetoode.testing.bench import add_pin_options, affinity, cpu_split, next_tick, open_fds, rss_mib
 
 OBS = 17
 ACT_STREAM = "/odetoode.v1.PolicyService/ActStream"
@@ -159,17 +159,6 @@ def client_process(conn: Connection, kind: str, job: dict[str, Any], cpus: set[i
 # -- server side ---------------------------------------------------------------------------------------------------
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
 def answered_by_protocol(metrics_url: str) -> dict[str, float]:
     """Requests answered so far, per protocol, from the server's /metrics."""
     with urllib.request.urlopen(metrics_url, timeout=10) as response:
@@ -228,7 +217,7 @@ def main() -> int:
             + f"; {args.streams} ActStream robots at {args.hz:g} Hz in {args.procs} process(es) + {args.rest_clients} "
             f"REST clients at {args.rest_hz:g} req/s in 1 process; {args.seconds:g} s"
         )
-        rss_before, fds_before = rss_mib(pid), fds(pid)
+        rss_before, fds_before = rss_mib(pid), open_fds(pid)
         start = time.time() + 3.0  # time for the client processes to start and connect
         end = start + args.seconds
         shares = [len(a) for a in np.array_split(np.arange(args.streams), args.procs) if len(a)]
@@ -251,13 +240,13 @@ def main() -> int:
         print(f"\n{'t (s)':>6}{'server RSS MiB':>16}{'fds':>6}{'policy answered':>17}{'rest answered':>15}")
         last = answered_by_protocol(metrics_url)
         rss_peak = rss_mib(pid)
-        print(f"{0:>6.0f}{rss_mib(pid):>16.1f}{fds(pid):>6}{0:>17.0f}{0:>15.0f}")
+        print(f"{0:>6.0f}{rss_mib(pid):>16.1f}{open_fds(pid):>6}{0:>17.0f}{0:>15.0f}")
         while time.time() < end:
             time.sleep(min(args.interval, max(0.0, end - time.time())))
             counts = answered_by_protocol(metrics_url)
             rss = rss_mib(pid)
             rss_peak = max(rss_peak, rss)
-            print(f"{time.time() - start:>6.0f}{rss:>16.1f}{fds(pid):>6}"
+            print(f"{time.time() - start:>6.0f}{rss:>16.1f}{open_fds(pid):>6}"
                   f"{counts.get('policy', 0) - last.get('policy', 0):>17.0f}"
                   f"{counts.get('rest', 0) - last.get('rest', 0):>15.0f}", flush=True)  # fmt: skip
             last = counts
@@ -270,7 +259,7 @@ def main() -> int:
                 return 2
             results[kind].append(result)
         time.sleep(1.0)
-        rss_after, fds_after = rss_mib(pid), fds(pid)
+        rss_after, fds_after = rss_mib(pid), open_fds(pid)
         client_cpu = sum(r["cpu_s"] for rs in results.values() for r in rs)
 
         print(f"\n{'':<22}{'sent':>10}{'answered':>10}{'failed':>8}{'per s':>10}"

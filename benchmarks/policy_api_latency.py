@@ -1,10 +1,11 @@
 """Round-trip latency of one batch-1 observation through ``odetoode.v1.PolicyService``, against a bare server.
 
-The floor is a separate process running a bare grpc.aio server: generic handlers on the same method paths
-(``/odetoode.v1.PolicyService/Act`` and ``.../ActStream``), with the same channel options, that parse the same
-``ActRequest`` bytes with the same generated message class, run the same ONNX Runtime session (same model file, same
-session options, one intra-op thread) on the packed float32 observation and answer with the packed action (an
-``ActResponse``, or an ``ActStreamResponse(action=...)`` per request on the stream). So the floor is gRPC transport +
+The floor is the harness's floor server (``odetoode.testing.bench.floor``, serving PolicyService only): a separate
+process running a bare grpc.aio server, generic handlers on the same method paths (``/odetoode.v1.PolicyService/Act``
+and ``.../ActStream``), with the same channel options, that parse the same ``ActRequest`` bytes with the same
+generated message class, run the same ONNX Runtime session (same model file, same session options, one intra-op
+thread) on the packed float32 observation and answer with the packed action (an ``ActResponse``, or an
+``ActStreamResponse(action=...)`` per request on the stream). So the floor is gRPC transport +
 protobuf + ONNX Runtime and nothing else; the server under test (``python -m service``, also its own process) adds
 everything else: validation, the batcher, metrics, timing fields, the stream's reader task and overflow queue.
 
@@ -37,18 +38,15 @@ before it run at normal priority either way).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import gc
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from functools import partial
 from importlib.metadata import version
 from pathlib import Path
@@ -60,109 +58,30 @@ import odetoode.telemetry_off  # noqa: F401  (first: turns ONNX Runtime's teleme
 import numpy as np
 import onnxruntime as ort
 
-from odetoode.testing.bench import add_pin_options, affinity, cpu_seconds, cpu_session, cpu_split, floor_process, sample
+from odetoode.testing.bench import (
+    Row,
+    StreamRoundTrip,
+    add_pin_options,
+    affinity,
+    alternate,
+    cpu_session,
+    cpu_split,
+    floor_process,
+    format_ratios,
+    ratio,
+    ratio_table,
+    value,
+    verdict,
+)
 
 POLICY = "policy"
 OBS = 17
-SERVICE = "odetoode.v1.PolicyService"
-
-
-# -- the floor server (its own process: ``policy_api_latency.py --floor-server MODEL_FILE``) ------------------------
-
-
-async def serve_floor(model_file: Path) -> None:
-    import grpc
-
-    from odetoode.proto.odetoode.v1 import policy_pb2 as pb
-    from service.grpc_server import grpc_options
-    from service.settings import ServerSettings
-
-    sess = cpu_session(model_file)
-    input_name = sess.get_inputs()[0].name
-    output_names = [o.name for o in sess.get_outputs()]
-    f32 = np.dtype("<f4")
-
-    def answer(request: Any) -> Any:
-        x = np.frombuffer(request.observation, dtype=f32).reshape(1, -1)
-        action = sess.run(output_names, {input_name: x})[0]
-        return pb.ActResponse(policy=request.policy, version="1", sequence=request.sequence, action=action.tobytes())
-
-    async def act(request: Any, context: Any) -> Any:
-        return answer(request)
-
-    async def act_stream(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
-        async for request in requests:
-            yield pb.ActStreamResponse(action=answer(request))
-
-    handlers = {
-        "Act": grpc.unary_unary_rpc_method_handler(act, pb.ActRequest.FromString, pb.ActResponse.SerializeToString),
-        "ActStream": grpc.stream_stream_rpc_method_handler(
-            act_stream, pb.ActRequest.FromString, pb.ActStreamResponse.SerializeToString
-        ),
-    }
-    server = grpc.aio.server(options=grpc_options(ServerSettings(repository=model_file.parent)))
-    # registered exactly as the generated ``add_PolicyServiceServicer_to_server`` does
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    server.add_registered_method_handlers(SERVICE, handlers)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    print(f"floor serving: grpc :{port}", flush=True)
-    await stop.wait()
-    await server.stop(0)
-
-
-# -- client side ---------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Timing:
-    name: str
-    p50_us: float
-    p90_us: float
-    p99_us: float
-    mean_us: float
-    server_cpu_us: float
-    """CPU time (all threads) of the process that answered, per call: less sensitive to a busy machine."""
-
-
-class StreamRoundTrip:
-    """One sequential round trip on an open ``ActStream`` (``PolicyClient.stream``): send, receive, check."""
-
-    def __init__(self, stream: Any, observation: np.ndarray) -> None:
-        self.stream, self.observation, self.sequence = stream, observation, 0
-
-    def __call__(self) -> Any:
-        from odetoode.client import Action
-
-        self.sequence += 1
-        self.stream.send(self.observation, self.sequence)
-        result = self.stream.receive(timeout=30)
-        if not isinstance(result, Action) or result.sequence != self.sequence:
-            raise RuntimeError(f"stream answered {result!r} to observation {self.sequence}")
-        return result
-
-
-def summarize(name: str, samples: np.ndarray, cpu_s: float) -> Timing:
-    p50, p90, p99 = (float(x) for x in np.percentile(samples, [50, 90, 99]))
-    return Timing(name, p50, p90, p99, float(samples.mean()), 1e6 * cpu_s / len(samples))
-
-
-def print_rows(rows: list[tuple[Timing, Timing]]) -> None:
-    """Each ``(row, its floor)``: p50/p90/p99/mean, the p50 and p99 ratios to that floor, server CPU per call."""
-    print(
-        f"\n{'':<44}{'p50 us':>9}{'p90 us':>9}{'p99 us':>9}{'mean us':>9}{'p50 x floor':>13}{'p99 x floor':>13}"
-        f"{'server CPU us':>15}{'x floor':>9}"
-    )
-    for row, floor in rows:
-        print(
-            f"{row.name:<44}{row.p50_us:>9.1f}{row.p90_us:>9.1f}{row.p99_us:>9.1f}{row.mean_us:>9.1f}"
-            f"{row.p50_us / floor.p50_us:>13.2f}{row.p99_us / floor.p99_us:>13.2f}"
-            f"{row.server_cpu_us:>15.1f}{row.server_cpu_us / floor.server_cpu_us:>9.2f}"
-        )
+COLUMNS = [
+    value("p50_us", "p50 us"), value("p90_us", "p90 us"), value("p99_us", "p99 us"), value("mean_us", "mean us"),
+    ratio("p50_us", "p50 x floor"), ratio("p99_us", "p99 x floor"), value("server_cpu_us", "server CPU us", 15),
+    ratio("server_cpu_us", "x floor", 9),
+]  # fmt: skip
+"""p50/p90/p99/mean, the p50 and p99 ratios to the row's floor, the answering process's CPU time per call."""
 
 
 def set_fifo_priority(pid: int, priority: int) -> int:
@@ -254,12 +173,8 @@ def main() -> None:
     parser.add_argument("--rt-priority", type=int, default=0, help="SCHED_FIFO priority (1-99) for client, server "
                         "and floor during the loop (0: off)")  # fmt: skip
     add_pin_options(parser)
-    parser.add_argument("--floor-server", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--wakeup-probe", nargs=4, type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.floor_server is not None:
-        asyncio.run(serve_floor(args.floor_server))
-        return
     if args.wakeup_probe is not None:
         cpu, start_ns, seconds, priority = args.wakeup_probe
         wakeup_probe(int(cpu), int(start_ns), seconds, int(priority))
@@ -277,8 +192,7 @@ def main() -> None:
         server_cpus, client_cpus = cpu_split(args.pin)
         with affinity(server_cpus):  # server and floor on the same CPU(s): the same placement for both
             ours = stack.enter_context(server_process(repo, "--model-control-mode", "none"))
-            ready, floor_pid = stack.enter_context(floor_process(__file__, model_file, r"grpc :(\d+)"))
-        floor_port = int(ready[1])
+            floor = stack.enter_context(floor_process(model_file, "policy"))
         if client_cpus:
             os.sched_setaffinity(0, client_cpus)
 
@@ -294,19 +208,19 @@ def main() -> None:
         def stream(client: PolicyClient) -> StreamRoundTrip:
             s = client.stream(POLICY)
             stack.callback(s.close)
-            return StreamRoundTrip(s, obs[0])
+            return StreamRoundTrip(s, [obs[0]])
 
-        floor_client, our_client = policy_client(f"127.0.0.1:{floor_port}"), policy_client(ours.grpc)
-        # (name, round trip, name of the floor it is compared with); the process answering is the floor for
-        # "floor" rows and the server for the others
-        rows: list[tuple[str, Callable[[], Any], str]] = [
-            ("floor  Act (PolicyClient.act)", partial(floor_client.act, POLICY, obs[0]), ""),
-            ("server Act (PolicyClient.act)", partial(our_client.act, POLICY, obs[0]), "floor  Act (PolicyClient.act)"),
-            ("floor  ActStream (PolicyClient.stream)", stream(floor_client), ""),
-            ("server ActStream (PolicyClient.stream)", stream(our_client), "floor  ActStream (PolicyClient.stream)"),
+        floor_client, our_client = policy_client(floor.grpc), policy_client(ours.grpc)
+        act_floor, stream_floor = "floor  Act (PolicyClient.act)", "floor  ActStream (PolicyClient.stream)"
+        server_pid = ours.process.pid
+        rows = [
+            Row(act_floor, partial(floor_client.act, POLICY, obs[0]), answered_by=floor.pid),
+            Row("server Act (PolicyClient.act)", partial(our_client.act, POLICY, obs[0]), act_floor, server_pid),
+            Row(stream_floor, stream(floor_client), answered_by=floor.pid),
+            Row("server ActStream (PolicyClient.stream)", stream(our_client), stream_floor, server_pid),
         ]
         reference = cpu_session(model_file).run(None, {"observation": obs})[0]
-        checks: list[tuple[str, Callable[[Any], np.ndarray]]] = [(name, lambda a: a.values) for name, _, _ in rows]
+        checks: list[Callable[[Any], np.ndarray]] = [lambda a: a.values] * len(rows)
         if not args.no_reference:
             import tritonclient.grpc as grpcclient
             import tritonclient.http as httpclient
@@ -319,16 +233,19 @@ def main() -> None:
             stack.callback(g_client.close)
             h_client = httpclient.InferenceServerClient(f"127.0.0.1:{ours.http_port}")
             stack.callback(h_client.close)
+            # another client: their ratio is to the unary floor
             rows += [
-                ("server OIP ModelInfer (tritonclient.grpc)", partial(g_client.infer, POLICY, [g_in]), rows[0][0]),
-                ("server REST infer binary (tritonclient.http)", partial(h_client.infer, POLICY, [h_in]), rows[0][0]),
-            ]
-            checks += [(name, lambda r: r.as_numpy("action")) for name, _, _ in rows[4:]]
+                Row("server OIP ModelInfer (tritonclient.grpc)", partial(g_client.infer, POLICY, [g_in]), act_floor,
+                    server_pid),
+                Row("server REST infer binary (tritonclient.http)", partial(h_client.infer, POLICY, [h_in]), act_floor,
+                    server_pid),
+            ]  # fmt: skip
+            checks += [lambda r: r.as_numpy("action")] * 2
 
         # every row computes the same action
-        for (name, fn, _), (_, action_of) in zip(rows, checks, strict=True):
-            got = np.asarray(action_of(fn())).reshape(reference.shape)
-            assert np.array_equal(got, reference), name
+        for row, action_of in zip(rows, checks, strict=True):
+            got = np.asarray(action_of(row.call())).reshape(reference.shape)
+            assert np.array_equal(got, reference), row.name
 
         placement = (
             f"server and floor on CPU {sorted(server_cpus)}, client on {sorted(client_cpus)}"
@@ -340,38 +257,20 @@ def main() -> None:
             f"PolicyClient (grpcio {version('grpcio')}), onnxruntime {ort.__version__}; {args.requests} timed round "
             f"trips per row in {args.rounds} alternating rounds"
         )
-        for _, fn, _ in rows:
-            sample(fn, 0, args.warmup)
-        chunk = max(1, args.requests // args.rounds)
-        collected: dict[str, list[np.ndarray]] = {name: [] for name, _, _ in rows}
-        cpu: dict[str, float] = dict.fromkeys(collected, 0.0)
         # floor/server pairs alternate (order flipped every round); the reference rows run after each pair
         groups = [rows[0:2], rows[2:4], *([rows[4:]] if len(rows) > 4 else [])]
-        started = time.perf_counter()
-        for r in range(args.rounds):
-            for group in groups:
-                for name, fn, _ in group if r % 2 == 0 else group[::-1]:
-                    sample(fn, 0, warmup=20)
-                    pid = floor_pid if name.startswith("floor") else ours.process.pid
-                    before = cpu_seconds(pid)
-                    collected[name].append(sample(fn, chunk, warmup=0))
-                    cpu[name] += cpu_seconds(pid) - before
-        timings = {name: summarize(name, np.concatenate(collected[name]), cpu[name]) for name, _, _ in rows}
-        print(f"measured in {time.perf_counter() - started:.1f} s")
-        print_rows([(timings[name], timings[floor or name]) for name, _, floor in rows])
+        measured = alternate(groups, requests=args.requests, rounds=args.rounds, warmup=args.warmup)
+        print(f"measured in {measured.seconds:.1f} s")
+        ratio_table(measured.pairs(rows), COLUMNS, name_width=44)
 
         print()
-        for (floor_name, _, _), (name, _, _) in (rows[0:2], rows[2:4]):
-            ratio = timings[name].p50_us / timings[floor_name].p50_us
-            per_round = np.array([np.percentile(c, 50) for c in collected[name]]) / np.array(
-                [np.percentile(c, 50) for c in collected[floor_name]]
-            )
-            method = name.split()[1]
-            verdict = "meets" if ratio <= 1.15 else "MISSES"
+        for row in (rows[1], rows[3]):
+            assert row.floor is not None
+            p50_ratio = measured.timing(row.name).p50_us / measured.timing(row.floor).p50_us
+            method = row.name.split()[1]
             print(
-                f"{method} p50 = {ratio:.2f}x its floor: {verdict} the target (<= 1.15x); per round "
-                + " ".join(f"{x:.2f}" for x in per_round)
-                + f" (median {np.median(per_round):.2f})"
+                f"{method} p50 = {p50_ratio:.2f}x its floor: {verdict(p50_ratio <= 1.15)} the target (<= 1.15x); "
+                f"per round {format_ratios(measured.per_round(row.name, row.floor))}"
             )
 
         if args.loop_seconds > 0:
@@ -381,8 +280,8 @@ def main() -> None:
             gc.freeze()  # as the server does after start-up, and as a robot process should before its loop
             scheduling = "normal priority"
             if args.rt_priority:
-                threads = sum(set_fifo_priority(pid, args.rt_priority) for pid in (os.getpid(), ours.process.pid,
-                                                                                   floor_pid))  # fmt: skip
+                pids = (os.getpid(), server_pid, floor.pid)
+                threads = sum(set_fifo_priority(pid, args.rt_priority) for pid in pids)
                 scheduling = f"SCHED_FIFO {args.rt_priority} on {threads} threads of client, server and floor"
             print(
                 f"\n1 kHz control loop (PolicyClient.control_loop, realtime), {args.loop_seconds:g} s each, "
@@ -402,7 +301,7 @@ def main() -> None:
                     ok = report.percentile(99) < 1000 and report.missed_fraction < 0.001
                     print(
                         f"  server: p99 {report.percentile(99):.0f} us (< 1000), missed "
-                        f"{100 * report.missed_fraction:.3f}% (< 0.1%): {'meets' if ok else 'MISSES'} the target"
+                        f"{100 * report.missed_fraction:.3f}% (< 0.1%): {verdict(ok)} the target"
                     )
             # The host's share of missed cycles: a cycle whose thread wakes up later than 1 ms minus a median round
             # trip cannot be answered in time, whatever serves it. The loop needs two CPUs each cycle -- the client's

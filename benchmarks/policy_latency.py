@@ -1,9 +1,10 @@
 """Latency of one exported ISO-ODEtoODE policy (h = 16, N = 25, HalfCheetah-sized 17 -> 6) at batch 1 and 256.
 
-Compares ONNX Runtime (one intra-op thread, as the server runs it) with the same unrolled program evaluated by torch
-eager and by numpy. The floor, measured in the same run, is ONNX Runtime running a single-MatMul graph with the same
-input and output: the fixed cost of one session call. Every figure is printed with its ratio to the floor and to ONNX
-Runtime, because absolute numbers on a shared machine are noisy.
+Compares ONNX Runtime (sessions as the server builds them, ``odetoode.testing.bench.cpu_session``: one intra-op
+thread) with the same unrolled program evaluated by torch eager and by numpy. The floor, measured in the same run, is
+ONNX Runtime running a single-MatMul graph with the same input and output: the fixed cost of one session call. Every
+figure is printed with its ratio to the floor and to ONNX Runtime, because absolute numbers on a shared machine are
+noisy.
 
     python benchmarks/policy_latency.py [--repeats 3000]
 """
@@ -22,18 +23,11 @@ import torch
 from onnx import TensorProto, helper
 
 from odetoode.modelfile import Box, Normalization
-from odetoode.testing.bench import print_table, time_calls
+from odetoode.testing.bench import cpu_session, print_table, time_calls
 from trainer.export import PolicySpec, export_policy, policy_reference
 from trainer.models import build_model
 
 OBS, ACT, HIDDEN, STEPS = 17, 6, 16, 25
-
-
-def session(model_bytes: bytes) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
 
 def floor_model() -> bytes:
@@ -65,8 +59,8 @@ def main() -> None:
         normalization=Normalization((0.0,) * OBS, (1.0,) * OBS, 5.0),
     )
     exported = export_policy(model, spec)
-    policy = session(exported.proto.SerializeToString())
-    floor = session(floor_model())
+    policy = cpu_session(exported.proto.SerializeToString())
+    floor = cpu_session(floor_model())
 
     program32 = model.unroll().map(lambda t: t.to(torch.float32))
     program_np = model.unroll().numpy(np.float32)

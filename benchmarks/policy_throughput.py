@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from odetoode.testing.bench import add_pin_options, affinity, cpu_seconds, cpu_split
+from odetoode.testing.bench import add_pin_options, affinity, cpu_seconds, cpu_split, verdict
 
 OBS = 17
 MAX_BATCH = 64
@@ -313,7 +313,7 @@ def main() -> None:
         ok = ratio >= 1.5 and p99 < 10
         print(
             f"\nat {top} streams: batched/unbatched throughput {ratio:.2f}x (>= 1.5x), batched p99 {p99:.2f} ms "
-            f"(< 10 ms): {'meets' if ok else 'MISSES'} the target; server CPU per action batched/unbatched "
+            f"(< 10 ms): {verdict(ok)} the target; server CPU per action batched/unbatched "
             f"{(on.server_cpu_s / on.actions) / (off.server_cpu_s / off.actions):.2f}x"
         )
         if args.rounds > 1:

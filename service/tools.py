@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
-import time
 
 import numpy as np
 from google.protobuf.json_format import MessageToDict
 
-from odetoode.client import Action, PolicyClient
+from odetoode.client import PolicyClient, PolicyInfo
 
 COMMANDS = ("act", "bench", "info")
 
@@ -20,6 +20,29 @@ def _observation(text: str | None, size: int) -> np.ndarray:
         return np.zeros(size, dtype=np.float32)
     values = [float(v) for v in text.replace(",", " ").split()]
     return np.asarray(values, dtype=np.float32)
+
+
+def _bench(client: PolicyClient, policy: str, version: str | None, info: PolicyInfo, requests: int) -> int:
+    """``requests`` sequential Act calls, then as many round trips on one ActStream (send, receive its action), each
+    timed on the client's side of ``PolicyClient`` by the benchmark harness (``odetoode.testing.bench``: garbage
+    collector paused), no warm-up; observations drawn around the policy's normalization."""
+    from odetoode.testing.bench import StreamRoundTrip, sample, summarize
+
+    rng = np.random.default_rng(0)
+    mean, std = np.asarray(info.normalization.mean), np.asarray(info.normalization.std)
+    size = int(np.prod(info.observation_space.shape))
+    observations = (mean + std * rng.normal(size=(requests, size))).astype(np.float32)
+    unary = itertools.cycle(observations)
+    act = summarize("Act", sample(lambda: client.act(policy, next(unary), version=version), requests, warmup=0))
+    stream = client.stream(policy, version=version)
+    try:
+        streamed = summarize("ActStream", sample(StreamRoundTrip(stream, observations, timeout=5), requests, warmup=0))
+    finally:
+        stream.close()
+    for t in (act, streamed):
+        print(f"{t.name:<10} {requests} sequential calls: p50 {t.p50_us:.0f} us, p90 {t.p90_us:.0f} us, "
+              f"p99 {t.p99_us:.0f} us")  # fmt: skip
+    return 0
 
 
 def main(argv: list[str]) -> int:
@@ -50,22 +73,7 @@ def main(argv: list[str]) -> int:
                               "server_us": action.server_ns / 1e3, "compute_us": action.compute_ns / 1e3,
                               "round_trip_us": action.latency_ns / 1e3}))  # fmt: skip
             return 0
-        rng = np.random.default_rng(0)
-        mean, std = np.asarray(info.normalization.mean), np.asarray(info.normalization.std)
-        observations = (mean + std * rng.normal(size=(args.requests, size))).astype(np.float32)
-        unary = [client.act(args.policy, o, version=args.version).latency_ns / 1e3 for o in observations]
-        stream = client.stream(args.policy, version=args.version)
-        streamed = []
-        for i, o in enumerate(observations):
-            start = time.perf_counter_ns()
-            stream.send(o, i)
-            answer = stream.receive(timeout=5)
-            assert isinstance(answer, Action) and answer.sequence == i
-            streamed.append((time.perf_counter_ns() - start) / 1e3)
-        stream.close()
-        for label, samples in (("Act", unary), ("ActStream", streamed)):
-            p50, p90, p99 = np.percentile(samples, [50, 90, 99])
-            print(f"{label:<10} {len(samples)} sequential calls: p50 {p50:.0f} us, p90 {p90:.0f} us, p99 {p99:.0f} us")
+        return _bench(client, args.policy, args.version, info, args.requests)
     return 0
 
 
