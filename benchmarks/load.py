@@ -30,7 +30,6 @@ import os
 import sys
 import tempfile
 import time
-import urllib.request
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from odetoode.testing.bench import add_pin_options, affinity, cpu_split, next_tick, open_fds, rss_mib
+from odetoode.testing.bench.scrape import scrape, total
 
 OBS = 17
 ACT_STREAM = "/odetoode.v1.PolicyService/ActStream"
@@ -161,14 +161,9 @@ def client_process(conn: Connection, kind: str, job: dict[str, Any], cpus: set[i
 
 def answered_by_protocol(metrics_url: str) -> dict[str, float]:
     """Requests answered so far, per protocol, from the server's /metrics."""
-    with urllib.request.urlopen(metrics_url, timeout=10) as response:
-        text = response.read().decode()
-    counts: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("odetoode_requests_total{"):
-            protocol = line.split('protocol="')[1].split('"')[0]
-            counts[protocol] = counts.get(protocol, 0.0) + float(line.rsplit(" ", 1)[1])
-    return counts
+    samples = scrape(metrics_url)
+    protocols = {s.labels["protocol"] for s in samples if s.name == "odetoode_requests_total"}
+    return {p: total(samples, "odetoode_requests_total", protocol=p) for p in protocols}
 
 
 def summary(name: str, results: list[dict[str, Any]], seconds: float) -> tuple[str, int, int]:

@@ -38,15 +38,16 @@ import re
 import shutil
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from prometheus_client.samples import Sample
 
 from odetoode.testing.bench import add_pin_options, affinity, cpu_seconds, cpu_split, verdict
+from odetoode.testing.bench.scrape import scrape, total
 
 OBS = 17
 MAX_BATCH = 64
@@ -135,25 +136,13 @@ def client_worker(conn: Connection, cpus: set[int] | None) -> None:
 # -- server side figures -------------------------------------------------------------------------------------------
 
 
-def scrape(metrics_url: str) -> dict[str, float]:
-    with urllib.request.urlopen(metrics_url, timeout=10) as response:
-        text = response.read().decode()
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("odetoode_batch_size"):
-            key, _, value = line.rpartition(" ")
-            values[key] = float(value)
-    return values
-
-
-def batch_stats(before: dict[str, float], after: dict[str, float], model: str) -> tuple[float, float]:
+def batch_stats(before: list[Sample], after: list[Sample], model: str) -> tuple[float, float]:
     """(batches, rows) computed for ``model`` between two scrapes."""
 
-    def delta(key: str) -> float:
-        return after.get(key, 0.0) - before.get(key, 0.0)
+    def delta(name: str) -> float:
+        return total(after, name, model=model, version="1") - total(before, name, model=model, version="1")
 
-    labels = f'{{model="{model}",version="1"}}'
-    return delta(f"odetoode_batch_size_count{labels}"), delta(f"odetoode_batch_size_sum{labels}")
+    return delta("odetoode_batch_size_count"), delta("odetoode_batch_size_sum")
 
 
 # -- the runs ------------------------------------------------------------------------------------------------------
