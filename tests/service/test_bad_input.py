@@ -34,6 +34,8 @@ import pytest
 
 from odetoode.proto.inference import grpc_service_pb2 as pb
 from odetoode.proto.odetoode.v1 import policy_pb2 as ppb
+from odetoode.testing.abuse import unary
+from odetoode.testing.bench import rss_mib
 from odetoode.testing.clients import OBS, infer_proto, observation_json
 from odetoode.testing.servers import RunningServer, ServerProcess, running_server, server_process
 
@@ -385,14 +387,6 @@ def post(server: RunningServer, case: Rest) -> httpx.Response:
     return httpx.post(server.http + case.path, content=case.body, headers=case.headers, timeout=30)
 
 
-def unary(channel: grpc.Channel, method: str, wire: bytes, timeout: float = 30) -> tuple[grpc.StatusCode, str, bytes]:
-    try:
-        answer = channel.unary_unary(method)(wire, timeout=timeout)
-    except grpc.RpcError as exc:
-        return exc.code(), exc.details() or "", b""
-    return OK, "", answer
-
-
 def stream(channel: grpc.Channel, method: str, wires: list[bytes]) -> tuple[list[bytes], grpc.StatusCode, str]:
     """Sends ``wires`` on a bidirectional stream; the answers and the final status."""
     call = channel.stream_stream(method)(iter(wires), timeout=30)
@@ -573,13 +567,6 @@ def test_model_names_are_only_ever_unknown(server: RunningServer, channel: grpc.
 
 
 # -- oversized bodies against a server process: refused without being read -------------------------------------
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 def send_endless(port: int, head: bytes, chunk: bytes, cap: int) -> tuple[int, bytes]:

@@ -30,6 +30,7 @@ from odetoode.proto.inference import grpc_service_pb2 as pb
 from odetoode.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from odetoode.proto.odetoode.v1 import policy_pb2 as ppb
 from odetoode.proto.odetoode.v1 import policy_pb2_grpc as ppb_grpc
+from odetoode.testing.abuse import binary_header, infer_json, post_head
 from odetoode.testing.clients import OBS, observation_json
 from odetoode.testing.models import add_policy
 from odetoode.testing.servers import RunningServer, running_server
@@ -67,10 +68,7 @@ def observations(rows: int = ROWS, seed: int = 0) -> np.ndarray:
 
 def binary_body(x: np.ndarray, *, datatype: str = "FP32", shape: list[int] | None = None,
                 size: int | None = None) -> tuple[bytes, dict[str, str]]:  # fmt: skip
-    size = x.nbytes if size is None else size
-    header = orjson.dumps({"inputs": [{"name": "observation", "shape": shape or list(x.shape), "datatype": datatype,
-                                       "parameters": {"binary_data_size": size}}],
-                           "parameters": {"binary_data_output": True}})  # fmt: skip
+    header = binary_header(shape or list(x.shape), datatype, x.nbytes if size is None else size)
     return header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header))}
 
 
@@ -82,8 +80,7 @@ def test_large_requests_get_the_answers_small_ones_get(server: RunningServer, or
     pool = server.server.bulk
     jobs = pool.jobs
     url = f"{server.http}/v2/models/policy/infer"
-    doc = orjson.dumps({"inputs": [{"name": "observation", "shape": [ROWS, OBS], "datatype": "FP32",
-                                    "data": x.tolist()}]})  # fmt: skip
+    doc = infer_json(x)
 
     def rest_json(r: httpx.Response) -> np.ndarray:
         assert r.status_code == 200, r.text
@@ -121,7 +118,7 @@ def test_large_requests_get_the_answers_small_ones_get(server: RunningServer, or
 
 def test_an_unknown_model_is_refused_before_its_body_is_read(server: RunningServer) -> None:
     """404 from the path alone, and the connection closed: the server does not read 64 MiB to throw them away."""
-    head = b"POST /v2/models/nope/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (64 << 20)
+    head = post_head("/v2/models/nope/infer", 64 << 20)
     status, sent = exchange(server, head, 64 << 20)
     assert status.startswith(b"HTTP/1.1 404"), status
     assert sent < 16 << 20, f"{sent >> 20} MiB sent before the answer"
@@ -132,10 +129,9 @@ def test_a_tensor_header_that_cannot_fit_is_refused_before_its_data_is_read(serv
     header of the binary extension, before the 60 MB that follow it are read."""
     for shape, datatype, size, message in (([15_000_000], "BYTES", 60_000_000, b"is FP32, got BYTES"),
                                            ([100_000, OBS], "FP32", 6_800_000, b"max_request_rows")):  # fmt: skip
-        header = orjson.dumps({"inputs": [{"name": "observation", "shape": shape, "datatype": datatype,
-                                           "parameters": {"binary_data_size": size}}]})  # fmt: skip
-        head = (b"POST /v2/models/policy/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
-                b"Inference-Header-Content-Length: %d\r\n\r\n" % (len(header) + size, len(header)))  # fmt: skip
+        header = binary_header(shape, datatype, size, binary_output=False)
+        head = post_head("/v2/models/policy/infer", len(header) + size,
+                         f"Inference-Header-Content-Length: {len(header)}\r\n")  # fmt: skip
         status, sent = exchange(server, head + header, size)
         assert status.split(b"\r\n")[0] in (b"HTTP/1.1 400 Bad Request", b"HTTP/1.1 413 Request Entity Too Large")
         assert message in status, status
@@ -181,8 +177,7 @@ def test_rows_are_bounded_per_model_whatever_the_size(server: RunningServer) -> 
         x = observations(rows)
         body, headers = binary_body(x)  # 700-odd bytes
         if not small:  # the same rows as JSON: a few KB
-            body, headers = orjson.dumps({"inputs": [{"name": "observation", "shape": [rows, OBS],
-                                                      "datatype": "FP32", "data": x.tolist()}]}), {}  # fmt: skip
+            body, headers = infer_json(x), {}
         assert (len(body) <= SMALL) == small
         r = httpx.post(f"{server.http}/v2/models/bounded/infer", content=body, headers=headers, timeout=30)
         assert r.status_code == (413 if rows > 8 else 200), r.text
@@ -209,7 +204,7 @@ def test_large_requests_beyond_the_bound_are_refused_at_once(repo: Path) -> None
     """``bulk_max_requests: 1``: while one large body trickles in, a second large request is refused 429 without
     waiting, and small requests and robots are served as ever."""
     with running_server(repo, bulk_request_bytes=SMALL, bulk_max_requests=1) as server:
-        head = b"POST /v2/models/policy/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"
+        head = post_head("/v2/models/policy/infer", 100000)
         with socket.create_connection(("127.0.0.1", server.server.http_port)) as slow:
             slow.sendall(head + b'{"inputs": [')  # admitted, then waits for the rest of its body
             assert wait_until(lambda: server.server.bulk.admitted == 1)
