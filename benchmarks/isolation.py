@@ -49,7 +49,6 @@ import json
 import os
 import re
 import resource
-import signal
 import subprocess
 import sys
 import tempfile
@@ -66,6 +65,7 @@ import numpy as np
 
 from odetoode.testing.abuse import KINDS, Ports, abuse, http_exchange, policy_json, post_head, server_settings
 from odetoode.testing.bench import add_pin_options, affinity, cpu_split
+from odetoode.testing.bench.host import stop
 from odetoode.testing.bench.watch import Watch
 from odetoode.testing.robot import FAILED_S, PERIOD_S, robot
 
@@ -107,11 +107,7 @@ def server(
             else:
                 raise RuntimeError("server did not start:\n" + log.read_text(errors="replace"))
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop(proc, 30)
 
 
 def abuser_sched(policy: str, cpus: set[int] | None) -> Callable[[], None]:

@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from odetoode.testing.bench.host import stop
+
 if TYPE_CHECKING:
     import onnxruntime as ort
 
@@ -233,12 +235,7 @@ def floor_process(model_file: Path, *services: str) -> Iterator[FloorProcess]:
         http, grpc = (int(port) if port else None for port in match.groups())
         yield FloorProcess(proc.pid, grpc, http)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop(proc, 10)
         if proc.stdout is not None:
             proc.stdout.close()
 

@@ -7,10 +7,13 @@ import argparse
 import contextlib
 import math
 import os
+import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -108,3 +111,13 @@ class Series:
         t = np.asarray(self.t)
         mask = (t >= start) & (t < end)
         return np.asarray(self.v)[mask], np.asarray(self.ok, dtype=bool)[mask]
+
+
+def stop(proc: subprocess.Popen[Any], grace_s: float) -> None:
+    """SIGTERM, then SIGKILL if the process has not exited within ``grace_s``; returns once it is gone."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
