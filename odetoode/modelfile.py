@@ -12,6 +12,7 @@ and action clipping inside; a classifier maps ``image [batch, 1, 28, 28] float32
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import re
@@ -187,14 +188,19 @@ class TrainingRecord(Mapping[str, Any]):
                 other[key] = item
         return cls(**known, other=other)
 
+    @functools.cached_property
+    def _json(self) -> dict[str, Any]:
+        """``to_dict()``, built once: the mapping methods below read it (the record is frozen)."""
+        return self.to_dict()
+
     def __getitem__(self, key: str) -> Any:
-        return self.to_dict()[key]
+        return self._json[key]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.to_dict())
+        return iter(self._json)
 
     def __len__(self) -> int:
-        return len(self.to_dict())
+        return len(self._json)
 
     def __repr__(self) -> str:
         return f"TrainingRecord({self.to_dict()!r})"

@@ -16,7 +16,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from odetoode.modelfile import POLICY_OUTPUT
-from service import __version__
+from service import server_version
 from service.batching import Timing
 from service.binding import bind_inputs, bind_observation, check_requested_outputs
 from service.bulk import BulkPool, BulkReply
@@ -130,7 +130,7 @@ class DataPlane:
         return not self._draining and self.repository.ready_count() > 0
 
     def server_metadata(self) -> dict[str, Any]:
-        return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
+        return {"name": SERVER_NAME, "version": server_version(), "extensions": list(EXTENSIONS)}
 
     def model_metadata(self, name: str, version: str | None = None) -> ModelMetadata:
         served = self.repository.resolve(name, version)
@@ -168,8 +168,7 @@ class DataPlane:
         """The version that answers a request for ``name`` (``version``: a number, or the highest ready one); a
         refusal (no such model, not ready) is counted like any failed request of ``protocol``."""
         try:
-            if self._draining:
-                raise Unavailable("the server is shutting down and accepts no new requests")
+            self._refuse_if_draining()
             return self.repository.resolve(name, version)
         except ServingError as exc:
             self._count_failure(protocol, name, version or "", exc)
@@ -190,8 +189,7 @@ class DataPlane:
     def admit_bulk(self) -> Callable[[], None]:
         """A place for one large request, taken before its body is read (``QueueFull`` at once when none is left);
         returns the function that gives it back once the answer is sent."""
-        if self._draining:
-            raise Unavailable("the server is shutting down and accepts no new requests")
+        self._refuse_if_draining()
         return self.bulk.admit()
 
     async def infer_bulk(
@@ -226,10 +224,13 @@ class DataPlane:
         admitted.succeeded(response.version, response.timing)
         return response
 
-    def _enter(self, protocol: str) -> int:
-        """Admits one request (or refuses it while draining); returns its start on ``time.monotonic_ns``."""
+    def _refuse_if_draining(self) -> None:
         if self._draining:
             raise Unavailable("the server is shutting down and accepts no new requests")
+
+    def _enter(self, protocol: str) -> int:
+        """Admits one request (or refuses it while draining); returns its start on ``time.monotonic_ns``."""
+        self._refuse_if_draining()
         self._inflight += 1
         self._idle.clear()
         self.metrics.inflight_for(protocol).inc()
@@ -279,8 +280,7 @@ class DataPlane:
 
     def policy(self, name: str, version: str | None = None) -> ServedVersion:
         """The served version of a policy; a classifier is refused with a message that says so."""
-        if self._draining:
-            raise Unavailable("the server is shutting down and accepts no new requests")
+        self._refuse_if_draining()
         served = self.repository.resolve(name, version)
         if served.runtime.description.kind != "policy":
             raise InvalidArgument(f"policy: {name!r} is a {served.runtime.description.kind}, not a policy")

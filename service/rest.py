@@ -24,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service import __version__
+from service import server_version
 from service.auth import OPEN_REST_PREFIXES, RestAuthMiddleware, TokenCheck
 from service.batching import Timing, deadline_after
 from service.dataplane import DataPlane
@@ -106,7 +106,7 @@ def create_app(plane: DataPlane, ration: Ration | None = None, check: TokenCheck
     max_bytes, small = settings.max_request_bytes, settings.bulk_request_bytes
     app = FastAPI(
         title="odetoode",
-        version=__version__,
+        version=server_version(),
         description="Open Inference Protocol v2 and KServe V1 over ODEtoODE models served with ONNX Runtime.",
         default_response_class=JSON,
     )
