@@ -4,9 +4,15 @@ Every exported model carries string ``metadata_props`` (structured values JSON-e
 ONNX tool can read it without our code, and the service can validate a model before it takes traffic. This module is
 pure Python (no torch, no onnx) so both halves import it.
 
-A policy graph maps ``observation [batch, obs_dim] float32 -> action [batch, act_dim] float32`` with normalization
-and action clipping inside; a classifier maps ``image [batch, 1, 28, 28] float32 -> logits, probabilities [batch,
-10] float32``.
+A policy graph maps ``observation [batch, obs_dim] float32 -> action [batch, act_dim] float32`` (a ``Box`` action
+space) with normalization and action clipping inside, or, for a ``Discrete(n)`` action space, ``observation ->
+action [batch] int64`` (the greedy index, the argmax of the logits) plus ``logits [batch, n] float32``; a classifier
+maps ``image [batch, 1, 28, 28] float32 -> logits, probabilities [batch, 10] float32``.
+
+Models this project did not train (``arch`` ``external``: a network from Stable-Baselines3, CleanRL or one's own
+PyTorch, described by ``python -m trainer describe-policy``) state what is known about them: ``steps``, ``hidden``,
+the normalization and the Lipschitz bound may be absent. Files without any ``odetoode.*`` key are not described at
+all; the server still serves them over the Open Inference Protocol.
 """
 
 from __future__ import annotations
@@ -26,9 +32,12 @@ PREFIX = "odetoode."
 Kind = Literal["policy", "classifier"]
 KINDS: tuple[str, ...] = ("policy", "classifier")
 Arch = Literal["iso-odetoode", "gated-odetoode", "deepnet", "deepresnet", "baseode", "nanode", "hypernet", "dense"]
-"""The architectures a model file may name; the trainer's registry (``trainer.models.ARCHITECTURES``) has exactly
+"""The architectures this project trains; the trainer's registry (``trainer.models.ARCHITECTURES``) has exactly
 these keys."""
 ARCHS: tuple[str, ...] = get_args(Arch)
+EXTERNAL = "external"
+"""The ``arch`` of a model trained elsewhere and described afterwards (``steps``, ``hidden`` and the normalization
+are then optional)."""
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 """Model names a repository may hold: no path separators, no leading dot, at most 64 characters."""
@@ -36,6 +45,8 @@ VERSION_NAME = re.compile(r"^[1-9][0-9]{0,8}$")
 """Version directory names: positive integers without leading zeros."""
 
 POLICY_INPUT, POLICY_OUTPUT = "observation", "action"
+POLICY_LOGITS = "logits"
+"""The second output of a discrete policy: the scores its ``action`` index is the argmax of."""
 CLASSIFIER_INPUT, CLASSIFIER_OUTPUTS = "image", ("logits", "probabilities")
 IMAGE_SHAPE = (1, 28, 28)
 
@@ -72,6 +83,33 @@ class Box:
         if any(lo > hi for lo, hi in zip(low, high, strict=True)):
             raise ModelFormatError(f"{key}: low must not exceed high")
         return box
+
+
+@dataclass(frozen=True)
+class Discrete:
+    """A discrete space of ``n`` actions, indices ``0 .. n-1`` (Gymnasium's ``Discrete(n)`` with ``start`` 0)."""
+
+    n: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"n": self.n}
+
+    @classmethod
+    def from_json(cls, value: Any, key: str) -> Discrete:
+        n = value.get("n") if isinstance(value, dict) else None
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ModelFormatError(f"{key}: a discrete space needs a positive integer n, got {n!r}")
+        return cls(n)
+
+
+Space = Box | Discrete
+
+
+def space_from_json(value: Any, key: str) -> Space:
+    """A ``Box`` (``shape``/``low``/``high``) or a ``Discrete`` (``n``) from its JSON object."""
+    if isinstance(value, dict) and "n" in value:
+        return Discrete.from_json(value, key)
+    return Box.from_json(value, key)
 
 
 @dataclass(frozen=True)
@@ -225,12 +263,12 @@ class ModelDescription:
 
     kind: Kind
     arch: str
-    steps: int
-    hidden: int
+    steps: int | None
+    hidden: int | None
     golden: Golden
     env_id: str | None = None
     observation_space: Box | None = None
-    action_space: Box | None = None
+    action_space: Space | None = None
     obs_normalization: Normalization | None = None
     lipschitz_bound: float | None = None
     training: TrainingRecord = field(default_factory=TrainingRecord)
@@ -239,14 +277,19 @@ class ModelDescription:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ModelFormatError(f"{PREFIX}kind: expected one of {list(KINDS)}, got {self.kind!r}")
-        if self.arch not in ARCHS:
-            raise ModelFormatError(f"{PREFIX}arch: expected one of {list(ARCHS)}, got {self.arch!r}")
+        if self.arch not in (*ARCHS, EXTERNAL):
+            raise ModelFormatError(f"{PREFIX}arch: expected one of {[*ARCHS, EXTERNAL]}, got {self.arch!r}")
+        if self.arch != EXTERNAL:
+            for name in ("steps", "hidden"):
+                if getattr(self, name) is None:
+                    raise ModelFormatError(f"{PREFIX}{name}: required for a model of arch {self.arch}")
         if self.kind == "policy":
-            for name in ("observation_space", "action_space", "obs_normalization"):
+            required = ("observation_space", "action_space", *(("obs_normalization",) if self.arch != EXTERNAL else ()))
+            for name in required:
                 if getattr(self, name) is None:
                     raise ModelFormatError(f"{PREFIX}{name}: required for a policy")
-            assert self.observation_space is not None and self.obs_normalization is not None
-            if len(self.obs_normalization.mean) != self.observation_space.size:
+            assert self.observation_space is not None
+            if self.obs_normalization is not None and len(self.obs_normalization.mean) != self.observation_space.size:
                 raise ModelFormatError(f"{PREFIX}obs_normalization: size differs from the observation space")
 
     @property
@@ -254,19 +297,28 @@ class ModelDescription:
         return POLICY_INPUT if self.kind == "policy" else CLASSIFIER_INPUT
 
     @property
+    def discrete(self) -> bool:
+        """A policy whose action is an index (``Discrete`` action space)."""
+        return isinstance(self.action_space, Discrete)
+
+    @property
     def output_names(self) -> tuple[str, ...]:
-        return (POLICY_OUTPUT,) if self.kind == "policy" else CLASSIFIER_OUTPUTS
+        if self.kind == "classifier":
+            return CLASSIFIER_OUTPUTS
+        return (POLICY_OUTPUT, POLICY_LOGITS) if self.discrete else (POLICY_OUTPUT,)
 
     def to_metadata_props(self) -> dict[str, str]:
         props: dict[str, Any] = {
             "format": self.format,
             "kind": self.kind,
             "arch": self.arch,
-            "steps": str(self.steps),
-            "hidden": str(self.hidden),
             "golden": self.golden.to_json(),
             "training": self.training.to_dict(),
         }
+        if self.steps is not None:
+            props["steps"] = str(self.steps)
+        if self.hidden is not None:
+            props["hidden"] = str(self.hidden)
         if self.env_id is not None:
             props["env_id"] = self.env_id
         if self.observation_space is not None:
@@ -316,17 +368,26 @@ class ModelDescription:
         return cls(
             kind=get("kind"),  # type: ignore[arg-type]
             arch=str(get("arch")),
-            steps=_int(get("steps"), "steps"),
-            hidden=_int(get("hidden"), "hidden"),
+            steps=_optional_int(get("steps", False), "steps"),
+            hidden=_optional_int(get("hidden", False), "hidden"),
             golden=Golden.from_json(parsed("golden"), PREFIX + "golden"),
             env_id=get("env_id", False),
             observation_space=None if obs is None else Box.from_json(obs, PREFIX + "observation_space"),
-            action_space=None if act is None else Box.from_json(act, PREFIX + "action_space"),
+            action_space=None if act is None else space_from_json(act, PREFIX + "action_space"),
             obs_normalization=None if norm is None else Normalization.from_json(norm, PREFIX + "obs_normalization"),
             lipschitz_bound=None if bound is None else _float(bound, PREFIX + "lipschitz_bound"),
             training=TrainingRecord.from_mapping(training),
             format=str(fmt),
         )
+
+
+def description_of(props: Mapping[str, str]) -> ModelDescription | None:
+    """What a file's ``metadata_props`` say about it: ``None`` when no key is an ``odetoode.*`` key (any ONNX model:
+    served as it is), else the validated description (``ModelFormatError`` if it is incomplete or malformed: a file
+    that claims to be described is held to it)."""
+    if not any(key.startswith(PREFIX) for key in props):
+        return None
+    return ModelDescription.from_metadata_props(props)
 
 
 def _num(v: float) -> float | str:
@@ -344,6 +405,10 @@ def _float(v: Any, key: str) -> float:
     if math.isnan(out):
         raise ModelFormatError(f"{key}: NaN is not allowed")
     return out
+
+
+def _optional_int(v: Any, key: str) -> int | None:
+    return None if v is None else _int(v, key)
 
 
 def _int(v: Any, key: str) -> int:

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _pool.POOL.AddSerializedFile(b'\n\'odetoode/proto/odetoode/v1/policy.proto\x12\x0bodetoode.v1\"y\n\rStreamOptions\x12\'\n\x08overflow\x18\x01 \x01(\x0e\x32\x15.odetoode.v1.Overflow\x12\x15\n\rfollow_latest\x18\x02 \x01(\x08\x12\x13\n\x0bmax_pending\x18\x03 \x01(\r\x12\x13\n\x0b\x64\x65\x61\x64line_us\x18\x04 \x01(\r\"\xad\x01\n\nActRequest\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x13\n\x0bobservation\x18\x04 \x01(\x0c\x12\x1a\n\x12observation_values\x18\x05 \x03(\x02\x12+\n\x07options\x18\x06 \x01(\x0b\x32\x1a.odetoode.v1.StreamOptions\x12\x0e\n\x06values\x18\x07 \x01(\x08\"T\n\x06Timing\x12\x10\n\x08queue_ns\x18\x01 \x01(\x04\x12\x12\n\ncompute_ns\x18\x02 \x01(\x04\x12\x10\n\x08total_ns\x18\x03 \x01(\x04\x12\x12\n\nbatch_size\x18\x04 \x01(\r\"\x8c\x01\n\x0b\x41\x63tResponse\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\x0c\x12\x15\n\raction_values\x18\x05 \x03(\x02\x12#\n\x06timing\x18\x06 \x01(\x0b\x32\x13.odetoode.v1.Timing\";\n\x08\x41\x63tError\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x84\x01\n\x11\x41\x63tStreamResponse\x12*\n\x06\x61\x63tion\x18\x01 \x01(\x0b\x32\x18.odetoode.v1.ActResponseH\x00\x12&\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x15.odetoode.v1.ActErrorH\x00\x12\x11\n\x07\x64ropped\x18\x03 \x01(\x04H\x00\x42\x08\n\x06result\"3\n\x10GetPolicyRequest\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"1\n\x05Space\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x0b\n\x03low\x18\x02 \x03(\x02\x12\x0c\n\x04high\x18\x03 \x03(\x02\"8\n\rNormalization\x12\x0c\n\x04mean\x18\x01 \x03(\x02\x12\x0b\n\x03std\x18\x02 \x03(\x02\x12\x0c\n\x04\x63lip\x18\x03 \x01(\x02\"\xed\x02\n\nPolicyInfo\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08versions\x18\x03 \x03(\t\x12\x0e\n\x06\x65nv_id\x18\x04 \x01(\t\x12\x0c\n\x04\x61rch\x18\x05 \x01(\t\x12\r\n\x05steps\x18\x06 \x01(\r\x12\x0e\n\x06hidden\x18\x07 \x01(\r\x12-\n\x11observation_space\x18\x08 \x01(\x0b\x32\x12.odetoode.v1.Space\x12(\n\x0c\x61\x63tion_space\x18\t \x01(\x0b\x32\x12.odetoode.v1.Space\x12\x31\n\rnormalization\x18\n \x01(\x0b\x32\x1a.odetoode.v1.Normalization\x12\x17\n\x0f\x63ontrol_rate_hz\x18\x0b \x01(\x01\x12\x17\n\x0flipschitz_bound\x18\x0c \x01(\x01\x12\x15\n\rtraining_json\x18\r \x01(\t\x12\x1a\n\x12\x65xecution_provider\x18\x0e \x01(\t*8\n\x08Overflow\x12\x12\n\x0eOVERFLOW_QUEUE\x10\x00\x12\x18\n\x14OVERFLOW_LATEST_ONLY\x10\x01\x32\xde\x01\n\rPolicyService\x12:\n\x03\x41\x63t\x12\x17.odetoode.v1.ActRequest\x1a\x18.odetoode.v1.ActResponse\"\x00\x12J\n\tActStream\x12\x17.odetoode.v1.ActRequest\x1a\x1e.odetoode.v1.ActStreamResponse\"\x00(\x01\x30\x01\x12\x45\n\tGetPolicy\x12\x1d.odetoode.v1.GetPolicyRequest\x1a\x17.odetoode.v1.PolicyInfo\"\x00\x62\x06proto3')
+DESCRIPTOR = _pool.POOL.AddSerializedFile(b'\n\'odetoode/proto/odetoode/v1/policy.proto\x12\x0bodetoode.v1\"y\n\rStreamOptions\x12\'\n\x08overflow\x18\x01 \x01(\x0e\x32\x15.odetoode.v1.Overflow\x12\x15\n\rfollow_latest\x18\x02 \x01(\x08\x12\x13\n\x0bmax_pending\x18\x03 \x01(\r\x12\x13\n\x0b\x64\x65\x61\x64line_us\x18\x04 \x01(\r\"\xad\x01\n\nActRequest\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x13\n\x0bobservation\x18\x04 \x01(\x0c\x12\x1a\n\x12observation_values\x18\x05 \x03(\x02\x12+\n\x07options\x18\x06 \x01(\x0b\x32\x1a.odetoode.v1.StreamOptions\x12\x0e\n\x06values\x18\x07 \x01(\x08\"T\n\x06Timing\x12\x10\n\x08queue_ns\x18\x01 \x01(\x04\x12\x12\n\ncompute_ns\x18\x02 \x01(\x04\x12\x10\n\x08total_ns\x18\x03 \x01(\x04\x12\x12\n\nbatch_size\x18\x04 \x01(\r\"\xb8\x01\n\x0b\x41\x63tResponse\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\x0c\x12\x15\n\raction_values\x18\x05 \x03(\x02\x12#\n\x06timing\x18\x06 \x01(\x0b\x32\x13.odetoode.v1.Timing\x12\x19\n\x0c\x61\x63tion_index\x18\x07 \x01(\x03H\x00\x88\x01\x01\x42\x0f\n\r_action_index\";\n\x08\x41\x63tError\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x84\x01\n\x11\x41\x63tStreamResponse\x12*\n\x06\x61\x63tion\x18\x01 \x01(\x0b\x32\x18.odetoode.v1.ActResponseH\x00\x12&\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x15.odetoode.v1.ActErrorH\x00\x12\x11\n\x07\x64ropped\x18\x03 \x01(\x04H\x00\x42\x08\n\x06result\"3\n\x10GetPolicyRequest\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"Z\n\x05Space\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x0b\n\x03low\x18\x02 \x03(\x02\x12\x0c\n\x04high\x18\x03 \x03(\x02\x12\'\n\x08\x64iscrete\x18\x04 \x01(\x0b\x32\x15.odetoode.v1.Discrete\"\x15\n\x08\x44iscrete\x12\t\n\x01n\x18\x01 \x01(\x03\"8\n\rNormalization\x12\x0c\n\x04mean\x18\x01 \x03(\x02\x12\x0b\n\x03std\x18\x02 \x03(\x02\x12\x0c\n\x04\x63lip\x18\x03 \x01(\x02\"\xed\x02\n\nPolicyInfo\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08versions\x18\x03 \x03(\t\x12\x0e\n\x06\x65nv_id\x18\x04 \x01(\t\x12\x0c\n\x04\x61rch\x18\x05 \x01(\t\x12\r\n\x05steps\x18\x06 \x01(\r\x12\x0e\n\x06hidden\x18\x07 \x01(\r\x12-\n\x11observation_space\x18\x08 \x01(\x0b\x32\x12.odetoode.v1.Space\x12(\n\x0c\x61\x63tion_space\x18\t \x01(\x0b\x32\x12.odetoode.v1.Space\x12\x31\n\rnormalization\x18\n \x01(\x0b\x32\x1a.odetoode.v1.Normalization\x12\x17\n\x0f\x63ontrol_rate_hz\x18\x0b \x01(\x01\x12\x17\n\x0flipschitz_bound\x18\x0c \x01(\x01\x12\x15\n\rtraining_json\x18\r \x01(\t\x12\x1a\n\x12\x65xecution_provider\x18\x0e \x01(\t*8\n\x08Overflow\x12\x12\n\x0eOVERFLOW_QUEUE\x10\x00\x12\x18\n\x14OVERFLOW_LATEST_ONLY\x10\x01\x32\xde\x01\n\rPolicyService\x12:\n\x03\x41\x63t\x12\x17.odetoode.v1.ActRequest\x1a\x18.odetoode.v1.ActResponse\"\x00\x12J\n\tActStream\x12\x17.odetoode.v1.ActRequest\x1a\x1e.odetoode.v1.ActStreamResponse\"\x00(\x01\x30\x01\x12\x45\n\tGetPolicy\x12\x1d.odetoode.v1.GetPolicyRequest\x1a\x17.odetoode.v1.PolicyInfo\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'odetoode.proto.odetoode.v1.policy_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OVERFLOW']._serialized_start=1310
-  _globals['_OVERFLOW']._serialized_end=1366
+  _globals['_OVERFLOW']._serialized_start=1418
+  _globals['_OVERFLOW']._serialized_end=1474
   _globals['_STREAMOPTIONS']._serialized_start=56
   _globals['_STREAMOPTIONS']._serialized_end=177
   _globals['_ACTREQUEST']._serialized_start=180
@@ -41,19 +41,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TIMING']._serialized_start=355
   _globals['_TIMING']._serialized_end=439
   _globals['_ACTRESPONSE']._serialized_start=442
-  _globals['_ACTRESPONSE']._serialized_end=582
-  _globals['_ACTERROR']._serialized_start=584
-  _globals['_ACTERROR']._serialized_end=643
-  _globals['_ACTSTREAMRESPONSE']._serialized_start=646
-  _globals['_ACTSTREAMRESPONSE']._serialized_end=778
-  _globals['_GETPOLICYREQUEST']._serialized_start=780
-  _globals['_GETPOLICYREQUEST']._serialized_end=831
-  _globals['_SPACE']._serialized_start=833
-  _globals['_SPACE']._serialized_end=882
-  _globals['_NORMALIZATION']._serialized_start=884
-  _globals['_NORMALIZATION']._serialized_end=940
-  _globals['_POLICYINFO']._serialized_start=943
-  _globals['_POLICYINFO']._serialized_end=1308
-  _globals['_POLICYSERVICE']._serialized_start=1369
-  _globals['_POLICYSERVICE']._serialized_end=1591
+  _globals['_ACTRESPONSE']._serialized_end=626
+  _globals['_ACTERROR']._serialized_start=628
+  _globals['_ACTERROR']._serialized_end=687
+  _globals['_ACTSTREAMRESPONSE']._serialized_start=690
+  _globals['_ACTSTREAMRESPONSE']._serialized_end=822
+  _globals['_GETPOLICYREQUEST']._serialized_start=824
+  _globals['_GETPOLICYREQUEST']._serialized_end=875
+  _globals['_SPACE']._serialized_start=877
+  _globals['_SPACE']._serialized_end=967
+  _globals['_DISCRETE']._serialized_start=969
+  _globals['_DISCRETE']._serialized_end=990
+  _globals['_NORMALIZATION']._serialized_start=992
+  _globals['_NORMALIZATION']._serialized_end=1048
+  _globals['_POLICYINFO']._serialized_start=1051
+  _globals['_POLICYINFO']._serialized_end=1416
+  _globals['_POLICYSERVICE']._serialized_start=1477
+  _globals['_POLICYSERVICE']._serialized_end=1699
 # @@protoc_insertion_point(module_scope)

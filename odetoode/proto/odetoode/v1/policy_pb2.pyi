@@ -177,6 +177,7 @@ class ActResponse(_message.Message):
     ACTION_FIELD_NUMBER: _builtins.int
     ACTION_VALUES_FIELD_NUMBER: _builtins.int
     TIMING_FIELD_NUMBER: _builtins.int
+    ACTION_INDEX_FIELD_NUMBER: _builtins.int
     policy: _builtins.str
     version: _builtins.str
     """The version that computed this action."""
@@ -184,9 +185,13 @@ class ActResponse(_message.Message):
     """The sequence number of the observation this answers."""
     action: _builtins.bytes
     """The action, packed little-endian float32 (unless the request asked for values) ..."""
+    action_index: _builtins.int
+    """The action of a policy with a discrete action space (PolicyInfo.action_space.discrete): an index 0..n-1,
+    the argmax of the policy's logits. Set only for such policies.
+    """
     @_builtins.property
     def action_values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
-        """... or as floats."""
+        """... or as floats. Both are empty for a policy with a discrete action space, which answers action_index."""
 
     @_builtins.property
     def timing(self) -> Global___Timing: ...
@@ -199,12 +204,15 @@ class ActResponse(_message.Message):
         action: _builtins.bytes = ...,
         action_values: _abc.Iterable[_builtins.float] | None = ...,
         timing: Global___Timing | None = ...,
+        action_index: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["timing", b"timing"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_action_index", b"_action_index", "action_index", b"action_index", "timing", b"timing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "action_values", b"action_values", "policy", b"policy", "sequence", b"sequence", "timing", b"timing", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_action_index", b"_action_index", "action", b"action", "action_index", b"action_index", "action_values", b"action_values", "policy", b"policy", "sequence", b"sequence", "timing", b"timing", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__action_index: _TypeAlias = _typing.Literal["action_index"]  # noqa: Y015
+    _WhichOneofArgType__action_index: _TypeAlias = _typing.Literal["_action_index", b"_action_index"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__action_index) -> _WhichOneofReturnType__action_index | None: ...
 
 Global___ActResponse: _TypeAlias = ActResponse  # noqa: Y015
 
@@ -290,11 +298,14 @@ Global___GetPolicyRequest: _TypeAlias = GetPolicyRequest  # noqa: Y015
 
 @_typing.final
 class Space(_message.Message):
+    """A box (shape, low, high) or, when `discrete` is set, a set of n actions 0..n-1 (shape, low and high empty)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SHAPE_FIELD_NUMBER: _builtins.int
     LOW_FIELD_NUMBER: _builtins.int
     HIGH_FIELD_NUMBER: _builtins.int
+    DISCRETE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     @_builtins.property
@@ -303,20 +314,42 @@ class Space(_message.Message):
 
     @_builtins.property
     def high(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def discrete(self) -> Global___Discrete: ...
     def __init__(
         self,
         *,
         shape: _abc.Iterable[_builtins.int] | None = ...,
         low: _abc.Iterable[_builtins.float] | None = ...,
         high: _abc.Iterable[_builtins.float] | None = ...,
+        discrete: Global___Discrete | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["discrete", b"discrete"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["high", b"high", "low", b"low", "shape", b"shape"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["discrete", b"discrete", "high", b"high", "low", b"low", "shape", b"shape"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Space: _TypeAlias = Space  # noqa: Y015
+
+@_typing.final
+class Discrete(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    N_FIELD_NUMBER: _builtins.int
+    n: _builtins.int
+    def __init__(
+        self,
+        *,
+        n: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["n", b"n"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Discrete: _TypeAlias = Discrete  # noqa: Y015
 
 @_typing.final
 class Normalization(_message.Message):
@@ -368,7 +401,11 @@ class PolicyInfo(_message.Message):
     env_id: _builtins.str
     """The policy's environment id, e.g. HalfCheetah-v5 or dmc:humanoid/stand."""
     arch: _builtins.str
+    """The architecture: one of this project's (iso-odetoode, gated-odetoode, baselines) or "external" for a network
+    trained elsewhere and described afterwards.
+    """
     steps: _builtins.int
+    """Euler steps N and hidden size h of an ODEtoODE flow; 0 when the model does not say (external models)."""
     hidden: _builtins.int
     control_rate_hz: _builtins.float
     """Suggested control rate (Hz) from the model's config.yaml; 0 when none is set."""
@@ -390,7 +427,7 @@ class PolicyInfo(_message.Message):
 
     @_builtins.property
     def normalization(self) -> Global___Normalization:
-        """Baked into the policy: send raw observations."""
+        """Baked into the policy: send raw observations. Absent when the policy has none (or does not say)."""
 
     def __init__(
         self,
