@@ -1,4 +1,4 @@
-"""Closed-loop demo: a MuJoCo environment driven through the server over ActStream by a served policy.
+"""Closed-loop demo: a Gymnasium environment driven through the server over ActStream by a served policy.
 
     python -m odetoode.demo --policy halfcheetah [--target localhost:8001] [--hz 100] [--seed 1000000000]
 
@@ -20,7 +20,7 @@ from odetoode.client import Action, LoopReport, PolicyClient
 
 @dataclass
 class _Episode:
-    held: np.ndarray
+    held: np.ndarray | int
     total: float = 0.0
     steps: int = 0
 
@@ -44,14 +44,15 @@ def run_demo(target: str, policy: str, *, hz: float = 100.0, seed: int = 1_000_0
         client.wait_ready(30)
         info = client.get_policy(policy)
         env = make_env(info.env_id)
-        episode = _Episode(np.zeros(len(info.action_space.low), np.float32))
+        discrete = info.action_space.HasField("discrete")
+        episode = _Episode(0 if discrete else np.zeros(len(info.action_space.low), np.float32))
 
         def observe(sequence: int, previous: Action | None) -> np.ndarray | None:
             if sequence == 0:
                 obs, _ = env.reset(seed=seed)
                 return np.asarray(obs, dtype=np.float32)
             if previous is not None:  # None: a missed cycle in realtime mode, hold the last action
-                episode.held = previous.values
+                episode.held = previous.command
             obs, reward, terminated, truncated, _ = env.step(episode.held)
             episode.total += float(reward)
             episode.steps += 1

@@ -1,7 +1,8 @@
 """Dynamic batching: requests for one model version are grouped, computed together, and answered in order.
 
 A batch closes when it holds ``max_batch_size`` rows or when its first request has waited ``max_queue_delay_us``.
-Requests are only grouped when they ask for the same outputs with the same per-row shapes. A request whose deadline
+Requests are only grouped when they ask for the same outputs with the same per-row shapes, and never for a model
+without a batch dimension. A request whose deadline
 has passed when its batch is formed is answered ``DeadlineExceeded`` and never computed; a cancelled one is skipped.
 The queue is bounded: beyond ``max_queue_size`` waiting requests, ``submit`` fails at once with ``QueueFull``.
 
@@ -77,7 +78,8 @@ class Batcher:
         inline_rows: int,
         executor: Executor | None = None,
         workers: int = 1,
-        on_batch: Callable[[int], None] | None = None,
+        on_batch: Callable[[int, int], None] | None = None,
+        batched: bool = True,
     ) -> None:
         if inline_rows <= 0 and executor is None:
             raise ValueError("a pooled batcher needs an executor")
@@ -90,6 +92,9 @@ class Batcher:
         self._executor = executor
         self._workers = 1 if self.inline_rows else max(1, workers)  # inline: batches in order, one at a time
         self._on_batch = on_batch
+        """Called on the event loop after each executed batch with its rows and compute time (ns)."""
+        self.batched = batched
+        """Requests stack along their first dimension; if not, each request is one run of its own (one "row")."""
         self._queue: deque[_Pending] = deque()
         self._arrived = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -125,7 +130,7 @@ class Batcher:
         now = time.monotonic_ns()
         if deadline_ns is not None and now >= deadline_ns:
             raise DeadlineExceeded("the deadline passed before the request was queued")
-        rows = int(next(iter(feeds.values())).shape[0])
+        rows = int(next(iter(feeds.values())).shape[0]) if self.batched else 1
         if self.max_queue_delay_ns == 0 and not self._queue and self._busy == 0 and self._on_loop(rows):
             # Nothing is waiting ahead of this request and the event loop is ours: compute it right here.
             self._busy += 1
@@ -137,7 +142,7 @@ class Batcher:
             finally:
                 self._release()
             if self._on_batch is not None:
-                self._on_batch(rows)
+                self._on_batch(rows, compute)
             return result, Timing(start - now, compute, rows)
         if len(self._queue) >= self.max_queue_size:
             raise QueueFull(f"the model's queue holds {self.max_queue_size} requests; retry later")
@@ -212,7 +217,7 @@ class Batcher:
                 self._pop()
                 p.future.set_exception(DeadlineExceeded("the deadline passed while the request was queued"))
                 continue
-            if batch and (p.key != key or rows + p.rows > self.max_batch_size):
+            if batch and (not self.batched or p.key != key or rows + p.rows > self.max_batch_size):
                 break
             key = p.key
             batch.append(self._pop())
@@ -250,7 +255,7 @@ class Batcher:
                 raise
             return
         if self._on_batch is not None:
-            self._on_batch(rows)
+            self._on_batch(rows, compute)
         offset = 0
         for p in batch:
             part = [r[offset : offset + p.rows] for r in results] if len(batch) > 1 else results

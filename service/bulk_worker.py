@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from service import oip_codec, rest_codec
+from service import images, oip_codec, rest_codec
 from service.batching import Timing
 from service.binding import bind_inputs, check_requested_outputs
 from service.errors import DeadlineExceeded, InternalError, InvalidArgument, ModelNotReady, ServingError
@@ -125,7 +125,8 @@ class Runtimes:
         if (st.st_mtime_ns, st.st_size) != (mtime_ns, size):
             raise changed
         runtime = ModelRuntime(path, config, memory_arena=False)
-        if not runtime.self_check().passed:
+        check = runtime.self_check()
+        if check is not None and not check.passed:
             raise changed
         return runtime
 
@@ -142,7 +143,7 @@ def _compute(
     deadline = job.get("deadline_ns")
     if deadline is not None and time.monotonic_ns() >= deadline:
         raise DeadlineExceeded("the deadline passed before the request was computed")
-    rows = int(next(iter(feeds.values())).shape[0]) if feeds else 0
+    rows = int(next(iter(feeds.values())).shape[0]) if feeds and runtime.batched else 1
     start = time.monotonic_ns()
     results = runtime.run(feeds, names)
     compute = time.monotonic_ns() - start
@@ -151,8 +152,9 @@ def _compute(
 
 
 def execute(job: dict[str, Any], payload: bytearray, runtimes: Runtimes) -> tuple[dict[str, Any], list[bytes]]:
-    """One job: ``v2`` (OIP REST body), ``v1`` (KServe V1 predict body), ``grpc`` / ``grpc-stream`` (a serialized
-    ``ModelInferRequest``). Raises ``ServingError`` for anything the client got wrong."""
+    """One job: ``v2`` (OIP REST body), ``v1`` (KServe V1 predict body), ``image`` (a PNG or JPEG for an image
+    model), ``grpc`` / ``grpc-stream`` (a serialized ``ModelInferRequest``). Raises ``ServingError`` for anything the
+    client got wrong."""
     runtime = runtimes.get(job)
     config = runtime.config
     signature = Signature(tuple(runtime.inputs), config.max_request_rows, job["max_elements"])
@@ -167,9 +169,13 @@ def execute(job: dict[str, Any], payload: bytearray, runtimes: Runtimes) -> tupl
         rendered = rest_codec.render_infer_response(response, binary)
         return _reply(version, timing, header_length=rendered.header_length), rendered.parts
     if kind == "v1":
-        tensor = rest_codec.parse_predict(body, signature)
+        tensors = rest_codec.parse_predict(body, signature)
+        outputs, timing = _compute(runtime, tensors, [], job, signature)
+        return _reply(version, timing), [rest_codec.render_predict(outputs, tensors[0].shape[0])]
+    if kind == "image":
+        tensor = images.image_tensor(body, signature, model, job["max_pixels"])
         outputs, timing = _compute(runtime, [tensor], [], job, signature)
-        return _reply(version, timing), [rest_codec.render_predict(outputs, tensor.shape[0])]
+        return _reply(version, timing), [rest_codec.render_predict(outputs, 1)]
     if kind in ("grpc", "grpc-stream"):
         try:
             message = oip_codec.decode_infer_request(body)

@@ -15,7 +15,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from odetoode.modelfile import POLICY_OUTPUT
+from odetoode.modelfile import POLICY_OUTPUT, PREFIX, ModelDescription
 from service import server_version
 from service.batching import Timing
 from service.binding import bind_inputs, bind_observation, check_requested_outputs
@@ -23,7 +23,6 @@ from service.bulk import BulkPool, BulkReply
 from service.errors import (
     InternalError,
     InvalidArgument,
-    ModelNotFound,
     ModelNotReady,
     PermissionDenied,
     ServingError,
@@ -33,6 +32,7 @@ from service.inference import Acted, InferRequest, InferResponse, ModelConfig, M
 from service.metrics import ServerMetrics
 from service.repository import IndexEntry, ModelRepository, ServedVersion
 from service.settings import ServerSettings
+from service.statistics import ModelStatistics
 from service.tensors import (
     Tensor,
     datatype_of,
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 SERVER_NAME = "odetoode"
 PLATFORM = "onnxruntime_onnx"
 _ACTION_OUTPUT = (POLICY_OUTPUT,)
-EXTENSIONS = ("binary_tensor_data", "model_repository", "model_configuration", "schedule_policy")
+EXTENSIONS = ("binary_tensor_data", "model_repository", "model_configuration", "schedule_policy", "statistics")
 UNKNOWN_LABEL = "_unknown"
 """The one label value every model name or version the repository does not know collapses to."""
 
@@ -94,14 +94,17 @@ class _Admitted:
         plane = self.plane
         plane._leave(self.protocol)
         if isinstance(exc, ServingError):
-            plane._count_failure(self.protocol, self.model, self.version, exc)
+            plane._count_failure(self.protocol, self.model, self.version, exc, self.start)
         elif isinstance(exc, Exception):
-            raise plane._internal_error(self.protocol, self.model, self.version) from exc
+            raise plane._internal_error(self.protocol, self.model, self.version, self.start) from exc
 
     def succeeded(self, version: str, timing: Timing) -> int:
         """Records the answer of ``version`` (the one that answered); returns the request's total time in ns."""
-        total = time.monotonic_ns() - self.start
-        self.plane.metrics.series(self.model, version, self.protocol).success(total, timing.queue_ns, timing.compute_ns)
+        end = time.monotonic_ns()
+        total = end - self.start
+        series = self.plane.metrics.series(self.model, version, self.protocol)
+        series.success(total, timing.queue_ns, timing.compute_ns)
+        series.statistics.succeeded(end, total, timing.queue_ns, timing.compute_ns)
         return total
 
 
@@ -144,6 +147,13 @@ class DataPlane:
             return False
         return True
 
+    def model_names(self) -> list[str]:
+        """KServe V1's model list: the models with a ready version, sorted; ``PermissionDenied`` when callers may not
+        learn them (``list_models`` off)."""
+        if not self.settings.list_models:
+            raise PermissionDenied("listing the models is disabled on this server (list_models)")
+        return self.repository.ready_names()
+
     def model_config(self, name: str, version: str | None = None) -> ModelConfig:
         """Triton's model-configuration extension, plus what the model file says about itself."""
         sv = self.repository.resolve(name, version)
@@ -152,15 +162,30 @@ class DataPlane:
             version=str(sv.version),
             platform=PLATFORM,
             backend="onnxruntime",
-            max_batch_size=sv.config.max_batch_size,
+            max_batch_size=sv.runtime.max_batch_size,
             inputs=list(sv.runtime.inputs),
             outputs=list(sv.runtime.outputs),
             max_queue_delay_us=sv.config.max_queue_delay_us,
             max_queue_size=sv.config.max_queue_size,
             execution_providers=list(sv.runtime.providers),
             execution="inline" if sv.batcher.inline else "thread pool",
-            description={k.removeprefix("odetoode."): v for k, v in sv.runtime.description.to_metadata_props().items()},
+            description=_described(sv.runtime.description),
         )
+
+    def statistics(self, name: str | None = None, version: str | None = None) -> list[ModelStatistics]:
+        """Triton's statistics extension: the figures of ``version`` of ``name``, of every ready version of ``name``,
+        or (no name) of every ready version of every model. A model or version is refused as ``resolve`` refuses
+        it (an unknown model: ``ModelNotFound``)."""
+        if not name:
+            if version:
+                raise InvalidArgument("version: give a model name with it, or neither for every model")
+            served = [sv for n in self.repository.ready_names() for sv in self.repository.served_versions(n)]
+        elif version:
+            served = [self.repository.resolve(name, version)]
+        else:
+            self.repository.resolve(name)  # refuses an unknown model, or one with no ready version
+            served = self.repository.served_versions(name)
+        return [self.metrics.statistics.snapshot(sv.name, str(sv.version)) for sv in served]
 
     # -- inference -------------------------------------------------------------------------------------------------
 
@@ -212,7 +237,7 @@ class DataPlane:
             reply = await self.bulk.run({**wire, **job}, payload, deadline_ns)
             h = reply.header
             timing = Timing(int(h["queue_ns"]), int(h["compute_ns"]), int(h["rows"]))
-            self.metrics.batch_sizes(served.name, version).observe(timing.batch_size)
+            self.metrics.batch_observer(served.name, version)(timing.batch_size, timing.compute_ns)  # one run: a batch
             return BulkAnswer(reply, version, timing, time.monotonic_ns() - start)
 
         return await self._serve(protocol, served.name, version, compute)
@@ -242,8 +267,15 @@ class DataPlane:
         if self._inflight == 0:
             self._idle.set()
 
-    def _count_failure(self, protocol: str, model: str, version: str, exc: ServingError) -> None:
+    def _count_failure(self, protocol: str, model: str, version: str, exc: ServingError, start: int = 0) -> None:
+        """Counts a failed request (``start``: when it was admitted; 0 if refused before) in the metrics, and in the
+        statistics of the served version it reached (none for a model or version that is not served)."""
         self.metrics.failures.labels(*self._labels(model, version), protocol, type(exc).__name__).inc()
+        served = [str(sv.version) for sv in self.repository.served_versions(model)]
+        reached = version or (served[-1] if served else "")  # no version named: the highest ready one answers
+        if reached in served:
+            end = time.monotonic_ns()
+            self.metrics.statistics.of(model, reached).failed(end, end - start if start else 0)
 
     def _labels(self, model: str, version: str) -> tuple[str, str]:
         """(model, version) label values for a request: names and versions the repository knows, ``""`` for no
@@ -254,11 +286,11 @@ class DataPlane:
             return model, UNKNOWN_LABEL
         return model, version
 
-    def _internal_error(self, protocol: str, model: str, version: str) -> InternalError:
+    def _internal_error(self, protocol: str, model: str, version: str, start: int) -> InternalError:
         """Logs the exception being handled and counts it; the client gets a message without its details."""
         log.exception("inference on %s failed", model)
         error = InternalError("inference failed inside the server; the details are in its log")
-        self._count_failure(protocol, model, version, error)
+        self._count_failure(protocol, model, version, error, start)
         return error
 
     async def _compute(self, served: ServedVersion, request: InferRequest, start: int) -> InferResponse:
@@ -279,11 +311,17 @@ class DataPlane:
     # -- policies (the robot API) ----------------------------------------------------------------------------------
 
     def policy(self, name: str, version: str | None = None) -> ServedVersion:
-        """The served version of a policy; a classifier is refused with a message that says so."""
+        """The served version of a policy; any other model is refused with a message that says what it is."""
         self._refuse_if_draining()
         served = self.repository.resolve(name, version)
-        if served.runtime.description.kind != "policy":
-            raise InvalidArgument(f"policy: {name!r} is a {served.runtime.description.kind}, not a policy")
+        description = served.runtime.description
+        if description is None:
+            raise InvalidArgument(
+                f"policy: {name!r} is an ONNX model without a policy description (serve it over the inference "
+                "protocol, or describe it with python -m trainer describe-policy: docs/external-policies.md)"
+            )
+        if description.kind != "policy":
+            raise InvalidArgument(f"policy: {name!r} is a {description.kind}, not a policy")
         return served
 
     async def act_on(self, served: ServedVersion, observation: np.ndarray, deadline_ns: int | None = None) -> Acted:
@@ -317,8 +355,6 @@ class DataPlane:
     async def unload(self, name: str, parameters: Mapping[str, Any] | None = None) -> None:
         self._require_repository_api("unload")
         _refuse_parameters(parameters, allowed=("unload_dependents",))  # no ensembles here: nothing depends
-        if not self.repository.known(name):
-            raise ModelNotFound(f"unknown model {name!r}")
         await self.repository.unload(name)
 
     def _require_repository_api(self, operation: str) -> None:
@@ -344,6 +380,13 @@ class DataPlane:
         except TimeoutError:
             return False
         return True
+
+
+def _described(description: ModelDescription | None) -> dict[str, str]:
+    """A model file's own description as its metadata strings without the ``odetoode.`` prefix (none: empty)."""
+    if description is None:
+        return {}
+    return {k.removeprefix(PREFIX): v for k, v in description.to_metadata_props().items()}
 
 
 def _refuse_parameters(parameters: Mapping[str, Any] | None, allowed: tuple[str, ...]) -> None:

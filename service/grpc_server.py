@@ -79,6 +79,11 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:  # noqa: N802
         return oip_codec.config_to_proto(self.plane.model_config(request.name, request.version or None))
 
+    async def ModelStatistics(  # noqa: N802
+        self, request: pb.ModelStatisticsRequest, context: Any
+    ) -> pb.ModelStatisticsResponse:
+        return oip_codec.statistics_to_proto(self.plane.statistics(request.name or None, request.version or None))
+
     # The generated base class knows nothing of Bulk requests or of answers encoded by a bulk worker (bytes).
     async def ModelInfer(  # type: ignore[override]  # noqa: N802
         self, request: pb.ModelInferRequest | Bulk, context: Any

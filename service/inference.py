@@ -74,3 +74,8 @@ class ModelConfig:
     execution_providers: list[str]
     execution: str
     description: dict[str, str]
+
+    def dims(self, spec: TensorSpec) -> tuple[int, ...]:
+        """A tensor's dimensions as Triton's configuration states them: without the batch dimension when the model
+        is batched (``max_batch_size`` > 0), all of them when it is not."""
+        return spec.shape[1:] if self.max_batch_size > 0 else spec.shape

@@ -13,6 +13,9 @@ the loop even when computed in the thread pool -- so no lock is needed (on CPyth
 metrics thread copies the bucket counts in one step (``list(...)``), so a histogram's buckets and count always agree
 (its sum may include one observation more, as with the library's own histograms).
 Everything recorded rarely (failures, model states, loads) uses the library's metric classes directly.
+
+``ServerMetrics`` also keeps Triton's per-version statistics (``service.statistics``): the same events, reported
+through the statistics extension rather than scraped.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -28,6 +31,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
+
+from service.statistics import Statistics, VersionStatistics
 
 # 10 us .. 10 s: a policy computes in tens of microseconds, a cold classifier batch in tens of milliseconds.
 LATENCY_BUCKETS = (
@@ -68,11 +73,13 @@ class HistogramCells:
 
 class RequestSeries:
     """The successes of one (model, version, protocol): a count and three latency histograms, looked up once per
-    key and updated with plain arithmetic."""
+    key and updated with plain arithmetic; and the version's statistics, found with them."""
 
-    __slots__ = ("compute", "count", "queue", "request")
+    __slots__ = ("compute", "count", "queue", "request", "statistics")
 
-    def __init__(self) -> None:
+    def __init__(self, statistics: VersionStatistics) -> None:
+        self.statistics = statistics
+        """The figures of the statistics extension of this series' model version (shared by its protocols)."""
         self.count = 0
         self.request = HistogramCells(LATENCY_BUCKETS)
         self.queue = HistogramCells(LATENCY_BUCKETS)
@@ -251,12 +258,14 @@ class ServerMetrics:
         self._inflight: dict[str, InflightLevel] = {}
         self._providers: dict[tuple[str, str], str] = {}
         r.register(_PerRequestCollector(self))
+        self.statistics = Statistics()
+        """Triton's statistics extension, per model version."""
 
     def series(self, model: str, version: str, protocol: str) -> RequestSeries:
         key = (model, version, protocol)
         found = self._series.get(key)
         if found is None:
-            found = self._series[key] = RequestSeries()
+            found = self._series[key] = RequestSeries(self.statistics.of(model, version))
         return found
 
     def batch_sizes(self, model: str, version: str) -> HistogramCells:
@@ -266,6 +275,17 @@ class ServerMetrics:
         if found is None:
             found = self._batch_sizes[key] = HistogramCells(BATCH_BUCKETS)
         return found
+
+    def batch_observer(self, model: str, version: str) -> Callable[[int, int], None]:
+        """What one version's batcher calls after each batch it executed, with its rows and compute time (ns): the
+        batch-size histogram and the version's statistics."""
+        sizes, statistics = self.batch_sizes(model, version), self.statistics.of(model, version)
+
+        def executed(rows: int, compute_ns: int) -> None:
+            sizes.observe(rows)
+            statistics.executed(rows, compute_ns)
+
+        return executed
 
     def inflight_for(self, protocol: str) -> InflightLevel:
         found = self._inflight.get(protocol)

@@ -3,7 +3,7 @@
 Example::
 
     version_policy: {latest: 2}       # or {all: true} or {specific: [1, 3]}
-    max_batch_size: 64
+    max_batch_size: 64                # 0: no batch dimension (each request runs alone)
     max_queue_delay_us: 200
     providers: [cuda, cpu]
     allow_cpu_fallback: true
@@ -64,7 +64,10 @@ class ServingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
-    max_batch_size: int | None = Field(None, ge=1)
+    max_batch_size: int | None = Field(None, ge=0)
+    """The most rows one run stacks; 0: the model has no batch dimension (each request runs alone, with the shapes it
+    brings), as in Triton. A model whose inputs and outputs do not all start with a variable dimension is never
+    batched."""
     max_queue_delay_us: int | None = Field(None, ge=0)
     max_queue_size: int | None = Field(None, ge=1)
     providers: list[Provider] | None = Field(None, min_length=1)
@@ -105,7 +108,7 @@ class ResolvedConfig:
 def resolve(config: ServingConfig, settings: ServerSettings) -> ResolvedConfig:
     return ResolvedConfig(
         version_policy=config.version_policy,
-        max_batch_size=config.max_batch_size or settings.max_batch_size,
+        max_batch_size=settings.max_batch_size if config.max_batch_size is None else config.max_batch_size,
         max_queue_delay_us=(
             settings.max_queue_delay_us if config.max_queue_delay_us is None else config.max_queue_delay_us
         ),

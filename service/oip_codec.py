@@ -18,6 +18,7 @@ from service.tensors import Signature, Tensor, decode_raw, decode_typed, encode_
 
 if TYPE_CHECKING:  # the bulk worker processes import this module: nothing of the server at run time
     from service.repository import IndexEntry
+    from service.statistics import Duration, ModelStatistics
 
 # OIP datatype -> the typed ``InferTensorContents`` field that carries it (FP16 has none: raw only)
 _TYPED_FIELD = {
@@ -157,6 +158,26 @@ def index_to_proto(entries: list[IndexEntry]) -> pb.RepositoryIndexResponse:
     return msg
 
 
+def statistics_to_proto(stats: list[ModelStatistics]) -> pb.ModelStatisticsResponse:
+    """Triton's ``ModelStatisticsResponse``; the fields this server does not measure (cache, memory, decoupled
+    responses) stay empty."""
+    msg = pb.ModelStatisticsResponse()
+    for s in stats:
+        m = msg.model_stats.add(name=s.name, version=s.version, last_inference=s.last_inference,
+                                inference_count=s.inference_count, execution_count=s.execution_count)  # fmt: skip
+        for key, d in s.inference_stats.items():
+            _set_duration(getattr(m.inference_stats, key), d)
+        for b in s.batch_stats:
+            batch = m.batch_stats.add(batch_size=b.batch_size)
+            for key, d in b.durations.items():
+                _set_duration(getattr(batch, key), d)
+    return msg
+
+
+def _set_duration(msg: pb.StatisticDuration, d: Duration) -> None:
+    msg.count, msg.ns = d.count, d.ns
+
+
 def config_to_proto(config: ModelConfig) -> pb.ModelConfigResponse:
     """Triton's ``ModelConfig`` subset; odetoode's own description travels in ``parameters`` (JSON strings)."""
     msg = pb.ModelConfigResponse()
@@ -165,9 +186,8 @@ def config_to_proto(config: ModelConfig) -> pb.ModelConfigResponse:
     c.max_batch_size = config.max_batch_size
     for specs, field in ((config.inputs, c.input), (config.outputs, c.output)):
         for spec in specs:
-            field.add(
-                name=spec.name, data_type=config_pb.DataType.Value(triton_type(spec.datatype)), dims=spec.shape[1:]
-            )
+            field.add(name=spec.name, data_type=config_pb.DataType.Value(triton_type(spec.datatype)),
+                      dims=config.dims(spec))  # fmt: skip
     for key, value in config.description.items():
         c.parameters[f"odetoode.{key}"].string_value = value
     c.parameters["execution_providers"].string_value = ",".join(config.execution_providers)

@@ -1,5 +1,5 @@
 """``odetoode.v1.PolicyService``'s wire format: observations in and actions out (packed little-endian float32, or
-repeated floats), timing fields, and a stream's per-observation errors."""
+repeated floats; an index for a discrete policy), timing fields, and a stream's per-observation errors."""
 
 from __future__ import annotations
 
@@ -35,7 +35,9 @@ def observation_of(request: pb.ActRequest) -> np.ndarray:
 def action_response(acted: Acted, policy: str, sequence: int, as_values: bool, arrived_ns: int) -> pb.ActResponse:
     msg = pb.ActResponse(policy=policy, version=acted.version, sequence=sequence)
     action = acted.action
-    if as_values:
+    if action.dtype.kind == "i":  # a discrete policy: its action is an index
+        msg.action_index = int(action.reshape(-1)[0])
+    elif as_values:
         msg.action_values.extend(action.ravel().tolist())
     elif action.dtype is _FLOAT32_LE:
         msg.action = action.tobytes()

@@ -15,10 +15,10 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 
+from odetoode.modelfile import Discrete, Space
 from odetoode.proto.odetoode.v1 import policy_pb2 as pb
 from odetoode.proto.odetoode.v1 import policy_pb2_grpc as pb_grpc
 from service.batching import deadline_after
@@ -162,14 +162,15 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
             raise InvalidArgument("policy: required")
         served = self.plane.policy(request.policy, request.version or None)
         d = served.runtime.description
+        assert d is not None  # plane.policy refuses a model without a description
         return pb.PolicyInfo(
             policy=request.policy,
             version=str(served.version),
             versions=[str(v.version) for v in self.plane.repository.served_versions(request.policy)],
             env_id=d.env_id or "",
             arch=d.arch,
-            steps=d.steps,
-            hidden=d.hidden,
+            steps=d.steps or 0,
+            hidden=d.hidden or 0,
             observation_space=_space(d.observation_space),
             action_space=_space(d.action_space),
             normalization=pb.Normalization(
@@ -184,7 +185,9 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
         )
 
 
-def _space(box: Any) -> pb.Space | None:
-    if box is None:
+def _space(space: Space | None) -> pb.Space | None:
+    if space is None:
         return None
-    return pb.Space(shape=box.shape, low=box.low, high=box.high)
+    if isinstance(space, Discrete):
+        return pb.Space(discrete=pb.Discrete(n=space.n))
+    return pb.Space(shape=space.shape, low=space.low, high=space.high)

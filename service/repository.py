@@ -36,6 +36,8 @@ from service.tensors import Signature
 
 log = logging.getLogger(__name__)
 MODEL_FILE = "model.onnx"
+NAMES_LISTED = 20
+"""An unknown-model error names at most this many served models."""
 Fingerprint = tuple[int, int, int]
 
 
@@ -179,7 +181,7 @@ class ModelRepository:
     def resolve(self, name: str, version: str | None = None) -> ServedVersion:
         """The version that answers a request: the given one, or the highest ready one."""
         if not self.known(name):
-            raise ModelNotFound(f"unknown model {name!r}")
+            raise self.not_found(name)
         served = self._served.get(name, {})
         if version:
             if not VERSION_NAME.fullmatch(version):
@@ -199,6 +201,20 @@ class ModelRepository:
             for v, s in sorted(self._status.get(name, {}).items())
         )
         raise ModelNotReady(f"model {name!r} has no ready version" + (f" ({reasons})" if reasons else ""))
+
+    def ready_names(self) -> list[str]:
+        """The models with at least one ready version, sorted."""
+        return sorted(name for name, versions in self._served.items() if versions)
+
+    def not_found(self, name: str) -> ModelNotFound:
+        """The error for a model this repository does not know; it names the served models when callers may learn
+        them (``list_models``), at most ``NAMES_LISTED`` of them."""
+        message = f"unknown model {name!r}"
+        if self.settings.list_models:
+            names = self.ready_names()
+            shown = ", ".join(repr(n) for n in names[:NAMES_LISTED]) + (", ..." if len(names) > NAMES_LISTED else "")
+            message += f"; the models served are {shown}" if names else "; no model is served"
+        return ModelNotFound(message)
 
     def index(self, ready_only: bool = False) -> list[IndexEntry]:
         """Triton's repository index: every known model version with its state and, when not ready, why."""
@@ -235,7 +251,7 @@ class ModelRepository:
     async def unload(self, name: str) -> None:
         """Repository API ``unload``: stop serving every version of ``name`` (queued requests still finish)."""
         if not self.known(name):
-            raise ModelNotFound(f"unknown model {name!r}")
+            raise self.not_found(name)
         if self._wanted is None:
             self._wanted = set(scan_names(self.root))
         self._wanted.discard(name)
@@ -303,7 +319,10 @@ class ModelRepository:
         """Loads every wanted version that is not served yet, or whose file or config changed."""
         statuses, served = self._status[name], self._served[name]
         for v in wanted:
-            fp = _fingerprint(present[v], model_dir / CONFIG_FILE)
+            try:
+                fp = _fingerprint(present[v], model_dir / CONFIG_FILE)
+            except FileNotFoundError:  # removed since the scan (a rename-into-place in progress): the next scan decides
+                continue
             current, previous = served.get(v), statuses.get(v)
             if current is not None and current.fingerprint == fp and not force:
                 continue
@@ -342,16 +361,16 @@ class ModelRepository:
         if ORT_PROVIDERS["cpu"] == runtime.providers[0] and any(p != "cpu" for p in config.providers):
             self.metrics.provider_fallbacks.labels(name, str(version)).inc()
         inline_rows = 0 if runtime.on_gpu else runtime.rows_within(self.settings.inline_threshold_us)
-        batch_sizes = self.metrics.batch_sizes(name, str(version))
         batcher = Batcher(
             runtime.run,
-            max_batch_size=config.max_batch_size,
+            max_batch_size=max(1, runtime.max_batch_size),
             max_queue_delay_us=config.max_queue_delay_us,
             max_queue_size=config.max_queue_size,
             inline_rows=inline_rows,
             executor=self._executor,
             workers=available_cpus(),
-            on_batch=batch_sizes.observe,
+            on_batch=self.metrics.batch_observer(name, str(version)),
+            batched=runtime.batched,
         )
         log.info(
             "loaded %s v%d in %.0f ms on %s (batch-1 compute %.0f us, %s)",

@@ -20,11 +20,12 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service import server_version
+from service import images, server_version
 from service.auth import OPEN_REST_PREFIXES, RestAuthMiddleware, TokenCheck
 from service.batching import Timing, deadline_after
 from service.dataplane import DataPlane
@@ -45,11 +46,14 @@ from service.rest_codec import (
     parse_predict,
     render_infer_response,
     render_predict,
+    statistics_json,
 )
-from service.rest_openapi import ERROR, ERRORS, INFER_BODY, INFER_PARAMETERS, NOT_READY, PREDICT_BODY
+from service.rest_openapi import ERROR, ERRORS, INFER_BODY, INFER_PARAMETERS, MODEL_STATS, NOT_READY, PREDICT_BODY
 from service.tensors import parameters_of
 
 log = logging.getLogger(__name__)
+DOCS_ASSETS = "/docs/assets"
+"""Where Swagger UI's and ReDoc's scripts and styles are served (under ``/docs``: open whenever the docs are)."""
 
 
 class JSON(JSONResponse):
@@ -104,11 +108,19 @@ def create_app(plane: DataPlane, ration: Ration | None = None, check: TokenCheck
     authenticates (``None``: nobody needs a token)."""
     settings = plane.settings
     max_bytes, small = settings.max_request_bytes, settings.bulk_request_bytes
-    app = FastAPI(
+    images.preload()  # now, not on the event loop when the first image comes
+    # /docs and /redoc load Swagger UI and ReDoc from this server (fastapi-offline's copies), never from a CDN, so
+    # they work without a network; their assets are under /docs/, as open as /docs itself when auth is on. No
+    # validator badge either: Swagger UI would send the schema's URL to validator.swagger.io. No redirects of a
+    # trailing slash: a path is answered as written (/v1/models/ names no model; it is not the list).
+    app = FastAPIOffline(
         title="odetoode",
         version=server_version(),
         description="Open Inference Protocol v2 and KServe V1 over ODEtoODE models served with ONNX Runtime.",
         default_response_class=JSON,
+        static_url=DOCS_ASSETS,
+        swagger_ui_parameters={"validatorUrl": None},
+        redirect_slashes=False,
     )
 
     if check is not None and check.enabled:
@@ -159,9 +171,10 @@ def create_app(plane: DataPlane, ration: Ration | None = None, check: TokenCheck
         """A body read whole on the event loop: small by definition (``bulk_request_bytes``)."""
         return await body(request, small).read()
 
-    async def bulk(request: Request, served: ServedVersion, kind: str) -> Response:
+    async def bulk(request: Request, served: ServedVersion, kind: str, read: bytes | None = None) -> Response:
         """Admitted before the body is read, which is read at the pace of the event loop's budget for bulk bytes;
-        the place is given back once the answer is sent."""
+        the place is given back once the answer is sent. ``read``: the body, when it was read already (a small
+        image found too large in pixels to decode here)."""
         deadline = _deadline(request)
 
         async def pace(size: int) -> None:
@@ -169,19 +182,26 @@ def create_app(plane: DataPlane, ration: Ration | None = None, check: TokenCheck
 
         release = plane.admit_bulk()
         try:
-            reader = body(request, max_bytes)
-            length = reader.declared_length()
             job: dict[str, Any] = {"kind": kind, "encoding": content_encoding(request)}
-            header = request.headers.get(HEADER_LENGTH) if kind == "v2" else None
-            head: list[bytes] = []
-            if header is not None:
-                job["header_length"] = header
-                n = int(header) if header.isdigit() else -1
-                if job["encoding"] is None and length is not None and 0 <= n <= min(length, small):
-                    # The binary extension: its JSON header first, checked before the tensor data is read.
-                    head.append(await reader.prefix(n))
-                    check_binary_header(head[0], length - n, served.signature)
-            parts: list[bytes | bytearray | memoryview] = [*head, *await reader.rest(pace)]
+            if kind == "image":
+                job["max_pixels"] = settings.max_image_pixels
+            parts: list[bytes | bytearray | memoryview] = [] if read is None else [read]
+            if read is None:
+                reader = body(request, max_bytes)
+                length = reader.declared_length()
+                header = request.headers.get(HEADER_LENGTH) if kind == "v2" else None
+                if header is not None:
+                    job["header_length"] = header
+                    n = int(header) if header.isdigit() else -1
+                    if job["encoding"] is None and length is not None and 0 <= n <= min(length, small):
+                        # The binary extension: its JSON header first, checked before the tensor data is read.
+                        parts.append(await reader.prefix(n))
+                        check_binary_header(parts[0], length - n, served.signature)
+                elif kind == "image" and job["encoding"] is None and length is not None:
+                    # An image's header first: too many pixels are refused before the rest is read.
+                    parts.append(await reader.prefix(min(length, small)))
+                    images.check_header(parts[0], settings.max_image_pixels)
+                parts.extend(await reader.rest(pace))
             answer = await plane.infer_bulk("rest", served, job, parts, deadline)
             h = answer.reply.header
             rendered = Rendered(answer.reply.parts, h.get("header_length"))
@@ -225,6 +245,17 @@ def create_app(plane: DataPlane, ration: Ration | None = None, check: TokenCheck
     async def server_metadata() -> Response:
         return JSON(plane.server_metadata())
 
+    # Before /v2/models/{model}, which would take "stats" for a model name. The path parameters are read from the
+    # request: as function parameters, the ones a path lacks would become query parameters.
+    @app.get("/v2/models/stats", tags=["statistics"], responses={200: MODEL_STATS, **ERRORS})
+    @app.get("/v2/models/{model}/stats", tags=["statistics"], responses={200: MODEL_STATS, **ERRORS},
+             openapi_extra={"parameters": INFER_PARAMETERS[:1]})  # fmt: skip
+    @app.get("/v2/models/{model}/versions/{version}/stats", tags=["statistics"],
+             responses={200: MODEL_STATS, **ERRORS}, openapi_extra={"parameters": INFER_PARAMETERS})  # fmt: skip
+    async def model_statistics(request: Request) -> Response:
+        path = request.path_params
+        return JSON(statistics_json(plane.statistics(path.get("model"), path.get("version"))))
+
     @app.get("/v2/models/{model}", tags=["metadata"], responses=ERRORS)
     @app.get("/v2/models/{model}/versions/{version}", tags=["metadata"], responses=ERRORS)
     async def model_metadata(model: str, version: str | None = None) -> Response:
@@ -241,6 +272,10 @@ def create_app(plane: DataPlane, ration: Ration | None = None, check: TokenCheck
     async def model_config(model: str, version: str | None = None) -> Response:
         return JSON(config_json(plane.model_config(model, version)))
 
+    @app.get("/v1/models", tags=["kserve v1"], responses={403: ERROR})
+    async def v1_models() -> Response:
+        return JSON({"models": plane.model_names()})
+
     @app.get("/v1/models/{model}", tags=["kserve v1"], responses=ERRORS)
     async def v1_status(model: str) -> Response:
         return JSON({"name": model, "ready": plane.model_ready(model)})
@@ -249,12 +284,30 @@ def create_app(plane: DataPlane, ration: Ration | None = None, check: TokenCheck
               responses=ERRORS)  # fmt: skip
     async def v1_predict(request: Request, model: str) -> Response:
         served = plane.resolve_for("rest", model)
+        if images.media_type(request.headers.get("content-type")) is not None:
+            return await image_predict(request, served)
         if not is_small(request, small):
             return await bulk(request, served, "v1")
         deadline = _deadline(request)
-        tensor = parse_predict(await small_body(request), served.signature)
-        response = await plane.infer(InferRequest(model, [tensor], deadline_ns=deadline), served)
-        rendered = Rendered([render_predict(response.outputs, tensor.shape[0])], None)
+        tensors = parse_predict(await small_body(request), served.signature)
+        response = await plane.infer(InferRequest(model, tensors, deadline_ns=deadline), served)
+        rendered = Rendered([render_predict(response.outputs, tensors[0].shape[0])], None)
+        return rendered_response(rendered, response.timing, response.total_ns)
+
+    async def image_predict(request: Request, served: ServedVersion) -> Response:
+        """A PNG or JPEG body for a model with one image input (``service.images``), refused before it is read when
+        the model takes none; decoded here when small in bytes and in pixels, else by a bulk worker."""
+        target = images.image_input(served.signature, served.name)
+        if not is_small(request, small):
+            return await bulk(request, served, "image")
+        deadline = _deadline(request)
+        raw = await small_body(request)
+        image = images.open_image(raw, settings.max_image_pixels)
+        if image.width * image.height > images.INLINE_PIXELS:
+            return await bulk(request, served, "image", raw)
+        tensor = images.as_input(image, target)
+        response = await plane.infer(InferRequest(served.name, [tensor], deadline_ns=deadline), served)
+        rendered = Rendered([render_predict(response.outputs, 1)], None)
         return rendered_response(rendered, response.timing, response.total_ns)
 
     # -- repository extension -------------------------------------------------------------------------------------

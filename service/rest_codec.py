@@ -10,7 +10,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -18,6 +18,7 @@ import orjson
 from service.errors import InvalidArgument, PayloadTooLarge
 from service.inference import InferRequest, InferResponse, ModelConfig, ModelMetadata
 from service.tensors import (
+    MAX_RANK,
     Declared,
     Signature,
     Tensor,
@@ -29,6 +30,9 @@ from service.tensors import (
     parameters_of,
     triton_type,
 )
+
+if TYPE_CHECKING:
+    from service.statistics import Duration, ModelStatistics
 
 Buffer = bytes | bytearray | memoryview
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -249,16 +253,133 @@ def render_infer_response(response: InferResponse, binary: set[str] | None) -> R
 # -- KServe V1 ---------------------------------------------------------------------------------------------------------
 
 
-def parse_predict(body: Buffer, signature: Signature) -> Tensor:
-    """``{"instances": [...]}``: one instance per row of the model's (single) input."""
+def parse_predict(body: Buffer, signature: Signature) -> list[Tensor]:
+    """A KServe V1 predict body as the model's input tensors (one per input, with the same rows), in either form:
+
+    * ``{"instances": [...]}``, rows: for a model with one input, each row a (nested) list of the input's row shape
+      -- or one such row alone, without the outer list -- or an object ``{input: row}``; for a model with several
+      inputs, one object per row with a key per input (``[{"observation": [...], "goal": [...]}, ...]``);
+    * ``{"inputs": ...}``, columns (TensorFlow Serving's columnar form, which KServe also accepts): the batched tensor
+      of a model's one input, or an object ``{input: batched tensor}`` with the same rows in each.
+
+    A row may leave out the input's size-1 dimensions (a ``[28, 28]`` image for a ``[batch, 1, 28, 28]`` input). The
+    forms are told apart by rank: a list whose shape is the row's shape is one row, one rank more is a list of rows;
+    any other shape is refused with the form expected."""
     check_json_budget(body, signature)
     obj = json_object(body, "request body")
-    instances = obj.get("instances")
+    if ("instances" in obj) == ("inputs" in obj):
+        raise InvalidArgument("request body: expected one of instances (a list of rows) or inputs (columns)")
+    if "instances" in obj:
+        return _instances(obj["instances"], signature)
+    return _columns(obj["inputs"], signature)
+
+
+def _instances(instances: Any, signature: Signature) -> list[Tensor]:
     if not isinstance(instances, list) or not instances:
-        raise InvalidArgument("instances: expected a non-empty list")
-    spec = signature.inputs[0]
-    declared = signature.declare(spec.name, spec.datatype, [len(instances), *spec.shape[1:]], "instances")
-    return Tensor(spec.name, spec.datatype, decode_json(declared, instances, "instances"))
+        raise InvalidArgument(f"instances: expected a non-empty list of {_row_forms(signature)}")
+    if isinstance(instances[0], dict):
+        return _named_rows(instances, signature)
+    if len(signature.inputs) > 1:
+        raise InvalidArgument(f"instances: the model takes several inputs; expected {_row_forms(signature)}")
+    return [_rows(signature.inputs[0], instances, signature, "instances")]
+
+
+def _named_rows(instances: list[Any], signature: Signature) -> list[Tensor]:
+    """``[{input: row, ...}, ...]``: one object per row, a key per input of the model."""
+    names = [spec.name for spec in signature.inputs]
+    columns: dict[str, list[Any]] = {name: [] for name in names}
+    for index, instance in enumerate(instances):
+        if not isinstance(instance, dict) or instance.keys() != columns.keys():
+            got = f"keys {sorted(instance)}" if isinstance(instance, dict) else f"a {type(instance).__name__}"
+            raise InvalidArgument(f"instances[{index}]: expected an object with keys {names}, got {got}")
+        for name in names:
+            columns[name].append(instance[name])
+    tensors = []
+    for spec in signature.inputs:
+        where = f"instances[].{spec.name}"
+        row, shape = _row_shape(spec), _nested_shape(columns[spec.name][0])
+        filled = _fill(shape, row)
+        if filled is None:
+            raise InvalidArgument(f"{where}: expected a row of shape {_shape_text(row)}, got shape {list(shape)}")
+        tensors.append(_decode_rows(spec, len(instances), filled, columns[spec.name], signature, where))
+    return tensors
+
+
+def _columns(inputs: Any, signature: Signature) -> list[Tensor]:
+    """``inputs``: the batched tensor of the model's one input, or ``{input: batched tensor}``."""
+    names = [spec.name for spec in signature.inputs]
+    if isinstance(inputs, list) and inputs and len(names) == 1:
+        return [_rows(signature.inputs[0], inputs, signature, "inputs")]
+    if not isinstance(inputs, dict) or inputs.keys() != set(names):
+        got = f"got keys {sorted(inputs)}" if isinstance(inputs, dict) else f"got a {type(inputs).__name__}"
+        single = " or a list of rows" if len(names) == 1 else ""
+        raise InvalidArgument(f"inputs: expected an object with keys {names} (a tensor of rows each){single}; {got}")
+    tensors = [_rows(spec, inputs[spec.name], signature, f"inputs.{spec.name}") for spec in signature.inputs]
+    if len({t.shape[0] for t in tensors}) > 1:
+        rows = {t.name: t.shape[0] for t in tensors}
+        raise InvalidArgument(f"inputs: every input must have the same number of rows, got {rows}")
+    return tensors
+
+
+def _rows(spec: TensorSpec, value: Any, signature: Signature, where: str) -> Tensor:
+    """``value``, a list of rows of ``spec`` -- or one row alone -- as its tensor."""
+    row, shape = _row_shape(spec), _nested_shape(value)
+    if not isinstance(value, list) or not value:
+        raise InvalidArgument(f"{where}: expected a non-empty list of rows of shape {_shape_text(row)}")
+    filled = _fill(shape[1:], row)
+    if filled is not None:
+        return _decode_rows(spec, shape[0], filled, value, signature, where)
+    filled = _fill(shape, row)
+    if filled is not None:
+        return _decode_rows(spec, 1, filled, [value], signature, where)
+    raise InvalidArgument(
+        f"{where}: expected rows of shape {_shape_text(row)} (a list of them, or one alone), got shape {list(shape)}"
+    )
+
+
+def _decode_rows(
+    spec: TensorSpec, rows: int, row: tuple[int, ...], data: list[Any], signature: Signature, where: str
+) -> Tensor:
+    declared = signature.declare(spec.name, spec.datatype, [rows, *row], where)
+    return Tensor(spec.name, spec.datatype, decode_json(declared, data, where))
+
+
+def _row_shape(spec: TensorSpec) -> tuple[int, ...]:
+    """The shape of one row of an input (``-1``: any size), after its batch dimension."""
+    return spec.shape[1:]
+
+
+def _nested_shape(value: Any) -> tuple[int, ...]:
+    """The shape of nested JSON lists, along their first elements (regularity is checked when the data is decoded)."""
+    shape: list[int] = []
+    while isinstance(value, list) and len(shape) <= MAX_RANK:
+        shape.append(len(value))
+        value = value[0] if value else None
+    return tuple(shape)
+
+
+def _fill(shape: tuple[int, ...], row: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The row's dimensions with its variable ones taken from ``shape``, if ``shape`` is that row -- or that row
+    without its size-1 dimensions; ``None`` if it is neither."""
+    for form in (row, tuple(d for d in row if d != 1)):
+        if len(shape) == len(form) and all(f in (-1, d) for f, d in zip(form, shape, strict=True)):
+            given = iter(shape)
+            return tuple(next(given) if d != 1 else 1 for d in row) if form is not row else shape
+    return None
+
+
+def _shape_text(row: tuple[int, ...]) -> str:
+    squeezed = [d for d in row if d != 1]
+    alone = f" (or {squeezed})" if len(squeezed) != len(row) else ""
+    return f"{list(row)}{alone}"
+
+
+def _row_forms(signature: Signature) -> str:
+    """The row forms a model's ``instances`` may take, for error messages."""
+    names = [spec.name for spec in signature.inputs]
+    if len(names) == 1:
+        return f"rows of shape {_shape_text(_row_shape(signature.inputs[0]))}, or objects with key {names}"
+    return f"objects with keys {names}, one per row"
 
 
 def render_predict(outputs: Sequence[Tensor], rows: int) -> bytes:
@@ -293,8 +414,8 @@ def config_json(c: ModelConfig) -> dict[str, Any]:
         "platform": c.platform,
         "backend": c.backend,
         "max_batch_size": c.max_batch_size,
-        "input": [_config_tensor_json(s) for s in c.inputs],
-        "output": [_config_tensor_json(s) for s in c.outputs],
+        "input": [_config_tensor_json(s, c) for s in c.inputs],
+        "output": [_config_tensor_json(s, c) for s in c.outputs],
         "dynamic_batching": {
             "max_queue_delay_microseconds": c.max_queue_delay_us,
             "max_queue_size": c.max_queue_size,
@@ -305,5 +426,30 @@ def config_json(c: ModelConfig) -> dict[str, Any]:
     }
 
 
-def _config_tensor_json(spec: TensorSpec) -> dict[str, Any]:
-    return {"name": spec.name, "data_type": triton_type(spec.datatype), "dims": list(spec.shape[1:])}
+def _config_tensor_json(spec: TensorSpec, c: ModelConfig) -> dict[str, Any]:
+    return {"name": spec.name, "data_type": triton_type(spec.datatype), "dims": list(c.dims(spec))}
+
+
+def statistics_json(stats: list[ModelStatistics]) -> dict[str, Any]:
+    """Triton's statistics extension's ``$stats_model_response``."""
+    return {
+        "model_stats": [
+            {
+                "name": s.name,
+                "version": s.version,
+                "last_inference": s.last_inference,
+                "inference_count": s.inference_count,
+                "execution_count": s.execution_count,
+                "inference_stats": {key: _duration_json(d) for key, d in s.inference_stats.items()},
+                "batch_stats": [
+                    {"batch_size": b.batch_size, **{key: _duration_json(d) for key, d in b.durations.items()}}
+                    for b in s.batch_stats
+                ],
+            }
+            for s in stats
+        ]
+    }
+
+
+def _duration_json(d: Duration) -> dict[str, int]:
+    return {"count": d.count, "ns": d.ns}

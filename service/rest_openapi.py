@@ -22,4 +22,5 @@ INFER_PARAMETERS: list[dict[str, Any]] = _SPEC["infer_parameters"]
 PREDICT_BODY: dict[str, Any] = _SPEC["predict_body"]
 ERROR: dict[str, Any] = _SPEC["error"]
 NOT_READY: dict[str, Any] = _SPEC["not_ready"]
+MODEL_STATS: dict[str, Any] = _SPEC["model_stats"]
 ERRORS: dict[int | str, dict[str, Any]] = {400: ERROR, 404: ERROR, 413: ERROR, 503: ERROR}

@@ -1,9 +1,15 @@
 """One ONNX Runtime session per model version: provider choice, thread sizing, IO binding, warm-up, self-check.
 
-Loading is where a model proves itself: the file must be ONNX with odetoode metadata, the requested execution
-providers must really be active (ONNX Runtime silently falls back to CPU when CUDA cannot start; we check the
-session's providers and fail loudly unless the model allows the fallback), and the golden input/output pairs recorded
-at export must be reproduced before the version takes traffic.
+Loading is where a model proves itself: the file must be ONNX, the requested execution providers must really be
+active (ONNX Runtime silently falls back to CPU when CUDA cannot start; we check the session's providers and fail
+loudly unless the model allows the fallback), and a file that describes itself with odetoode metadata must keep its
+word: its graph must have the inputs and outputs its kind promises, and the golden input/output pairs recorded at
+export must be reproduced before the version takes traffic.
+
+Any other ONNX model is served as Triton's ONNX backend serves it: inputs, outputs, datatypes and shapes come from
+the graph. It is *batched* -- requests are stacked along the first dimension -- when every input and output has a
+variable first dimension and its ``config.yaml`` does not say ``max_batch_size: 0``; otherwise each request runs alone
+with the shapes it brings.
 """
 
 from __future__ import annotations
@@ -19,10 +25,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from odetoode.modelfile import ModelDescription, ModelFormatError
-from service.errors import ModelLoadError, without_paths
+from odetoode.modelfile import ModelDescription, ModelFormatError, description_of
+from service.errors import InvalidArgument, ModelLoadError, without_paths
 from service.model_config import Provider, ResolvedConfig
-from service.tensors import TensorSpec, datatype_of_onnx
+from service.tensors import DATATYPES, TensorSpec, datatype_of_onnx
 
 log = logging.getLogger(__name__)
 
@@ -129,21 +135,22 @@ class ModelRuntime:
         self.providers: list[str] = list(active)
         self.on_gpu = active[0] in (ORT_PROVIDERS["cuda"], ORT_PROVIDERS["tensorrt"])
         try:
-            props = dict(self.session.get_modelmeta().custom_metadata_map)
-            self.description = ModelDescription.from_metadata_props(props)
+            self.description: ModelDescription | None = description_of(self.session.get_modelmeta().custom_metadata_map)
         except ModelFormatError as exc:
             raise ModelLoadError(f"{path.name}: {exc}") from None
-        self.inputs = [TensorSpec(i.name, datatype_of_onnx(i.type), _dims(i.shape)) for i in self.session.get_inputs()]
-        self.outputs = [
-            TensorSpec(o.name, datatype_of_onnx(o.type), _dims(o.shape)) for o in self.session.get_outputs()
-        ]
-        expected = (self.description.input_name,)
-        if [i.name for i in self.inputs] != list(expected):
-            raise ModelLoadError(f"{path.name}: a {self.description.kind} must have the single input {expected[0]!r}")
-        if [o.name for o in self.outputs] != list(self.description.output_names):
-            raise ModelLoadError(
-                f"{path.name}: a {self.description.kind} must have outputs {list(self.description.output_names)}"
-            )
+        try:
+            self.inputs = [_spec(i) for i in self.session.get_inputs()]
+            self.outputs = [_spec(o) for o in self.session.get_outputs()]
+        except InvalidArgument as exc:
+            raise ModelLoadError(f"{path.name}: {exc}") from None
+        if self.description is not None:
+            _check_contract(self.description, self.inputs, self.outputs, path.name)
+        self.batched = config.max_batch_size > 0 and all(
+            spec.shape and spec.shape[0] == -1 for spec in (*self.inputs, *self.outputs)
+        )
+        """Requests are stacked along the first dimension (a batch of rows) and may share one run."""
+        self.max_batch_size = config.max_batch_size if self.batched else 0
+        """Triton's meaning: the most rows per run of a batched model, 0 for a model without a batch dimension."""
         self.compute_us_batch1 = float("nan")
         self.compute_us_largest = float("nan")
 
@@ -164,8 +171,11 @@ class ModelRuntime:
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()
 
-    def self_check(self) -> SelfCheck:
-        """Runs the golden inputs recorded at export and compares with the recorded outputs (first output)."""
+    def self_check(self) -> SelfCheck | None:
+        """Runs the golden inputs recorded at export and compares with the recorded outputs (first output); ``None``
+        for a model that records none (no odetoode description)."""
+        if self.description is None:
+            return None
         golden = self.description.golden
         spec = self.inputs[0]
         x = np.asarray(golden.inputs, dtype=np.float32).reshape(len(golden.inputs), *_concrete(spec.shape[1:]))
@@ -176,22 +186,41 @@ class ModelRuntime:
         return SelfCheck(len(golden.inputs), error, passed)
 
     def warm_up(self) -> None:
-        """Runs batch 1 and the largest batch once (allocations, kernel choice), then times both."""
-        spec = self.inputs[0]
-        item_shape = _concrete(spec.shape[1:])
-        largest = self.config.max_batch_size
-        feeds = {batch: {spec.name: np.zeros((batch, *item_shape), dtype=np.float32)} for batch in (1, largest)}
-        for feed in feeds.values():
-            self.run(feed)
+        """Runs one row and the largest batch once (allocations, kernel choice), then times both.
+
+        The feeds are zeros (empty strings for BYTES) with every variable dimension other than the batch set to 1. A
+        model this project did not describe may refuse such feeds (a variable dimension it needs larger, a value it
+        cannot take): it is then served without timings, which keeps it off the event loop (``rows_within`` is 0).
+        """
+        largest = max(1, self.max_batch_size)
+        feeds = {batch: self._zeros(batch) for batch in (1, largest)}
+        try:
+            for feed in feeds.values():
+                self.run(feed)
+        except Exception as exc:  # ONNX Runtime raises several unrelated types for a run it refuses
+            if self.description is not None:
+                raise ModelLoadError(f"{self.path.name}: warm-up run failed ({_first_line(exc)})") from None
+            log.info("%s: no warm-up (%s); served off the event loop", self.path.name, _first_line(exc))
+            return
         self.compute_us_batch1 = _median_us(self.run, feeds[1], 20)
         self.compute_us_largest = _median_us(self.run, feeds[largest], 5) if largest > 1 else self.compute_us_batch1
 
+    def _zeros(self, batch: int) -> dict[str, np.ndarray]:
+        feeds = {}
+        for spec in self.inputs:
+            dims = [d if d >= 0 else 1 for d in spec.shape]
+            if self.batched:
+                dims[0] = batch
+            text = spec.datatype == "BYTES"
+            feeds[spec.name] = np.full(dims, "", dtype=object) if text else np.zeros(dims, DATATYPES[spec.datatype])
+        return feeds
+
     def rows_within(self, budget_us: float) -> int:
-        """The most rows one run computes within ``budget_us`` (0 if not even one), from the warm-up timings: a
-        straight line through batch 1 and the largest batch, which is how these graphs scale."""
+        """The most rows one run computes within ``budget_us`` (0 if not even one, or never timed), from the warm-up
+        timings: a straight line through batch 1 and the largest batch, which is how these graphs scale."""
         if not self.compute_us_batch1 < budget_us:
             return 0
-        largest = self.config.max_batch_size
+        largest = max(1, self.max_batch_size)
         if largest == 1:
             return 1
         per_row = max(0.0, (self.compute_us_largest - self.compute_us_batch1) / (largest - 1))
@@ -200,14 +229,32 @@ class ModelRuntime:
         return 1 + int((budget_us - self.compute_us_batch1) / per_row)
 
     def check(self) -> None:
-        """Warm-up and golden self-check; raises ``ModelLoadError`` if the outputs differ from the recorded ones."""
+        """Warm-up and, for a described model, the golden self-check; raises ``ModelLoadError`` if the outputs differ
+        from the recorded ones."""
         self.warm_up()
         result = self.self_check()
-        if not result.passed:
+        if result is not None and not result.passed:
             raise ModelLoadError(
                 f"{self.path.name}: golden self-check failed (max abs error {result.max_abs_error:.3g} over "
                 f"{result.pairs} recorded pairs): the file does not compute what was exported"
             )
+
+
+def _spec(node: Any) -> TensorSpec:
+    return TensorSpec(node.name, datatype_of_onnx(node.type), _dims(node.shape))
+
+
+def _check_contract(description: ModelDescription, inputs: list[TensorSpec], outputs: list[TensorSpec],
+                    file: str) -> None:  # fmt: skip
+    """A described model's graph has what its kind promises: one input of the kind's name, its outputs in order, a
+    batch dimension."""
+    expected = (description.input_name,)
+    if [i.name for i in inputs] != list(expected):
+        raise ModelLoadError(f"{file}: a {description.kind} must have the single input {expected[0]!r}")
+    if [o.name for o in outputs] != list(description.output_names):
+        raise ModelLoadError(f"{file}: a {description.kind} must have outputs {list(description.output_names)}")
+    if any(not spec.shape or spec.shape[0] != -1 for spec in (*inputs, *outputs)):
+        raise ModelLoadError(f"{file}: a {description.kind} must have a variable batch dimension first")
 
 
 def _median_us(run: Any, feeds: dict[str, np.ndarray], repeats: int) -> float:

@@ -59,6 +59,11 @@ class ServerSettings(BaseSettings):
     repository_api: bool = False
     """Allow ``load``/``unload`` through the repository extension. Off by default: it changes what is served."""
 
+    list_models: bool = True
+    """Callers may learn which models are served: ``GET /v1/models`` lists them and an unknown-model error names
+    them. Off where a caller must not learn the names of other callers' models (the repository index, with
+    ``repository_api``, still lists them)."""
+
     providers: list[Provider] = ["cpu"]
     """Default execution providers in order of preference (``cuda``, ``tensorrt``, ``cpu``); a model's
     ``config.yaml`` may override them."""
@@ -97,6 +102,12 @@ class ServerSettings(BaseSettings):
     max_request_rows: int = Field(65536, ge=1)
     """Default largest batch (rows) one request may carry, whatever its size in bytes; a model's ``config.yaml``
     may change it. Checked from the request's declared shape, before any tensor data is decoded."""
+
+    max_image_pixels: int = Field(4096 * 4096, ge=1)
+    """Most pixels (width x height) of an image body (PNG or JPEG, ``POST /v1/models/{model}:predict`` with
+    ``Content-Type: image/png``); checked from the image's header, before it is decoded (a PNG of a few KiB may
+    declare a gigapixel). Decoding one takes 4-7 bytes of memory per pixel, 12 with transparency (200 MB at the
+    default), in a bulk worker process for any image over 128x128 pixels."""
 
     bulk_request_bytes: int = Field(64 * 1024, ge=1024)
     """Requests larger than this (a REST body, an OIP gRPC message) are decoded, computed and encoded in the bulk

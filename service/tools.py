@@ -1,4 +1,9 @@
-"""``python -m service act|bench|info``: quick checks of a running server from the command line."""
+"""``python -m service act|bench|info``: quick checks of a running server from the command line.
+
+Errors a user meets are one line on stderr and exit status 1: nothing listening at ``--target`` (found within
+``--connect-timeout`` seconds, not after the calls' deadlines), and the server's refusals (an unknown policy, a bad
+observation) as its gRPC status details. Bad arguments are usage errors (status 2). Anything else keeps its traceback.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +12,32 @@ import itertools
 import json
 import sys
 
+import grpc
 import numpy as np
-from google.protobuf.json_format import MessageToDict
 
-from odetoode.client import PolicyClient, PolicyInfo
+from odetoode.client import PolicyClient, PolicyInfo, policy_document
 
 COMMANDS = ("act", "bench", "info")
+PROG = "python -m service"
+CONNECT_TIMEOUT_S = 2.0
+"""How long a command waits for a server to accept the connection: a server that is up answers in milliseconds."""
 
 
-def _observation(text: str | None, size: int) -> np.ndarray:
-    if text is None:
+class NoServerError(Exception):
+    """Nothing accepted a connection at the target within the connect timeout."""
+
+
+def _values(text: str) -> list[float]:
+    """``--observation``: numbers separated by commas or spaces."""
+    try:
+        return [float(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas or spaces, got {text!r}") from None
+
+
+def _observation(values: list[float] | None, size: int) -> np.ndarray:
+    if values is None:
         return np.zeros(size, dtype=np.float32)
-    values = [float(v) for v in text.replace(",", " ").split()]
     return np.asarray(values, dtype=np.float32)
 
 
@@ -45,25 +64,36 @@ def _bench(client: PolicyClient, policy: str, version: str | None, info: PolicyI
     return 0
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m service", description="Talk to a running odetoode server.")
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Talk to a running odetoode server.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("act", "one Act call: print the action"), ("bench", "sequential Act and ActStream latency"),
-                       ("info", "GetPolicy as JSON")):  # fmt: skip
-        p = sub.add_parser(name, help=text)
-        p.add_argument("--policy", required=True)
-        p.add_argument("--target", default="localhost:8001", help="gRPC address (default localhost:8001)")
-        p.add_argument("--version", default=None)
+    for name, text in (("act", "one Act call: print the action as JSON"),
+                       ("bench", "sequential Act and ActStream latency"),
+                       ("info", "GetPolicy as a JSON document (numbers as numbers, the training record an object)"),
+                       ):  # fmt: skip
+        p = sub.add_parser(name, help=text, description=text, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p.add_argument("--policy", required=True, help="policy (model) name")
+        p.add_argument("--target", default="localhost:8001", help="gRPC address HOST:PORT")
+        p.add_argument("--version", default=None, help="model version (default: the server's choice)")
+        p.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT_S,
+                       help="seconds to wait for a server to accept the connection")  # fmt: skip
         if name == "act":
-            p.add_argument("--observation", help="values separated by commas or spaces (default: zeros)")
+            p.add_argument("--observation", type=_values, help="values separated by commas or spaces (default: zeros)")
         if name == "bench":
-            p.add_argument("--requests", type=int, default=2000)
-    args = parser.parse_args(argv)
+            p.add_argument("--requests", type=int, default=2000, help="calls of each kind")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
     with PolicyClient(args.target, timeout=5.0) as client:
-        client.wait_ready(10)
+        try:
+            client.wait_ready(args.connect_timeout)
+        except grpc.FutureTimeoutError:
+            raise NoServerError(f"no server at {args.target} (nothing accepted a connection within "
+                                f"{args.connect_timeout:g} s)") from None  # fmt: skip
         info = client.get_policy(args.policy, args.version)
         if args.command == "info":
-            print(json.dumps(MessageToDict(info, preserving_proto_field_name=True), indent=2))
+            print(json.dumps(policy_document(info), indent=2, allow_nan=False))
             return 0
         size = int(np.prod(info.observation_space.shape))
         if args.command == "act":
@@ -74,7 +104,21 @@ def main(argv: list[str]) -> int:
                               "round_trip_us": action.latency_ns / 1e3}))  # fmt: skip
             return 0
         return _bench(client, args.policy, args.version, info, args.requests)
-    return 0
+
+
+def main(argv: list[str]) -> int:
+    """Runs ``argv`` (``act|bench|info ...``) and returns the exit status; an expected failure prints one line,
+    ``python -m service <command>: <message>``, and returns 1."""
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except NoServerError as exc:
+        message = str(exc)
+    except grpc.RpcError as exc:  # the server refused: its status details say why
+        code, details = exc.code(), exc.details()
+        message = f"{' '.join((details or '').split()) or 'no details'} ({code.name if code else 'UNKNOWN'})"
+    print(f"{PROG} {args.command}: {message}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

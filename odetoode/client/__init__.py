@@ -22,7 +22,7 @@ Example::
 from odetoode.client.aio import AsyncPolicyClient
 from odetoode.client.policy import ActionStream, LoopReport, PolicyClient
 from odetoode.client.rest import RestClient, RestError
-from odetoode.client.wire import ActFailure, Action, PolicyInfo, channel_options
+from odetoode.client.wire import ActFailure, Action, PolicyInfo, channel_options, policy_document
 
 __all__ = ["ActFailure", "Action", "ActionStream", "AsyncPolicyClient", "LoopReport", "PolicyClient", "PolicyInfo",
-           "RestClient", "RestError", "channel_options"]  # fmt: skip
+           "RestClient", "RestError", "channel_options", "policy_document"]  # fmt: skip

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +133,45 @@ EXPECTED_MESSAGES: dict[str, dict[str, tuple[int, str]]] = {
     "ModelStreamInferResponse": {"error_message": (1, "string"), "infer_response": (2, "ModelInferResponse")},
     "ModelConfigRequest": {"name": (1, "string"), "version": (2, "string")},
     "ModelConfigResponse": {"config": (1, "ModelConfig")},
+    "ModelStatisticsRequest": {"name": (1, "string"), "version": (2, "string")},
+    "ModelStatisticsResponse": {"model_stats": (1, "repeated ModelStatistics")},
+    "StatisticDuration": {"count": (1, "uint64"), "ns": (2, "uint64")},
+    "ModelStatistics": {
+        "name": (1, "string"),
+        "version": (2, "string"),
+        "last_inference": (3, "uint64"),
+        "inference_count": (4, "uint64"),
+        "execution_count": (5, "uint64"),
+        "inference_stats": (6, "InferStatistics"),
+        "batch_stats": (7, "repeated InferBatchStatistics"),
+        "memory_usage": (8, "repeated MemoryUsage"),
+        "response_stats": (9, "map<string, InferResponseStatistics>"),
+    },
+    "InferStatistics": {
+        "success": (1, "StatisticDuration"),
+        "fail": (2, "StatisticDuration"),
+        "queue": (3, "StatisticDuration"),
+        "compute_input": (4, "StatisticDuration"),
+        "compute_infer": (5, "StatisticDuration"),
+        "compute_output": (6, "StatisticDuration"),
+        "cache_hit": (7, "StatisticDuration"),
+        "cache_miss": (8, "StatisticDuration"),
+    },
+    "InferResponseStatistics": {
+        "compute_infer": (1, "StatisticDuration"),
+        "compute_output": (2, "StatisticDuration"),
+        "success": (3, "StatisticDuration"),
+        "fail": (4, "StatisticDuration"),
+        "empty_response": (5, "StatisticDuration"),
+        "cancel": (6, "StatisticDuration"),
+    },
+    "InferBatchStatistics": {
+        "batch_size": (1, "uint64"),
+        "compute_input": (2, "StatisticDuration"),
+        "compute_infer": (3, "StatisticDuration"),
+        "compute_output": (4, "StatisticDuration"),
+    },
+    "MemoryUsage": {"type": (1, "string"), "id": (2, "int64"), "byte_size": (3, "uint64")},
     "ModelRepositoryParameter": {
         "bool_param": (1, "bool"),
         "int64_param": (2, "int64"),
@@ -202,6 +242,7 @@ EXPECTED_RPCS = {
     "ModelInfer": ("ModelInferRequest", "ModelInferResponse", False),
     "ModelStreamInfer": ("ModelInferRequest", "ModelStreamInferResponse", True),
     "ModelConfig": ("ModelConfigRequest", "ModelConfigResponse", False),
+    "ModelStatistics": ("ModelStatisticsRequest", "ModelStatisticsResponse", False),
     "RepositoryIndex": ("RepositoryIndexRequest", "RepositoryIndexResponse", False),
     "RepositoryModelLoad": ("RepositoryModelLoadRequest", "RepositoryModelLoadResponse", False),
     "RepositoryModelUnload": ("RepositoryModelUnloadRequest", "RepositoryModelUnloadResponse", False),
@@ -340,6 +381,49 @@ def test_wire_compatible_with_tritonclient() -> None:
     assert parsed.parameters["priority"].uint64_param == 3
     assert parsed.inputs[0].shape == [1, 3]
     assert pb.ModelInferRequest.FromString(parsed.SerializeToString()) == request
+
+
+def test_statistics_wire_compatible_with_tritonclient() -> None:
+    """A statistics answer as the server builds it (``oip_codec``) parses with tritonclient's stubs into the same
+    values, and a request built with theirs parses with ours."""
+    triton = pytest.importorskip("tritonclient.grpc")
+    from service.oip_codec import statistics_to_proto
+    from service.statistics import Statistics
+
+    statistics = Statistics()
+    v2 = statistics.of("policy", "2")
+    v2.executed(3, 1_500)
+    v2.executed(1, 700)
+    v2.succeeded(time.monotonic_ns(), 9_000, 2_000, 1_500)
+    v2.failed(time.monotonic_ns(), 400)
+    snapshot = statistics.snapshot("policy", "2")
+    assert snapshot.last_inference > 0
+    ours = statistics_to_proto([snapshot, statistics.snapshot("digits", "1")])
+    ours.model_stats[0].memory_usage.add(type="GPU", id=1, byte_size=1 << 40)  # fields the server leaves empty
+    ours.model_stats[0].response_stats["0"].empty_response.count = 5
+    ours.model_stats[0].inference_stats.cache_miss.ns = 2**64 - 1
+
+    theirs = triton.service_pb2.ModelStatisticsResponse.FromString(ours.SerializeToString())
+    assert [(m.name, m.version) for m in theirs.model_stats] == [("policy", "2"), ("digits", "1")]
+    m = theirs.model_stats[0]
+    assert (m.inference_count, m.execution_count, m.last_inference) == (4, 2, snapshot.last_inference)
+    s = m.inference_stats
+    assert (s.success.count, s.success.ns, s.fail.count, s.fail.ns) == (1, 9_000, 1, 400)
+    assert (s.queue.count, s.queue.ns, s.compute_infer.count, s.compute_infer.ns) == (1, 2_000, 1, 1_500)
+    assert s.cache_miss.ns == 2**64 - 1
+    assert [(b.batch_size, b.compute_infer.count, b.compute_infer.ns) for b in m.batch_stats] == [
+        (1, 1, 700),
+        (3, 1, 1_500),
+    ]
+    assert (m.memory_usage[0].type, m.memory_usage[0].id, m.memory_usage[0].byte_size) == ("GPU", 1, 1 << 40)
+    assert m.response_stats["0"].empty_response.count == 5
+    assert theirs.model_stats[1].inference_stats.success.count == 0
+    assert pb.ModelStatisticsResponse.FromString(theirs.SerializeToString()) == ours
+
+    request = triton.service_pb2.ModelStatisticsRequest(name="policy", version="2")
+    assert pb.ModelStatisticsRequest.FromString(request.SerializeToString()) == pb.ModelStatisticsRequest(
+        name="policy", version="2"
+    )
 
 
 @pytest.mark.parametrize(

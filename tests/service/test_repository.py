@@ -152,7 +152,7 @@ def test_golden_self_check_rejects_a_file_that_computes_something_else(tmp_path:
 
 
 def test_bad_config_yaml_is_reported(tmp_path: Path) -> None:
-    add_policy(tmp_path, "m", serving_config={"max_batch_size": 0})
+    add_policy(tmp_path, "m", serving_config={"max_batch_size": -1})
     add_policy(tmp_path, "ok")
     with running_server(tmp_path, repository_api=True) as server:
         entry = next(e for e in index(server) if e["name"] == "m")

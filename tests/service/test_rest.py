@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import httpx
@@ -88,6 +89,30 @@ def test_metadata_config_and_docs(server: RunningServer) -> None:
     assert httpx.get(server.http + "/docs").status_code == 200
     schema = httpx.get(server.http + "/openapi.json").json()
     assert "/v2/models/{model}/infer" in schema["paths"]
+
+
+def test_docs_pages_load_everything_from_the_server_itself(server: RunningServer, tmp_path: Path) -> None:
+    """``/docs`` and ``/redoc`` work without a network: every script, stylesheet and icon they reference, and the
+    schema they render, is a path on this server that answers 200 -- also with auth on and no token."""
+    from odetoode.testing.models import add_policy
+
+    pages = {}
+    for page in ("/docs", "/redoc"):
+        r = httpx.get(server.http + page)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html"), page
+        urls = re.findall(r'(?:src|href|spec-url)="([^"]*)"', r.text) + re.findall(r"\burl: '([^']*)'", r.text)
+        assert "/openapi.json" in urls and any(u.endswith(".js") for u in urls), r.text
+        assert "://" not in r.text, r.text  # no absolute URL anywhere in the page: no CDN, no validator
+        for url in urls:
+            assert url.startswith("/") and not url.startswith("//"), url
+            assert httpx.get(server.http + url).status_code == 200, url
+        pages[page] = urls
+    assert any(u.endswith("swagger-ui-bundle.js") for u in pages["/docs"])
+    add_policy(tmp_path, "policy")
+    with running_server(tmp_path, auth_tokens=["a-token"]) as guarded:
+        for url in ("/docs", "/redoc", *pages["/docs"], *pages["/redoc"]):
+            assert httpx.get(guarded.http + url).status_code == 200, url
+        assert httpx.get(guarded.http + "/v1/models").status_code == 401
 
 
 def test_metrics_count_requests_by_model_version_and_protocol(server: RunningServer) -> None:

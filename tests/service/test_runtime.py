@@ -56,12 +56,28 @@ def test_threads_follow_the_cpus_this_process_may_use() -> None:
         os.sched_setaffinity(0, original)
 
 
-def test_model_files_must_carry_odetoode_metadata(tmp_path: Path) -> None:
+def test_a_file_that_claims_a_description_is_held_to_it(tmp_path: Path) -> None:
+    """One odetoode key is a claim: without its format key the file is refused, not served as an anonymous model."""
+    import onnx
+
+    path = add_policy(tmp_path, "m")
+    model = onnx.load(str(path))
+    kept = [p for p in model.metadata_props if p.key != "odetoode.format"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.save_model(model, str(path))
+    with pytest.raises(ModelLoadError, match=r"odetoode\.format: missing"):
+        ModelRuntime(path, resolve(ServingConfig(), ServerSettings(repository=tmp_path)))
+
+
+def test_a_file_without_odetoode_metadata_is_served_as_it_is(tmp_path: Path) -> None:
     import onnx
 
     path = add_policy(tmp_path, "m")
     model = onnx.load(str(path))
     del model.metadata_props[:]
     onnx.save_model(model, str(path))
-    with pytest.raises(ModelLoadError, match=r"odetoode\.format: missing"):
-        ModelRuntime(path, resolve(ServingConfig(), ServerSettings(repository=tmp_path)))
+    runtime = ModelRuntime(path, resolve(ServingConfig(), ServerSettings(repository=tmp_path)))
+    runtime.check()
+    assert runtime.description is None and runtime.self_check() is None
+    assert runtime.batched and runtime.compute_us_batch1 > 0

@@ -8,7 +8,8 @@ our stubs in one process because those register package ``inference`` in a priva
 Known differences from Triton, pinned here so that a change is noticed:
 
 - REST model readiness of an unknown model answers 404 (``tritonclient.http`` maps any non-200 to False);
-- the statistics, trace, logging and shared-memory extensions are not implemented (and not advertised).
+- the trace, logging and shared-memory extensions are not implemented (and not advertised); statistics are
+  (tests/service/test_statistics.py).
 """
 
 from __future__ import annotations
@@ -173,9 +174,9 @@ def test_server_metadata(client: Client) -> None:
     else:
         name, version, extensions = meta["name"], meta["version"], meta["extensions"]
     assert name == "odetoode" and version
-    assert {"binary_tensor_data", "model_repository", "model_configuration"} <= set(extensions)
+    assert {"binary_tensor_data", "model_repository", "model_configuration", "statistics"} <= set(extensions)
     # Extensions the server does not implement are not advertised (see test_unimplemented_extensions_fail_cleanly).
-    assert not {"statistics", "trace", "logging", "system_shared_memory", "cuda_shared_memory"} & set(extensions)
+    assert not {"trace", "logging", "system_shared_memory", "cuda_shared_memory"} & set(extensions)
 
 
 @pytest.mark.parametrize("version", ["", "1", "2"])
@@ -488,11 +489,10 @@ def test_invalid_requests(client: Client) -> None:
 
 
 def test_unimplemented_extensions_fail_cleanly(client: Client) -> None:
-    """Statistics, trace, logging and shared memory are Triton extensions this server does not offer."""
+    """Trace, logging and shared memory are Triton extensions this server does not offer."""
     expected = {"grpc": "StatusCode.UNIMPLEMENTED", "http": "404"}
     protocol = protocol_of(client)
     for call in (
-        client.get_inference_statistics,
         client.get_trace_settings,
         client.get_log_settings,
         client.get_system_shared_memory_status,
@@ -588,4 +588,5 @@ def test_curl_style_json(server: RunningServer, reference: Reference) -> None:
     assert_same(np.asarray(r.json()["predictions"], np.float32), reference("policy", "2", x)["action"])
 
     r = httpx.post(server.http + "/v1/models/nosuch:predict", content=json.dumps(body), headers=headers, timeout=30)
-    assert r.status_code == 404 and r.json() == {"error": "unknown model 'nosuch'"}
+    assert r.status_code == 404, r.text
+    assert r.json()["error"].startswith("unknown model 'nosuch'; the models served are ") and "'policy'" in r.text

@@ -74,6 +74,11 @@ class GRPCInferenceServiceStub:
                 request_serializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ModelConfigRequest.SerializeToString,
                 response_deserializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ModelConfigResponse.FromString,
                 _registered_method=True)
+        self.ModelStatistics = channel.unary_unary(
+                '/inference.GRPCInferenceService/ModelStatistics',
+                request_serializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ModelStatisticsRequest.SerializeToString,
+                response_deserializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ModelStatisticsResponse.FromString,
+                _registered_method=True)
         self.RepositoryIndex = channel.unary_unary(
                 '/inference.GRPCInferenceService/RepositoryIndex',
                 request_serializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.RepositoryIndexRequest.SerializeToString,
@@ -150,6 +155,13 @@ class GRPCInferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ModelStatistics(self, request, context):
+        """Triton extension: cumulative statistics of a model version, of every version of a model, or of every model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RepositoryIndex(self, request, context):
         """Triton extension: list the models of the repository.
         """
@@ -213,6 +225,11 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
                     servicer.ModelConfig,
                     request_deserializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ModelConfigRequest.FromString,
                     response_serializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ModelConfigResponse.SerializeToString,
+            ),
+            'ModelStatistics': grpc.unary_unary_rpc_method_handler(
+                    servicer.ModelStatistics,
+                    request_deserializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ModelStatisticsRequest.FromString,
+                    response_serializer=odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ModelStatisticsResponse.SerializeToString,
             ),
             'RepositoryIndex': grpc.unary_unary_rpc_method_handler(
                     servicer.RepositoryIndex,
@@ -446,6 +463,33 @@ class GRPCInferenceService:
             '/inference.GRPCInferenceService/ModelConfig',
             odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ModelConfigRequest.SerializeToString,
             odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ModelConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ModelStatistics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/ModelStatistics',
+            odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ModelStatisticsRequest.SerializeToString,
+            odetoode_dot_proto_dot_inference_dot_grpc__service__pb2.ModelStatisticsResponse.FromString,
             options,
             channel_credentials,
             insecure,
