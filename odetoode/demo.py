@@ -71,9 +71,13 @@ def run_demo(target: str, policy: str, *, hz: float = 100.0, seed: int = 1_000_0
     return result
 
 
+class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and every option's default."""
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--policy", default="halfcheetah")
+    parser = argparse.ArgumentParser(prog="python -m odetoode.demo", description=__doc__, formatter_class=_Help)
+    parser.add_argument("--policy", default="halfcheetah", help="the served policy")
     parser.add_argument("--target", default="localhost:8001", help="gRPC address of the server")
     parser.add_argument("--hz", type=float, default=100.0, help="control rate")
     parser.add_argument("--seed", type=int, default=1_000_000_000, help="episode seed")

@@ -5,10 +5,10 @@ millions of typed protobuf values, rendering a large response -- holds the GIL f
 which in a thread stalls the event loop that answers robots just the same. Here it stalls nobody: the server process
 only moves the request's bytes in (in small pieces) and the answer's bytes out.
 
-The worker runs the very same codecs as the event loop (``service.rest_codec``, ``service.oip_codec``) and its own
-ONNX Runtime session per model version, opened on first use from the file the server loaded (the same size and
-modification time, and the file's golden self-check passed again), so an answer from a worker is the answer the event
-loop would have given.
+The worker runs the very same codecs as the event loop (``service.rest_codec``, ``service.v1_codec``,
+``service.oip_codec``) and its own ONNX Runtime session per model version, opened on first use from the file the server
+loaded (the same size and modification time, and the file's golden self-check passed again), so an answer from a worker
+is the answer the event loop would have given.
 
 Wire format, over a socket pair with the server (``service.bulk``): a frame is ``<u32 header length><JSON header>
 <u64 payload length><payload>``. The server sends a job frame, the worker answers with a reply frame whose header is
@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from service import images, oip_codec, rest_codec
+from service import images, oip_codec, rest_codec, v1_codec
 from service.batching import Timing
 from service.binding import bind_inputs, check_requested_outputs
 from service.errors import DeadlineExceeded, InternalError, InvalidArgument, ModelNotReady, ServingError
@@ -169,13 +169,13 @@ def execute(job: dict[str, Any], payload: bytearray, runtimes: Runtimes) -> tupl
         rendered = rest_codec.render_infer_response(response, binary)
         return _reply(version, timing, header_length=rendered.header_length), rendered.parts
     if kind == "v1":
-        tensors = rest_codec.parse_predict(body, signature)
+        tensors = v1_codec.parse_predict(body, signature)
         outputs, timing = _compute(runtime, tensors, [], job, signature)
-        return _reply(version, timing), [rest_codec.render_predict(outputs, tensors[0].shape[0])]
+        return _reply(version, timing), [v1_codec.render_predict(outputs, tensors[0].shape[0])]
     if kind == "image":
         tensor = images.image_tensor(body, signature, model, job["max_pixels"])
         outputs, timing = _compute(runtime, [tensor], [], job, signature)
-        return _reply(version, timing), [rest_codec.render_predict(outputs, 1)]
+        return _reply(version, timing), [v1_codec.render_predict(outputs, 1)]
     if kind in ("grpc", "grpc-stream"):
         try:
             message = oip_codec.decode_infer_request(body)

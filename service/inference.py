@@ -1,7 +1,8 @@
 """The transport-neutral inference request and response, and what a model tells about itself.
 
-Kept apart from the data plane so that the codecs (``service.rest_codec``, ``service.oip_codec``) -- which the bulk
-worker processes run too -- import nothing of the server (repository, metrics, settings).
+Kept apart from the data plane so that the codecs (``service.rest_codec``, ``service.v1_codec``,
+``service.oip_codec``) -- which the bulk worker processes run too -- import nothing of the server (repository,
+metrics, settings).
 """
 
 from __future__ import annotations

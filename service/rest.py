@@ -43,13 +43,12 @@ from service.rest_codec import (
     json_object,
     metadata_json,
     parse_infer_request,
-    parse_predict,
     render_infer_response,
-    render_predict,
     statistics_json,
 )
 from service.rest_openapi import ERROR, ERRORS, INFER_BODY, INFER_PARAMETERS, MODEL_STATS, NOT_READY, PREDICT_BODY
 from service.tensors import parameters_of
+from service.v1_codec import parse_predict, render_predict
 
 log = logging.getLogger(__name__)
 DOCS_ASSETS = "/docs/assets"

@@ -23,6 +23,13 @@ CONNECT_TIMEOUT_S = 2.0
 """How long a command waits for a server to accept the connection: a server that is up answers in milliseconds."""
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default where it has one (not "default: None" beside a required option)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 class NoServerError(Exception):
     """Nothing accepted a connection at the target within the connect timeout."""
 
@@ -71,10 +78,10 @@ def _parser() -> argparse.ArgumentParser:
                        ("bench", "sequential Act and ActStream latency"),
                        ("info", "GetPolicy as a JSON document (numbers as numbers, the training record an object)"),
                        ):  # fmt: skip
-        p = sub.add_parser(name, help=text, description=text, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p = sub.add_parser(name, help=text, description=text, formatter_class=_Help)
         p.add_argument("--policy", required=True, help="policy (model) name")
         p.add_argument("--target", default="localhost:8001", help="gRPC address HOST:PORT")
-        p.add_argument("--version", default=None, help="model version (default: the server's choice)")
+        p.add_argument("--version", default=None, help="model version (default: the highest ready one)")
         p.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT_S,
                        help="seconds to wait for a server to accept the connection")  # fmt: skip
         if name == "act":
