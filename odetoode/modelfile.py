@@ -308,17 +308,13 @@ class ModelDescription:
         return (POLICY_OUTPUT, POLICY_LOGITS) if self.discrete else (POLICY_OUTPUT,)
 
     def to_metadata_props(self) -> dict[str, str]:
-        props: dict[str, Any] = {
-            "format": self.format,
-            "kind": self.kind,
-            "arch": self.arch,
-            "golden": self.golden.to_json(),
-            "training": self.training.to_dict(),
-        }
+        props: dict[str, Any] = {"format": self.format, "kind": self.kind, "arch": self.arch}
         if self.steps is not None:
             props["steps"] = str(self.steps)
         if self.hidden is not None:
             props["hidden"] = str(self.hidden)
+        props["golden"] = self.golden.to_json()
+        props["training"] = self.training.to_dict()
         if self.env_id is not None:
             props["env_id"] = self.env_id
         if self.observation_space is not None:

@@ -16,7 +16,11 @@ from odetoode.modelfile import ModelDescription
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = sorted(p for p in (ROOT / "models").glob("*/*/model.onnx"))
-THRESHOLDS = {"swimmer": ("Swimmer-v5", 300.0), "halfcheetah": ("HalfCheetah-v5", 4000.0)}
+THRESHOLDS = {
+    "swimmer": ("Swimmer-v5", 300.0),
+    "halfcheetah": ("HalfCheetah-v5", 4000.0),
+    "cartpole": ("CartPole-v1", 500.0),
+}
 
 
 def description(path: Path) -> ModelDescription:

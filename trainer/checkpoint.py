@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from odetoode.modelfile import Box, Kind, Normalization, TrainingRecord
+from odetoode.modelfile import Box, Kind, Normalization, Space, TrainingRecord, space_from_json
 from trainer.models import FlowModel, build_model
 
 CHECKPOINT_FORMAT = 1
@@ -34,7 +34,9 @@ class Checkpoint:
     state_dict: dict[str, torch.Tensor]
     env_id: str | None = None
     observation_space: Box | None = None
-    action_space: Box | None = None
+    action_space: Space | None = None
+    """A ``Box`` (the model outputs the action) or a ``Discrete(n)`` (it outputs n logits; the action is their
+    argmax)."""
     normalization: Normalization | None = None
     training: TrainingRecord = field(default_factory=TrainingRecord)
     """Provenance, carried into the exported file's ``odetoode.training``."""
@@ -95,19 +97,15 @@ class Checkpoint:
         if missing:
             raise CheckpointError(f"{path}: missing fields {sorted(missing)}")
 
-        def box(key: str) -> Box | None:
-            value = payload.get(key)
-            return None if value is None else Box.from_json(value, key)
-
-        norm = payload.get("normalization")
+        obs, act, norm = (payload.get(key) for key in ("observation_space", "action_space", "normalization"))
         return cls(
             arch=payload["arch"],
             kind=payload["kind"],
             config=payload["config"],
             state_dict=payload["state_dict"],
             env_id=payload.get("env_id"),
-            observation_space=box("observation_space"),
-            action_space=box("action_space"),
+            observation_space=None if obs is None else Box.from_json(obs, "observation_space"),
+            action_space=None if act is None else space_from_json(act, "action_space"),
             normalization=None if norm is None else Normalization.from_json(norm, "normalization"),
             training=TrainingRecord.from_mapping(payload.get("training") or {}),
             extra=payload.get("extra") or {},

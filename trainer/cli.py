@@ -3,10 +3,16 @@
 One ``tyro`` CLI: each subcommand is a dataclass below (``COMMANDS``), its docstring the help text, a docstring under
 every field, so ``--help`` shows every default and every choice. A command's ``run`` gets the command line as typed,
 which training records as its provenance.
+
+``main`` turns the errors a user can cause (``EXPECTED_ERRORS``: an unknown environment, a missing file, a run
+directory already taken, a bad argument) into one line on stderr and a non-zero exit status; anything else is a bug
+and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import shlex
 import signal
 import sys
@@ -18,17 +24,41 @@ from typing import Annotated, Literal, Protocol
 import torch
 import tyro
 
-from odetoode.modelfile import Arch, Box, Kind, Normalization, TrainingRecord
-from trainer.checkpoint import Checkpoint
+from odetoode.modelfile import Arch, Box, Kind, ModelFormatError, Normalization, TrainingRecord
+from trainer.checkpoint import Checkpoint, CheckpointError
+from trainer.describe import NormalizationOptions, SpaceOptions
+from trainer.envs import UnsupportedEnvironmentError
 from trainer.es_training import ESConfig, ESRun
 from trainer.evaluate import EVALUATION_SEED_BASE
 from trainer.experiments.reproduce import Claim, ReproductionBudget
 from trainer.models import build_model
 from trainer.provenance import PROG
-from trainer.supervised import SupervisedConfig
+from trainer.rundir import RunDirectoryError, prepare_run_directory, run_files
+from trainer.supervised import ClassifierSpec, SupervisedConfig
 
 Flattened = tyro.conf.arg(name="")
 """A nested configuration whose fields read as the command's own (``--env``, not ``--config.env``)."""
+
+TRAINED_REPOSITORY = Path("runs/models")
+"""Where ``--export`` and ``export`` write by default: beside the runs, not the bundled ``models/`` that ``make serve``
+serves (a half-trained export must not go live by accident). Serve it with ``python -m service --repository
+runs/models``."""
+
+
+class UsageError(Exception):
+    """Arguments that parse but do not make sense together; ``main`` prints the message as a usage error (exit 2)."""
+
+
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
+    UsageError,
+    UnsupportedEnvironmentError,  # unknown environment id, unsupported observation or action space
+    RunDirectoryError,  # --out holds another run
+    FileNotFoundError,
+    CheckpointError,
+    ModelFormatError,
+)
+"""What a user's input can cause: ``main`` prints these as one line. ``ExportError`` joins them where the export
+module is imported (it pulls in ONNX)."""
 
 
 class Command(Protocol):
@@ -46,25 +76,37 @@ class ESCommand:
 
     config: Annotated[ESConfig, Flattened]
     out: Path = Path("runs/es")
-    """Run directory: log.jsonl, config.json, checkpoint.pt (latest), best.pt (best evaluated)."""
+    """Run directory: log.jsonl, config.json, checkpoint.pt (latest), best.pt (best evaluated). One that already
+    holds a run is refused unless --resume or --overwrite is given."""
     resume: bool = False
-    """Continue the run in --out from its checkpoint. The saved configuration defines the experiment; only
-    --iterations, --time-budget-s, --backend, --workers, --ray-address and the step schedule (--sigma,
-    --step-size, --step-decay) are taken from the command line."""
+    """Continue the run in --out from its checkpoint (an empty --out starts a new run). The saved configuration
+    defines the experiment; only --iterations, --time-budget-s, --backend, --workers, --ray-address and the step
+    schedule (--sigma, --step-size, --step-decay) are taken from the command line."""
+    overwrite: bool = False
+    """Replace the run in --out: its run files are deleted when training starts (other files stay)."""
     export: str | None = None
     """After training, export best.pt into --repository under this model name."""
-    repository: Path = Path("models")
-    """Model repository for --export."""
+    repository: Path = TRAINED_REPOSITORY
+    """Model repository for --export; the default is not served by make serve: serve it with python -m service
+    --repository runs/models."""
     export_episodes: int = 20
     """Episodes of the ONNX Runtime evaluation recorded in the exported model card."""
 
     def run(self, command: str) -> int:
+        if self.resume and self.overwrite:
+            raise UsageError("give at most one of --resume and --overwrite")
         _terminate_gracefully()
         if self.resume and (self.out / "checkpoint.pt").is_file():
             run = ESRun.resume(self.out, overrides=self.config, command=command)
             print(f"resuming {self.out} at iteration {run.state.iteration}")
         else:
-            run = ESRun(self.config, self.out, command=command)
+            found = run_files(self.out)
+            if self.resume and found:
+                raise RunDirectoryError(f"{self.out} holds no checkpoint.pt to resume from ({', '.join(found)}): "
+                                        "give --overwrite to start over")  # fmt: skip
+            run = ESRun(self.config, self.out, command=command)  # checks the environment before anything is deleted
+            if self.overwrite:
+                prepare_run_directory(self.out, overwrite=True)
         try:
             state = run.train()
         except KeyboardInterrupt:
@@ -144,8 +186,9 @@ class ExportCommand:
     """A checkpoint, or a run directory (its best.pt, else checkpoint.pt; an ES run adds its learning curve)."""
     init: Arch | None = None
     """Export an untrained, randomly initialized model of this architecture instead."""
-    repository: Path = Path("models")
-    """Model repository root."""
+    repository: Path = TRAINED_REPOSITORY
+    """Model repository root; the default is not served by make serve: serve it with python -m service
+    --repository runs/models."""
     version: int | None = None
     """Version number (default: one past the latest)."""
     episodes: int = 0
@@ -157,14 +200,14 @@ class ExportCommand:
         from trainer.publish import export_checkpoint
 
         if (self.checkpoint is None) == (self.init is None):
-            raise SystemExit("export: give exactly one of --checkpoint and --init")
+            raise UsageError("give exactly one of --checkpoint and --init")
         source = self.checkpoint if self.init is None else self.untrained.checkpoint(self.init, command)
         assert source is not None
         try:
             published = export_checkpoint(source, self.name, self.repository, version=self.version,
                                           episodes=self.episodes)  # fmt: skip
         except ExportError as exc:
-            raise SystemExit(f"{self.checkpoint or self.init}: {exc}") from None
+            raise ExportError(f"{self.checkpoint or self.init}: {exc}") from None
         d = published.exported.description
         print(f"wrote {published.path / 'model.onnx'}")
         print(f"  {d.arch} {d.kind}, {published.exported.parameters} parameters")
@@ -191,7 +234,7 @@ class PlotCommand:
         from trainer.plots import plot_learning_curves
 
         if not self.runs:
-            raise SystemExit("plot: give at least one run directory")
+            raise UsageError("give at least one run directory")
         print(f"wrote {plot_learning_curves(self.runs, self.out, x=self.x, y=self.y)}")
         return 0
 
@@ -202,17 +245,25 @@ class SupervisedCommand:
 
     config: Annotated[SupervisedConfig, Flattened]
     out: Path = Path("runs/supervised")
-    """Run directory: result.json and checkpoint.pt."""
+    """Run directory: result.json and checkpoint.pt. One that already holds a run is refused unless --overwrite is
+    given."""
+    overwrite: bool = False
+    """Replace the run in --out: its run files are deleted when training starts (other files stay)."""
     export: str | None = None
     """Export the trained classifier into --repository under this name (a finished run: trainer export
     --checkpoint RUN)."""
-    repository: Path = Path("models")
-    """Model repository for --export."""
+    repository: Path = TRAINED_REPOSITORY
+    """Model repository for --export; the default is not served by make serve: serve it with python -m service
+    --repository runs/models."""
 
     def run(self, command: str) -> int:
         from trainer.supervised import train
 
-        _, result = train(self.config, out=self.out, command=command)
+        try:
+            ClassifierSpec.parse(self.config.model)
+        except ValueError as exc:
+            raise UsageError(f"--model {exc}") from None
+        _, result = train(self.config, out=self.out, command=command, overwrite=self.overwrite)
         for name, acc in result.accuracies.items():
             print(f"  {name:<14} {100 * acc:6.2f}%")
         if self.export:
@@ -233,7 +284,7 @@ class TableCommand:
     epochs: int = 20
     """Epochs per cell."""
     models: tuple[str, ...] | None = None
-    """A subset of the table's columns (default: all of them)."""
+    """A subset of the table's columns, named as supervised --model names them (default: all of them)."""
     runs: Path = Path("runs/supervised")
     """Cache of trained cells."""
     docs: Path = Path("docs")
@@ -264,7 +315,7 @@ class ReproduceCommand:
         from trainer.experiments.reproduce import run
 
         if not self.claims:
-            raise SystemExit("reproduce: name at least one claim (or all)")
+            raise UsageError("name at least one claim (or all)")
         for path in run(self.claims, docs=self.docs, runs=self.runs, seeds=self.seeds, budget=self.budget):
             print(f"wrote {path}")
         return 0
@@ -286,6 +337,8 @@ class EvaluateCommand:
     def run(self, command: str) -> int:
         from trainer.evaluate import evaluate_onnx
 
+        if not self.model.is_file():  # ONNX Runtime would say so in a multi-line error of its own
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(self.model))
         result = evaluate_onnx(self.model, self.env, self.episodes, self.seed)
         print(f"{result.env_id}: mean return {result.mean:.1f} +- {result.std:.1f} over {len(result.returns)} "
               f"episodes (seeds {result.seeds[0]}..{result.seeds[-1]})")  # fmt: skip
@@ -331,6 +384,61 @@ class GridCommand:
         return 0
 
 
+@dataclass
+class DescribePolicyCommand:
+    """Make a policy trained elsewhere (Stable-Baselines3, CleanRL, one's own PyTorch) servable over PolicyService.
+
+    Rebuilds its ONNX file into the policy contract (input observation, output action; for Discrete(n) also logits),
+    bakes in an observation normalization that lived outside the graph and the action clipping, checks it with ONNX
+    Runtime and writes <repository>/<name>/<version>/model.onnx with its metadata (arch external, spaces, golden
+    pairs; no Lipschitz bound). docs/external-policies.md has a worked example.
+
+    Example: python -m trainer describe-policy policy.onnx --name pendulum --env Pendulum-v1 --normalization stats.npz
+    """
+
+    model: tyro.conf.Positional[Path]
+    """The ONNX file, e.g. from torch.onnx.export."""
+    name: str
+    """Model name in the repository (letters, digits, '_', '-', '.')."""
+    repository: Path = TRAINED_REPOSITORY
+    """Model repository root (serve it with python -m service --repository ...)."""
+    version: int | None = None
+    """Version number (default: one past the latest)."""
+    overwrite: bool = False
+    """Replace the files of an existing --version (refused without it)."""
+    input: str | None = None
+    """The graph input that is the observation (default: the only one)."""
+    output: str | None = None
+    """The graph output that is the action (default: the only one); the others are dropped. Box: the action;
+    Discrete: float logits (ArgMax is appended) or an integer index (kept; logits become its one-hot)."""
+    spaces: Annotated[SpaceOptions, Flattened] = field(default_factory=SpaceOptions)
+    normalization: Annotated[NormalizationOptions, Flattened] = field(default_factory=NormalizationOptions)
+    clip_action: bool = True
+    """Clip Box actions to the action space's finite bounds inside the graph."""
+    golden: int = 4
+    """Golden observation/action pairs recorded for the server's load-time self-check."""
+    seed: int = 0
+    """Seeds the in-space observations the graph is checked on (and the golden pairs are taken from)."""
+
+    def run(self, command: str) -> int:
+        from trainer.describe import DescribeError, OptionsError, describe_to_repository, summary
+
+        try:
+            described, path = describe_to_repository(
+                self.model, self.name, self.repository, spaces=self.spaces, normalization=self.normalization,
+                version=self.version, overwrite=self.overwrite, observation_input=self.input,
+                action_output=self.output, clip_action=self.clip_action, golden=self.golden, seed=self.seed,
+                command=command,
+            )  # fmt: skip
+        except OptionsError as exc:
+            raise UsageError(str(exc)) from None
+        except DescribeError as exc:  # the file cannot be served as asked: one line, status 1
+            print(f"{PROG} describe-policy: {one_line(exc)}", file=sys.stderr)
+            return 1
+        print("\n".join(summary(described, path)))
+        return 0
+
+
 COMMANDS: dict[str, Callable[..., Command]] = {
     "es": ESCommand,
     "export": ExportCommand,
@@ -341,6 +449,7 @@ COMMANDS: dict[str, Callable[..., Command]] = {
     "reproduce": ReproduceCommand,
     "gradients": GradientsCommand,
     "grid": GridCommand,
+    "describe-policy": DescribePolicyCommand,
 }
 
 
@@ -353,6 +462,29 @@ def parse(argv: Sequence[str]) -> Command:
     return command
 
 
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (a missing file as ``PATH: reason``)."""
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"{error.filename}: {error.strerror}"
+    return " ".join(str(error).split()) or type(error).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    """Runs the command ``argv`` asks for and exits with its status. An expected error (``EXPECTED_ERRORS``, an
+    ``ExportError``) exits with one line on stderr, ``python -m trainer <command>: <message>``: status 2 for a
+    ``UsageError`` (as for arguments that do not parse), 1 otherwise."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    sys.exit(parse(argv).run(shlex.join([*PROG.split(), *argv])))
+    command = parse(argv)
+    try:
+        status = command.run(shlex.join([*PROG.split(), *argv]))
+    except Exception as exc:
+        if not isinstance(exc, _expected_errors()):
+            raise
+        print(f"{PROG} {argv[0]}: {one_line(exc)}", file=sys.stderr)
+        sys.exit(2 if isinstance(exc, UsageError) else 1)
+    sys.exit(status)
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    export = sys.modules.get("trainer.export")  # imported by the commands that export; importing it here costs ONNX
+    return EXPECTED_ERRORS if export is None else (*EXPECTED_ERRORS, export.ExportError)

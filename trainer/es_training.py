@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from odetoode.modelfile import Arch, Box, Normalization, TrainingRecord
+from odetoode.modelfile import Arch, Normalization, TrainingRecord
 from trainer.checkpoint import Checkpoint
-from trainer.envs import EnvSpec, env_spec, make_env
+from trainer.envs import EnvSpec, env_spec
 from trainer.es import (
     Params,
     RunningStats,
@@ -40,6 +40,7 @@ from trainer.manifolds import NotOnManifoldError
 from trainer.models import FlowModel, build_model
 from trainer.provenance import command_line
 from trainer.rollouts import Backend, RolloutRequest, make_backend
+from trainer.rundir import prepare_run_directory
 
 
 @dataclass
@@ -47,7 +48,8 @@ class ESConfig:
     """Everything that defines an ES run; saved in every checkpoint so a run can be resumed or reproduced."""
 
     env: str = "HalfCheetah-v5"
-    """Environment id: a Gymnasium id or ``dmc:<domain>/<task>``."""
+    """Environment id: a Gymnasium id or ``dmc:<domain>/<task>``; a ``Discrete(n)`` action (``CartPole-v1``) makes the
+    policy output n logits and act by their argmax."""
     arch: Arch = "iso-odetoode"
     """Policy architecture."""
     hidden: int = 16
@@ -101,17 +103,6 @@ def _load_into(model: FlowModel, params: Params) -> FlowModel:
     return model
 
 
-def _observation_box(env_id: str) -> Box:
-    env = make_env(env_id)
-    try:
-        space: Any = env.observation_space
-        low = np.broadcast_to(space.low, space.shape).ravel()
-        high = np.broadcast_to(space.high, space.shape).ravel()
-        return Box((low.size,), tuple(float(v) for v in low), tuple(float(v) for v in high))
-    finally:
-        env.close()
-
-
 @dataclass
 class RunState:
     """What a resumed run needs beyond the parameters."""
@@ -155,8 +146,8 @@ class ESRun:
             model,
             "policy",
             env_id=self.config.env,
-            observation_space=_observation_box(self.config.env),
-            action_space=Box((self.spec.act_dim,), self.spec.action_low, self.spec.action_high),
+            observation_space=self.spec.observation_space,
+            action_space=self.spec.action_space,
             normalization=Normalization(tuple(mean.tolist()), tuple(std.tolist()), self.config.obs_clip),
             training=TrainingRecord(
                 command=self.command,
@@ -232,7 +223,7 @@ class ESRun:
             RolloutRequest(
                 env_id=c.env, program=program, seeds=tuple(seeds), obs_mean=mean, obs_std=std, obs_clip=c.obs_clip,
                 action_low=np.asarray(self.spec.action_low), action_high=np.asarray(self.spec.action_high),
-                survival_bonus=self.bonus, max_steps=c.max_episode_steps,
+                survival_bonus=self.bonus, max_steps=c.max_episode_steps, discrete=self.spec.discrete,
             )
         )  # fmt: skip
         n = 2 * c.directions
@@ -270,7 +261,9 @@ class ESRun:
         """Runs iterations until ``config.iterations`` (or the time budget), checkpointing after each; raises
         ``NotOnManifoldError`` if a constrained parameter ends off its manifold."""
         c = self.config
-        self.out.mkdir(parents=True, exist_ok=True)
+        # A run with progress (resumed, or trained before) continues in its directory; a fresh one refuses a directory
+        # holding another run's files (ExistingRunError) rather than mixing its log and checkpoints into them.
+        prepare_run_directory(self.out, resume=self.state.iteration > 0)
         (self.out / "config.json").write_text(json.dumps(dataclasses.asdict(c), indent=2) + "\n")
         own = backend is None
         backend = backend or make_backend(c.backend, c.workers, c.ray_address)

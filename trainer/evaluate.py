@@ -1,8 +1,9 @@
 """Evaluating an exported policy in its environment with ONNX Runtime alone (no PyTorch).
 
 This is the check a user can run on a bundled model: the file, ONNX Runtime and the environment, nothing of the
-trainer. Evaluation seeds start at ``EVALUATION_SEED_BASE``; training draws its episode seeds below it, so the two
-never overlap. On the command line: ``python -m trainer evaluate model.onnx --episodes 20``.
+trainer; ``Box`` policies and discrete ones (whose ``action`` output is the index the environment takes) alike.
+Evaluation seeds start at ``EVALUATION_SEED_BASE``; training draws its episode seeds below it, so the two never
+overlap. On the command line: ``python -m trainer evaluate model.onnx --episodes 20``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from odetoode.modelfile import POLICY_INPUT, POLICY_OUTPUT
 from trainer.envs import make_env
 
 EVALUATION_SEED_BASE = 1_000_000_000
@@ -44,15 +46,17 @@ def policy_session(path: str | Path) -> ort.InferenceSession:
 def run_episode(
     session: ort.InferenceSession, env_id: str, seed: int, max_steps: int | None = None
 ) -> tuple[float, int]:
-    """One episode of the ONNX policy; returns (return, length)."""
+    """One episode of the ONNX policy; returns (return, length). The environment gets the graph's ``action``
+    output: a float vector (``Box``) or, for a discrete policy, the index as an ``int``."""
     env = make_env(env_id)
     try:
         obs, _ = env.reset(seed=seed)
         total, steps = 0.0, 0
         while max_steps is None or steps < max_steps:
             x = np.asarray(obs, dtype=np.float32).reshape(1, -1)
-            action = session.run(["action"], {"observation": x})[0][0]
-            obs, reward, terminated, truncated, _ = env.step(action)
+            action = session.run([POLICY_OUTPUT], {POLICY_INPUT: x})[0][0]
+            # A discrete policy's action is an int64 index (a 0-d row); Discrete spaces want a plain int.
+            obs, reward, terminated, truncated, _ = env.step(int(action) if action.ndim == 0 else action)
             total += float(reward)
             steps += 1
             if terminated or truncated:

@@ -1,4 +1,5 @@
-"""Builds the served ONNX graph of an unrolled ``Program``: only MatMul / Add / Mul / Abs-like ops and constants.
+"""Builds the served ONNX graph of an unrolled ``Program``: only MatMul / Add / Mul / Abs-like ops and constants
+(plus one ``ArgMax`` in a discrete policy).
 
 The graph is written with ``onnx.helper`` rather than traced through a torch exporter: the program is already a flat
 chain of constant layers, so building it directly gives exact control over names, shared initializers (BaseODE reuses
@@ -21,9 +22,11 @@ from odetoode.modelfile import (
     CLASSIFIER_OUTPUTS,
     IMAGE_SHAPE,
     POLICY_INPUT,
+    POLICY_LOGITS,
     POLICY_OUTPUT,
-    Box,
+    Discrete,
     Normalization,
+    Space,
 )
 from trainer.program import Dense, Layer, Program, Residual
 
@@ -112,14 +115,25 @@ def _model(
     return model
 
 
-def policy_graph(program: Program, normalization: Normalization, action_space: Box, *, name: str) -> onnx.ModelProto:
-    """``observation [batch, d] -> action [batch, m]``: normalize and clip, the program, then clip to the bounds."""
+def policy_graph(program: Program, normalization: Normalization, action_space: Space, *, name: str
+                 ) -> onnx.ModelProto:  # fmt: skip
+    """The served policy: ``observation [batch, d]`` is normalized and clipped, then the program runs; then
+
+    * ``Box`` action space: ``-> action [batch, m] float32``, clipped to the bounds;
+    * ``Discrete(n)``: the program's ``n`` outputs are ``logits [batch, n] float32`` and
+      ``action [batch] int64`` is their ``ArgMax`` (the first of equal maxima); outputs in that order, ``action``
+      first, as ``odetoode.modelfile`` prescribes.
+
+    Raises ``ValueError`` when the normalization or the action space does not fit the program's sizes.
+    """
     program = program.numpy(np.float32)
-    obs_dim, act_dim = program.in_features, program.out_features
+    obs_dim, out_dim = program.in_features, program.out_features
     if len(normalization.mean) != obs_dim:
         raise ValueError(f"normalization has {len(normalization.mean)} entries, the policy reads {obs_dim}")
-    if action_space.size != act_dim:
-        raise ValueError(f"action space has {action_space.size} entries, the policy writes {act_dim}")
+    expected = action_space.n if isinstance(action_space, Discrete) else action_space.size
+    if expected != out_dim:
+        what = "logits" if isinstance(action_space, Discrete) else "entries"
+        raise ValueError(f"action space {action_space} needs {expected} {what}, the policy writes {out_dim}")
     g = _GraphBuilder()
     mean = g.constant("normalization/mean", np.asarray(normalization.mean, dtype=np.float32))
     std = g.constant("normalization/std", np.asarray(normalization.std, dtype=np.float32))
@@ -129,6 +143,16 @@ def policy_graph(program: Program, normalization: Normalization, action_space: B
     x = g.op("Div", [x, std], "normalization/scaled")
     x = g.op("Clip", [x, lo, hi], "normalization/clipped")
     y = g.layers(program.layers, x, "policy")
+    observation = helper.make_tensor_value_info(POLICY_INPUT, TensorProto.FLOAT, ["batch", obs_dim])
+    if isinstance(action_space, Discrete):
+        g.op("Identity", [y], POLICY_LOGITS)
+        g.op("ArgMax", [POLICY_LOGITS], POLICY_OUTPUT, axis=1, keepdims=0, select_last_index=0)
+        outputs = [
+            helper.make_tensor_value_info(POLICY_OUTPUT, TensorProto.INT64, ["batch"]),
+            helper.make_tensor_value_info(POLICY_LOGITS, TensorProto.FLOAT, ["batch", out_dim]),
+        ]
+        doc = "odetoode discrete policy: normalized observation -> unrolled flow -> logits -> argmax action index"
+        return _model(g, [observation], outputs, name, doc)
     low = np.asarray(action_space.low, dtype=np.float32)
     high = np.asarray(action_space.high, dtype=np.float32)
     if np.isfinite(high).any():
@@ -138,8 +162,8 @@ def policy_graph(program: Program, normalization: Normalization, action_space: B
     g.op("Identity", [y], POLICY_OUTPUT)
     return _model(
         g,
-        [helper.make_tensor_value_info(POLICY_INPUT, TensorProto.FLOAT, ["batch", obs_dim])],
-        [helper.make_tensor_value_info(POLICY_OUTPUT, TensorProto.FLOAT, ["batch", act_dim])],
+        [observation],
+        [helper.make_tensor_value_info(POLICY_OUTPUT, TensorProto.FLOAT, ["batch", out_dim])],
         name,
         "odetoode policy: normalized observation -> unrolled flow -> clipped action",
     )

@@ -5,6 +5,9 @@ population ``Program`` -- constants with a leading member axis -- and ships slic
 one environment per member and, at every time step, normalizes all observations, evaluates all members with one
 batched matmul per layer, and steps every environment still running.
 
+A member's action is its program's output clipped to the ``Box`` bounds, or, for a ``Discrete(n)`` task, the argmax
+of its ``n`` outputs (logits), exactly what the exported graph computes (``trainer.onnx_graph``).
+
 Backends: ``inline`` (this process; tests), ``local`` (worker processes on this machine, the default) and ``ray``
 (a Ray cluster, or a local Ray instance). All three run the same ``run_rollouts`` function.
 """
@@ -17,7 +20,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from multiprocessing import get_context
 from typing import Any, Protocol
@@ -31,7 +34,12 @@ from trainer.program import Program
 
 @dataclass(frozen=True)
 class RolloutRequest:
-    """One episode per member: ``program`` has a leading member axis of length ``len(seeds)``."""
+    """One episode per member: ``program`` has a leading member axis of length ``len(seeds)``.
+
+    ``discrete``: the program outputs logits and every environment takes the index of the largest (the first of
+    equal ones, as ONNX ``ArgMax`` does); ``action_low``/``action_high`` are then unused (empty). Otherwise the
+    outputs are clipped to ``[action_low, action_high]``.
+    """
 
     env_id: str
     program: Program
@@ -43,12 +51,10 @@ class RolloutRequest:
     action_high: np.ndarray
     survival_bonus: float = 0.0
     max_steps: int | None = None
+    discrete: bool = False
 
     def slice(self, start: int, stop: int) -> RolloutRequest:
-        return RolloutRequest(
-            self.env_id, self.program.map(lambda t: t[start:stop]), self.seeds[start:stop], self.obs_mean,
-            self.obs_std, self.obs_clip, self.action_low, self.action_high, self.survival_bonus, self.max_steps,
-        )  # fmt: skip
+        return replace(self, program=self.program.map(lambda t: t[start:stop]), seeds=self.seeds[start:stop])
 
 
 @dataclass
@@ -118,12 +124,14 @@ def run_rollouts(request: RolloutRequest) -> RolloutResult:
                 index = index[keep]
             x = torch.from_numpy(obs[index].astype(np.float32))
             z = ((x - mean) / std).clamp_(-request.obs_clip, request.obs_clip)
-            actions = program(z.unsqueeze(1)).squeeze(1).numpy()
-            actions = np.clip(actions, low, high)
+            outputs = program(z.unsqueeze(1)).squeeze(1)
+            # torch.argmax returns the first of equal maxima, like ONNX ArgMax (select_last_index=0) in the export.
+            actions = outputs.argmax(dim=-1).numpy() if request.discrete else np.clip(outputs.numpy(), low, high)
             for row, member in enumerate(index):
                 if not alive[member]:
                     continue
-                o, r, terminated, truncated, _ = envs[member].step(actions[row])
+                action = int(actions[row]) if request.discrete else actions[row]
+                o, r, terminated, truncated, _ = envs[member].step(action)
                 raw[member] += r
                 returns[member] += r - request.survival_bonus
                 lengths[member] += 1

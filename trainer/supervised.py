@@ -29,6 +29,7 @@ from trainer.data.digits import DIGITS_C_CORRUPTIONS, digits_c
 from trainer.models import FlowModel, build_model
 from trainer.program import Program
 from trainer.provenance import command_line
+from trainer.rundir import prepare_run_directory
 
 PIXELS, CLASSES = 28 * 28, 10
 DATASET = "digits"
@@ -75,7 +76,9 @@ class SupervisedConfig:
     """One classifier of the tables: its column, width, regularization and training budget."""
 
     model: str = "odetoode-1"
-    """A table column: dense-k, node, nanode-k, hypernet-k or odetoode-k."""
+    """A table column: dense-k (k hidden layers), node (NODE: BaseODE), nanode-k (NANODE, degree k), hypernet-k
+    (HyperNet, k gates) or odetoode-k (gated-ODEtoODE, k gates), all of width --width; the continuous ones take
+    N = 1 / --step Euler steps. E.g. odetoode-1 with the defaults: gated-ODEtoODE, one gate, h = 128, N = 100."""
     width: int = 128
     """Hidden width w (Table 1: 128; Table 2: 256)."""
     dropout: float = 0.0
@@ -152,15 +155,26 @@ class SupervisedResult:
 
 
 def train(
-    config: SupervisedConfig, *, progress: bool = True, out: Path | None = None, command: str | None = None
+    config: SupervisedConfig,
+    *,
+    progress: bool = True,
+    out: Path | None = None,
+    command: str | None = None,
+    overwrite: bool = False,
 ) -> tuple[Classifier, SupervisedResult]:
     """Trains on the clean training split, evaluates on every corruption; writes ``out/result.json`` and
     ``out/checkpoint.pt`` (which ``trainer.publish.export_checkpoint`` exports) when ``out`` is given. ``command``
-    is recorded as provenance (default: the configuration spelled as a command line)."""
+    is recorded as provenance (default: the configuration spelled as a command line).
+
+    ``out`` is claimed before training (``trainer.rundir.prepare_run_directory``): a directory already holding a run
+    raises ``ExistingRunError`` unless ``overwrite``, which deletes that run's files first. Raises ``ValueError`` for
+    a ``config.model`` that names no table column."""
     torch.manual_seed(config.seed)
     images, labels = digits_c("identity", split="train")
     x, y = torch.from_numpy(images).float(), torch.from_numpy(labels).long()
     classifier = build_classifier(config)
+    if out is not None:  # after the configuration proved valid (an old run is not deleted for a typo), before the work
+        prepare_run_directory(out, overwrite=overwrite, resumable=False)
     optimizer = torch.optim.Adam(classifier.parameters(), lr=config.learning_rate)
     rng = np.random.default_rng(config.seed)
     started = time.perf_counter()
@@ -188,7 +202,6 @@ def train(
         sum(p.numel() for p in classifier.parameters()), round(loss_value, 5), history,
     )  # fmt: skip
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
         (out / "result.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
         checkpoint(classifier, result, command or command_line("supervised", config, out=out)).save(
             out / "checkpoint.pt"

@@ -119,3 +119,18 @@ def test_oip_answers_the_index_and_the_logits(server: RunningServer) -> None:
     action, logits = session.run(None, {"observation": xs})
     assert outputs["action"]["data"] == action.tolist()
     np.testing.assert_allclose(np.reshape(outputs["logits"]["data"], (5, ACTIONS)), logits, rtol=1e-6)
+
+
+BUNDLED = Path(__file__).resolve().parents[2] / "models"
+
+
+@pytest.mark.parametrize("seed", [2_000_000_000, 2_000_000_001])
+def test_the_bundled_cartpole_balances_for_500_steps_over_act_stream(seed: int) -> None:
+    """The bundled CartPole-v1 policy (trained by ES, discrete actions) driven in closed loop through the server:
+    the full 500 steps, the same return as ONNX Runtime on the file with the same seed."""
+    from odetoode.demo import run_demo
+
+    with running_server(BUNDLED, model_control_mode="explicit", startup_models=["cartpole"]) as running:
+        result = run_demo(running.grpc, "cartpole", hz=1000.0, seed=seed, repository=BUNDLED)
+    assert result.env_id == "CartPole-v1" and result.report.missed == 0
+    assert result.served_return == result.local_return == 500.0

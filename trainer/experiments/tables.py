@@ -37,7 +37,7 @@ def run_cell(table: int, model: str, seed: int, epochs: int, runs: Path, progres
         if result["epochs"] == epochs:
             return result
     config = SupervisedConfig(model=model, seed=seed, epochs=epochs, **SETTINGS[table])  # type: ignore[arg-type]
-    _, res = train(config, progress=progress, out=out)
+    _, res = train(config, progress=progress, out=out, overwrite=True)  # a stale or partial cell is retrained
     return res.to_json()
 
 
