@@ -18,24 +18,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from odetoode.client.datatypes import DATATYPE_OF, DATATYPES
 from service.errors import InvalidArgument, PayloadTooLarge
 
-DATATYPES: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-    "BYTES": np.dtype(np.object_),
-}
-_DATATYPE_OF = {dtype: name for name, dtype in DATATYPES.items()}
 # The wire is little-endian: these views decode raw bytes on any host without a per-request newbyteorder().
 _WIRE_DTYPES = {name: dtype.newbyteorder("<") for name, dtype in DATATYPES.items() if name != "BYTES"}
 _ONNX_TYPES = {
@@ -81,7 +66,7 @@ class TensorSpec:
 
 def datatype_of(array: np.ndarray) -> str:
     try:
-        return _DATATYPE_OF[array.dtype]
+        return DATATYPE_OF[array.dtype]
     except KeyError:
         raise InvalidArgument(f"numpy dtype {array.dtype} has no Open Inference Protocol datatype") from None
 

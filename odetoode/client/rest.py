@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from odetoode.client.datatypes import DATATYPE_OF, DATATYPES
+
 
 class RestClient:
     """Predictions over REST (KServe V1 and Open Inference Protocol v2 JSON) with ``httpx``."""
@@ -74,24 +76,6 @@ class RestClient:
         return self._datatypes[key]
 
 
-DATATYPES: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-}
-"""The Open Inference Protocol's numeric datatypes and their numpy types (BYTES travels as strings)."""
-_DATATYPE_OF = {dtype: name for name, dtype in DATATYPES.items()}
-
-
 def conform(array: np.ndarray, datatype: str | None, name: str) -> np.ndarray:
     """``array`` converted to the input's ``datatype`` where no information is lost (see ``RestClient.infer``);
     unchanged when it has that datatype already, or when ``datatype`` is ``None`` (an input the model does not
@@ -136,7 +120,7 @@ def _datatype_of(array: np.ndarray, name: str) -> str:
     if array.dtype.kind in "OSU":
         return "BYTES"
     try:
-        return _DATATYPE_OF[array.dtype]
+        return DATATYPE_OF[array.dtype]
     except KeyError:
         raise TypeError(f"input {name!r}: numpy dtype {array.dtype} has no Open Inference Protocol datatype") from None
 
