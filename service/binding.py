@@ -9,7 +9,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from service.classification import PARAMETER, check_classification
 from service.errors import InvalidArgument
+from service.inference import RequestedOutput
 from service.tensors import Signature, Tensor, TensorSpec, check_against
 
 SMALL_OBSERVATION = 256
@@ -86,16 +88,26 @@ def bind_inputs(
     return feeds
 
 
-def check_requested_outputs(names: Sequence[str], specs: Sequence[TensorSpec]) -> list[str]:
-    """The output names to compute: all of them when ``names`` is empty."""
-    known = [spec.name for spec in specs]
-    if not names:
-        return known
+def check_requested_outputs(
+    requested: Sequence[RequestedOutput], specs: Sequence[TensorSpec], *, batched: bool, feeds: dict[str, np.ndarray]
+) -> list[str]:
+    """The output names to compute: all of them when nothing is ``requested``. Each requested output once, known to
+    the model, and -- asked as classes (``service.classification``) -- one that has that many, within the bound on
+    classes per request for the rows of ``feeds`` (``batched``: whether the model's first dimension is the batch)."""
+    rows = int(next(iter(feeds.values())).shape[0]) if batched and feeds else 1
+    known = {spec.name: spec for spec in specs}
+    if not requested:
+        return list(known)
     seen = set()
-    for index, name in enumerate(names):
-        if name not in known:
-            raise InvalidArgument(f"outputs[{index}].name: unknown output {name!r}; the model's outputs are {known}")
-        if name in seen:
-            raise InvalidArgument(f"outputs[{index}].name: output {name!r} is requested more than once")
-        seen.add(name)
-    return list(names)
+    for index, out in enumerate(requested):
+        spec = known.get(out.name)
+        if spec is None:
+            raise InvalidArgument(
+                f"outputs[{index}].name: unknown output {out.name!r}; the model's outputs are {list(known)}"
+            )
+        if out.name in seen:
+            raise InvalidArgument(f"outputs[{index}].name: output {out.name!r} is requested more than once")
+        seen.add(out.name)
+        if out.classification is not None:
+            check_classification(spec, out.classification, batched, rows, f"outputs[{index}].parameters.{PARAMETER}")
+    return [out.name for out in requested]

@@ -35,12 +35,13 @@ import orjson
 from service import images, oip_codec, rest_codec, v1_codec
 from service.batching import Timing
 from service.binding import bind_inputs, check_requested_outputs
+from service.classification import answer_outputs
 from service.errors import DeadlineExceeded, InternalError, InvalidArgument, ModelNotReady, ServingError
-from service.inference import InferResponse
+from service.inference import InferResponse, RequestedOutput
 from service.memory import map_large_buffers, release_memory
 from service.model_config import ResolvedConfig
 from service.runtime import ModelRuntime
-from service.tensors import Signature, Tensor, datatype_of
+from service.tensors import Signature, Tensor
 
 log = logging.getLogger("service.bulk_worker")
 
@@ -96,15 +97,17 @@ def write_frame(sock: socket.socket, header: dict[str, Any], parts: list[bytes])
 
 
 class Runtimes:
-    """The worker's ONNX Runtime sessions, one per (model file, size, modification time)."""
+    """The worker's ONNX Runtime sessions, one per (model file, size, modification time, serving settings): a
+    ``config.yaml`` edited while the file stays (new labels, a new row bound) reaches the worker as it reaches the
+    server, which reloads the version for it."""
 
     def __init__(self) -> None:
-        self._open: OrderedDict[tuple[str, int, int], ModelRuntime] = OrderedDict()
+        self._open: OrderedDict[tuple[str, int, int, bytes], ModelRuntime] = OrderedDict()
 
     def get(self, job: dict[str, Any]) -> ModelRuntime:
         path = Path(job["model_file"])
         mtime_ns, size = job["file_stamp"]
-        key = (str(path), mtime_ns, size)
+        key = (str(path), mtime_ns, size, orjson.dumps(job["config"], option=orjson.OPT_SORT_KEYS))
         runtime = self._open.get(key)
         if runtime is not None:
             self._open.move_to_end(key)
@@ -135,11 +138,15 @@ class Runtimes:
 
 
 def _compute(
-    runtime: ModelRuntime, tensors: list[Tensor], outputs: list[str], job: dict[str, Any], signature: Signature
+    runtime: ModelRuntime,
+    tensors: list[Tensor],
+    outputs: list[RequestedOutput],
+    job: dict[str, Any],
+    signature: Signature,
 ) -> tuple[list[Tensor], Timing]:
     config = runtime.config
     feeds = bind_inputs(tensors, signature, allow_non_finite=config.allow_non_finite)
-    names = check_requested_outputs(outputs, runtime.outputs)
+    names = check_requested_outputs(outputs, runtime.outputs, batched=runtime.batched, feeds=feeds)
     deadline = job.get("deadline_ns")
     if deadline is not None and time.monotonic_ns() >= deadline:
         raise DeadlineExceeded("the deadline passed before the request was computed")
@@ -147,7 +154,7 @@ def _compute(
     start = time.monotonic_ns()
     results = runtime.run(feeds, names)
     compute = time.monotonic_ns() - start
-    tensors_out = [Tensor(n, datatype_of(a), a) for n, a in zip(names, results, strict=True)]
+    tensors_out = answer_outputs(outputs, names, results, batched=runtime.batched, labels=config.labels)
     return tensors_out, Timing(start - job["queued_ns"], compute, rows)
 
 

@@ -20,6 +20,7 @@ from service import server_version
 from service.batching import Timing
 from service.binding import bind_inputs, bind_observation, check_requested_outputs
 from service.bulk import BulkPool, BulkReply
+from service.classification import answer_outputs
 from service.errors import (
     InternalError,
     InvalidArgument,
@@ -33,17 +34,20 @@ from service.metrics import ServerMetrics
 from service.repository import IndexEntry, ModelRepository, ServedVersion
 from service.settings import ServerSettings
 from service.statistics import ModelStatistics
-from service.tensors import (
-    Tensor,
-    datatype_of,
-)
 
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "odetoode"
 PLATFORM = "onnxruntime_onnx"
 _ACTION_OUTPUT = (POLICY_OUTPUT,)
-EXTENSIONS = ("binary_tensor_data", "model_repository", "model_configuration", "schedule_policy", "statistics")
+EXTENSIONS = (
+    "binary_tensor_data",
+    "classification",
+    "model_repository",
+    "model_configuration",
+    "schedule_policy",
+    "statistics",
+)
 UNKNOWN_LABEL = "_unknown"
 """The one label value every model name or version the repository does not know collapses to."""
 
@@ -170,6 +174,7 @@ class DataPlane:
             execution_providers=list(sv.runtime.providers),
             execution="inline" if sv.batcher.inline else "thread pool",
             description=_described(sv.runtime.description),
+            labels={name: list(labels) for name, labels in sv.config.labels.items()},
         )
 
     def statistics(self, name: str | None = None, version: str | None = None) -> list[ModelStatistics]:
@@ -296,9 +301,9 @@ class DataPlane:
     async def _compute(self, served: ServedVersion, request: InferRequest, start: int) -> InferResponse:
         runtime = served.runtime
         feeds = bind_inputs(request.inputs, served.signature, allow_non_finite=served.config.allow_non_finite)
-        names = check_requested_outputs(request.outputs, runtime.outputs)
+        names = check_requested_outputs(request.outputs, runtime.outputs, batched=runtime.batched, feeds=feeds)
         results, timing = await served.batcher.submit(feeds, names, request.deadline_ns)
-        outputs = [Tensor(name, datatype_of(array), array) for name, array in zip(names, results, strict=True)]
+        outputs = answer_outputs(request.outputs, names, results, batched=runtime.batched, labels=served.config.labels)
         return InferResponse(
             model=request.model,
             version=str(served.version),

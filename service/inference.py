@@ -16,15 +16,25 @@ from service.batching import Timing
 from service.tensors import Tensor, TensorSpec
 
 
+@dataclass(frozen=True)
+class RequestedOutput:
+    """An output a request names; ``classification``: answer its top that many classes instead of its values
+    (Triton's classification extension, ``service.classification``), ``None``: its values."""
+
+    name: str
+    classification: int | None = None
+
+
 @dataclass
 class InferRequest:
-    """A transport-neutral inference request; ``deadline_ns`` is on the ``time.monotonic_ns`` clock."""
+    """A transport-neutral inference request; ``deadline_ns`` is on the ``time.monotonic_ns`` clock. ``outputs``:
+    the outputs asked for, in the request's order (empty: all of them, as values)."""
 
     model: str
     inputs: list[Tensor]
     version: str | None = None
     id: str | None = None
-    outputs: list[str] = field(default_factory=list)
+    outputs: list[RequestedOutput] = field(default_factory=list)
     parameters: dict[str, Any] = field(default_factory=dict)
     deadline_ns: int | None = None
     protocol: str = "rest"
@@ -75,6 +85,8 @@ class ModelConfig:
     execution_providers: list[str]
     execution: str
     description: dict[str, str]
+    labels: dict[str, list[str]] = field(default_factory=dict)
+    """Class labels per output name, from ``config.yaml`` (the classification extension's labels)."""
 
     def dims(self, spec: TensorSpec) -> tuple[int, ...]:
         """A tensor's dimensions as Triton's configuration states them: without the batch dimension when the model

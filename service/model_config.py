@@ -9,14 +9,16 @@ Example::
     allow_cpu_fallback: true
     control_rate_hz: 100              # a hint GetPolicy passes to robots
     max_request_rows: 4096            # the largest batch one request may carry
+    labels: {probabilities: [cat, dog, bird]}   # class labels per output (the classification extension)
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -78,6 +80,10 @@ class ServingConfig(BaseModel):
     """Accept NaN/Inf inputs. Off: a policy fed NaN would answer NaN actions, so such requests are rejected."""
     max_request_rows: int | None = Field(None, ge=1)
     """The largest batch one request may carry, whatever its size in bytes."""
+    labels: dict[str, Annotated[list[str], Field(min_length=1)]] = Field(default_factory=dict)
+    """Class labels per output name, in class-index order: Triton's classification extension answers
+    ``"<value>:<index>:<label>"`` for such an output. Checked against the model when it loads
+    (``service.classification.check_labels``): an output it has, one label per class."""
 
 
 @dataclass(frozen=True)
@@ -94,15 +100,20 @@ class ResolvedConfig:
     control_rate_hz: float | None
     allow_non_finite: bool
     max_request_rows: int
+    labels: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Class labels per output name (``ServingConfig.labels``)."""
 
     def to_wire(self) -> dict[str, Any]:
-        """What a bulk worker process needs to open and run the model (JSON-able; the version policy stays here)."""
+        """What a bulk worker process needs to open and run the model and to answer as the server would (labels
+        included; JSON-able; the version policy stays here)."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "version_policy"}
-        return {**fields, "providers": list(self.providers)}
+        labels = {name: list(names) for name, names in self.labels.items()}
+        return {**fields, "providers": list(self.providers), "labels": labels}
 
     @classmethod
     def from_wire(cls, wire: dict[str, Any]) -> ResolvedConfig:
-        return cls(version_policy=VersionPolicy(), **{**wire, "providers": tuple(wire["providers"])})
+        labels = {name: tuple(names) for name, names in wire.get("labels", {}).items()}
+        return cls(version_policy=VersionPolicy(), **{**wire, "providers": tuple(wire["providers"]), "labels": labels})
 
 
 def resolve(config: ServingConfig, settings: ServerSettings) -> ResolvedConfig:
@@ -121,6 +132,7 @@ def resolve(config: ServingConfig, settings: ServerSettings) -> ResolvedConfig:
         control_rate_hz=config.control_rate_hz,
         allow_non_finite=config.allow_non_finite,
         max_request_rows=config.max_request_rows or settings.max_request_rows,
+        labels={name: tuple(names) for name, names in config.labels.items()},
     )
 
 

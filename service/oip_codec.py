@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from odetoode.proto.inference import grpc_service_pb2 as pb
 from odetoode.proto.inference import model_config_pb2 as config_pb
+from service.classification import PARAMETER as CLASSIFICATION
+from service.classification import class_count
 from service.errors import InvalidArgument
-from service.inference import InferRequest, InferResponse, ModelConfig, ModelMetadata
+from service.inference import InferRequest, InferResponse, ModelConfig, ModelMetadata, RequestedOutput
 from service.tensors import Signature, Tensor, decode_raw, decode_typed, encode_raw, triton_type
 
 if TYPE_CHECKING:  # the bulk worker processes import this module: nothing of the server at run time
@@ -70,10 +72,18 @@ def infer_request_from_proto(msg: pb.ModelInferRequest, signature: Signature, pr
         inputs=tensors,
         version=msg.model_version or None,
         id=msg.id or None,
-        outputs=[o.name for o in msg.outputs],
+        outputs=[_requested_output(index, o) for index, o in enumerate(msg.outputs)],
         parameters={k: parameter_value(v) for k, v in msg.parameters.items()} if msg.parameters else {},
         protocol=protocol,
     )
+
+
+def _requested_output(index: int, msg: pb.ModelInferRequest.InferRequestedOutputTensor) -> RequestedOutput:
+    """A requested output and its classification count (``int64_param``, as tritonclient sends it; any integer
+    parameter is taken)."""
+    params = msg.parameters
+    count = parameter_value(params[CLASSIFICATION]) if CLASSIFICATION in params else None
+    return RequestedOutput(msg.name, class_count(count, f"outputs[{index}].parameters.{CLASSIFICATION}"))
 
 
 MAX_TOP_LEVEL_FIELDS = 1024
@@ -179,7 +189,9 @@ def _set_duration(msg: pb.StatisticDuration, d: Duration) -> None:
 
 
 def config_to_proto(config: ModelConfig) -> pb.ModelConfigResponse:
-    """Triton's ``ModelConfig`` subset; odetoode's own description travels in ``parameters`` (JSON strings)."""
+    """Triton's ``ModelConfig`` subset; odetoode's own description travels in ``parameters`` (JSON strings). Class
+    labels are left out: Triton's only place for them, ``label_filename``, names a file, and labels here are inline
+    in ``config.yaml`` (the REST configuration lists them)."""
     msg = pb.ModelConfigResponse()
     c = msg.config
     c.name, c.platform, c.backend = config.name, config.platform, config.backend

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from odetoode.modelfile import MODEL_NAME, VERSION_NAME
 from service.batching import Batcher
+from service.classification import check_labels
 from service.errors import InvalidArgument, ModelLoadError, ModelNotFound, ModelNotReady, ServingError, without_paths
 from service.metrics import ServerMetrics
 from service.model_config import CONFIG_FILE, ResolvedConfig, load_serving_config, resolve
@@ -413,5 +414,7 @@ class ModelRepository:
 
 def _open_and_check(path: Path, config: ResolvedConfig) -> ModelRuntime:
     runtime = ModelRuntime(path, config)
+    # labels need the graph's outputs: checked once it is open, before any warm-up
+    check_labels(config.labels, runtime.outputs, runtime.batched, f"{path.parent.parent.name}/{CONFIG_FILE}")
     runtime.check()
     return runtime

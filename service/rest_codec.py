@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
+from service.classification import PARAMETER as CLASSIFICATION
+from service.classification import class_count
 from service.errors import InvalidArgument, PayloadTooLarge
-from service.inference import InferRequest, InferResponse, ModelConfig, ModelMetadata
+from service.inference import InferRequest, InferResponse, ModelConfig, ModelMetadata, RequestedOutput
 from service.tensors import (
     Declared,
     Signature,
@@ -194,13 +196,15 @@ def parse_infer_request(
     outputs_field = obj.get("outputs") or []
     if not isinstance(outputs_field, list):
         raise InvalidArgument("outputs: expected a list")
-    names: list[str] = []
+    requested: list[RequestedOutput] = []
     binary_outputs: set[str] | None = set()
     for index, out in enumerate(outputs_field):
         if not isinstance(out, dict) or not isinstance(out.get("name"), str):
             raise InvalidArgument(f"outputs[{index}].name: expected a string")
-        names.append(out["name"])
-        out_params = parameters_of(out.get("parameters"), f"outputs[{index}].parameters")
+        where = f"outputs[{index}].parameters"
+        out_params = parameters_of(out.get("parameters"), where)
+        count = class_count(out_params.get(CLASSIFICATION), f"{where}.{CLASSIFICATION}")
+        requested.append(RequestedOutput(out["name"], count))
         if out_params.get("binary_data") is True:
             binary_outputs.add(out["name"])  # type: ignore[union-attr]
     if params.get("binary_data_output") is True:
@@ -208,7 +212,7 @@ def parse_infer_request(
     request_id = obj.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidArgument("id: expected a string")
-    request = InferRequest(model, tensors, version, request_id, names, params, None, "rest")
+    request = InferRequest(model, tensors, version, request_id, requested, params, None, "rest")
     return request, binary_outputs
 
 
@@ -266,7 +270,7 @@ def _tensor_json(spec: TensorSpec) -> dict[str, Any]:
 
 def config_json(c: ModelConfig) -> dict[str, Any]:
     """Triton's model-configuration answer (``/v2/models/{model}/config``), plus ``odetoode``: the model file's own
-    description."""
+    description, and each output's class ``labels`` where ``config.yaml`` gives them."""
     return {
         "name": c.name,
         "version": c.version,
@@ -274,7 +278,7 @@ def config_json(c: ModelConfig) -> dict[str, Any]:
         "backend": c.backend,
         "max_batch_size": c.max_batch_size,
         "input": [_config_tensor_json(s, c) for s in c.inputs],
-        "output": [_config_tensor_json(s, c) for s in c.outputs],
+        "output": [_config_tensor_json(s, c, c.labels.get(s.name)) for s in c.outputs],
         "dynamic_batching": {
             "max_queue_delay_microseconds": c.max_queue_delay_us,
             "max_queue_size": c.max_queue_size,
@@ -285,8 +289,13 @@ def config_json(c: ModelConfig) -> dict[str, Any]:
     }
 
 
-def _config_tensor_json(spec: TensorSpec, c: ModelConfig) -> dict[str, Any]:
-    return {"name": spec.name, "data_type": triton_type(spec.datatype), "dims": list(c.dims(spec))}
+def _config_tensor_json(spec: TensorSpec, c: ModelConfig, labels: list[str] | None = None) -> dict[str, Any]:
+    """One ``input`` or ``output`` entry; an output's class ``labels`` (``config.yaml``) are listed in the entry,
+    where Triton's configuration names a file of them (``label_filename``)."""
+    entry: dict[str, Any] = {"name": spec.name, "data_type": triton_type(spec.datatype), "dims": list(c.dims(spec))}
+    if labels:
+        entry["labels"] = labels
+    return entry
 
 
 def statistics_json(stats: list[ModelStatistics]) -> dict[str, Any]:

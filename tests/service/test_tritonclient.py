@@ -174,7 +174,8 @@ def test_server_metadata(client: Client) -> None:
     else:
         name, version, extensions = meta["name"], meta["version"], meta["extensions"]
     assert name == "odetoode" and version
-    assert {"binary_tensor_data", "model_repository", "model_configuration", "statistics"} <= set(extensions)
+    implemented = {"binary_tensor_data", "classification", "model_repository", "model_configuration", "statistics"}
+    assert implemented <= set(extensions)  # classification: tests/service/test_classification.py
     # Extensions the server does not implement are not advertised (see test_unimplemented_extensions_fail_cleanly).
     assert not {"trace", "logging", "system_shared_memory", "cuda_shared_memory"} & set(extensions)
 
