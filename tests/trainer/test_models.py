@@ -22,8 +22,9 @@ from trainer.models import (
     WeightFlowModel,
     build_model,
 )
-from trainer.models.gates import gate_outputs
-from trainer.program import Dense, Residual
+from trainer.models.baselines import activation_gain
+from trainer.models.gates import RL_HYPERNET_GATES, TIME_GATES, WIDE_TIME_GATES, GateNetworkSpec, gate_outputs
+from trainer.program import Dense, Program, Residual
 
 
 def small(arch: str, **config: object) -> FlowModel:
@@ -262,3 +263,52 @@ def test_layer_stacks_share_one_constructor(arch: str) -> None:
     assert isinstance(model, LayerStack) and model.depth == 3 == model.steps and model.config["depth"] == 3
     with pytest.raises(ValueError, match=r"depth must be >= 1, got 0"):
         build_model(arch, 5, 3, depth=0)
+
+
+@pytest.mark.parametrize("gates", [1, 2, 10])
+def test_one_gate_spec_gives_hypernet_and_gated_odetoode_gate_parts_of_equal_size(gates: int) -> None:
+    """Built from one GateNetworkSpec the two differ only in the constraint: identical gate tensors, counted in closed
+    form (per gate: a_j, L1 [w, 1] + c1, L2 [w, w] + c2, L3 [h^2, w] + c3)."""
+    h = 12
+    for spec in (TIME_GATES, WIDE_TIME_GATES):
+        built = [build_model(arch, 5, 3, hidden=h, steps=4, gates=gates, **spec.options())
+                 for arch in ("gated-odetoode", "hypernet")]  # fmt: skip
+        counts = [m.gate_parameter_count() for m in built if isinstance(m, GatedWeightFlow)]
+        w = spec.width
+        assert counts == [gates * (1 + 3 * w + w * w + h * h * (w + 1))] * 2 == [spec.parameter_count(gates, h)] * 2
+        assert all(m.gate_network == spec for m in built if isinstance(m, GatedWeightFlow))
+    assert TIME_GATES.parameter_count(gates, h) < WIDE_TIME_GATES.parameter_count(gates, h)
+    # HyperNet's class default stays the paper's RL hypernetwork (width 16, reading vec(W))
+    assert HyperNet.default_gates == RL_HYPERNET_GATES != GatedODEtoODE.default_gates == TIME_GATES
+    with pytest.raises(ValueError, match="gate width must be >= 1"):
+        GateNetworkSpec(width=0)
+
+
+@pytest.mark.parametrize("activation", ["abs", "relu"])
+def test_dense_k_init_preserves_the_signals_second_moment_through_its_activation(activation: str) -> None:
+    """The gain of each activation (1 for |x|, sqrt(2) for ReLU) keeps E[x^2] roughly constant over 10 layers, and
+    the other activation's gain would not: the init is matched to the activation."""
+    model = build_model("dense", 256, 10, hidden=256, depth=10, activation=activation, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(3))  # fmt: skip
+    assert model.activation == activation
+    dense = model.unroll().dense_layers()[:-1]
+    assert len(dense) == 10 and all(layer.activation == activation for layer in dense)
+    other = "relu" if activation == "abs" else "abs"
+    ratios = {}
+    for act in (activation, other):  # the same weights through their own activation and through the other one
+        x = torch.randn(512, 256, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+        moments = []
+        for layer in dense:
+            x = Program((Dense(layer.weight, layer.bias, act),))(x)
+            moments.append(float((x**2).mean()))
+        ratios[act] = moments[-1] / moments[0]
+    assert 0.5 < ratios[activation] < 2.0, ratios
+    assert (ratios[other] < 0.01) if other == "relu" else (ratios[other] > 100), ratios  # ~2^-9 or ~2^9
+    assert activation_gain(activation) == (math.sqrt(2) if activation == "relu" else 1.0)
+
+
+def test_dense_k_defaults_to_the_flows_activation_and_accepts_only_abs_or_relu() -> None:
+    assert build_model("dense", 5, 3).activation == "abs" == build_model("iso-odetoode", 5, 3).activation
+    assert build_model("dense", 5, 3, activation="relu").config["activation"] == "relu"
+    with pytest.raises(ValueError, match=r"Dense-k's activation must be one of \['abs', 'relu'\], got 'tanh'"):
+        build_model("dense", 5, 3, activation="tanh")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
@@ -13,15 +14,19 @@ import torch
 from odetoode.modelfile import ModelDescription
 from trainer.checkpoint import Checkpoint
 from trainer.data.digits import digits_c
-from trainer.experiments.tables import reproduce
+from trainer.models import GatedWeightFlow
 from trainer.publish import export_checkpoint
 from trainer.supervised import (
+    ACTIVATION,
     TABLE_1,
     TABLE_2,
+    TABLE_GATES,
     ClassifierSpec,
     SupervisedConfig,
     accuracy,
     build_classifier,
+    decode_predictions,
+    encode_predictions,
     train,
 )
 
@@ -32,6 +37,41 @@ def test_every_table_column_parses() -> None:
                           "ODEtoODE-1", "ODEtoODE-10"]  # fmt: skip
     with pytest.raises(ValueError, match="unknown model family"):
         ClassifierSpec.parse("resnet-3")
+    with pytest.raises(ValueError, match=r"dense-k has no variant 'wide'; known: \['relu'\]"):
+        ClassifierSpec.parse("dense-1-wide")
+    with pytest.raises(ValueError, match="node \\(NODE\\) takes no k"):
+        ClassifierSpec.parse("node-1")
+
+
+def test_every_column_shares_the_flows_activation_unless_a_variant_says_otherwise() -> None:
+    for label in (*TABLE_1, *TABLE_2):
+        assert ClassifierSpec.parse(label).options["activation"] == ACTIVATION == "abs"
+    relu = ClassifierSpec.parse("dense-10-relu")
+    assert (relu.label, relu.arch, relu.options) == ("Dense-10 (ReLU)", "dense", {"depth": 10, "activation": "relu"})
+    built = {m: build_classifier(SupervisedConfig(model=m, width=8)).model for m in ("dense-2", "dense-2-relu")}
+    assert (built["dense-2"].activation, built["dense-2-relu"].activation) == ("abs", "relu")
+
+
+def gate_and_total_parameters(label: str, width: int) -> tuple[int, int]:
+    model = build_classifier(SupervisedConfig(model=label, width=width)).model
+    assert isinstance(model, GatedWeightFlow)
+    return model.gate_parameter_count(), model.num_parameters()
+
+
+@pytest.mark.parametrize(("k", "width"), [(1, 128), (10, 128), (2, 256)])
+def test_hypernet_k_and_odetoode_k_have_gate_networks_of_equal_size(k: int, width: int) -> None:
+    """HyperNet-k and gated-ODEtoODE-k share TABLE_GATES, so their gate parts -- and their whole models -- are of
+    equal size; the -wide variant restores the width-16 gates HyperNet-k had before (Table 1: HyperNet-1 397,115
+    parameters against ODEtoODE-1's 265,827)."""
+    hyper, gated = gate_and_total_parameters(f"hypernet-{k}", width), gate_and_total_parameters(f"odetoode-{k}", width)
+    assert hyper == gated
+    assert hyper[0] == TABLE_GATES.parameter_count(k, width) == k * (1 + 3 * 8 + 8 * 8 + width * width * 9)
+    wide = gate_and_total_parameters(f"hypernet-{k}-wide", width)
+    assert wide[0] == k * (1 + 3 * 16 + 16 * 16 + width * width * 17)
+    assert wide[1] - hyper[1] == wide[0] - hyper[0]  # nothing but the gates differs
+    assert ClassifierSpec.parse(f"hypernet-{k}").options == {**ClassifierSpec.parse(f"odetoode-{k}").options}
+    if (k, width) == (1, 128):
+        assert (gated[1], wide[1]) == (265_827, 397_115)  # the audit's figures, from the closed form above
 
 
 def test_a_dense_classifier_learns_digits(tmp_path: Path) -> None:
@@ -40,6 +80,20 @@ def test_a_dense_classifier_learns_digits(tmp_path: Path) -> None:
     assert set(result.accuracies) >= {"stripe", "translate", "shot_noise"}
     saved = json.loads((tmp_path / "result.json").read_text())
     assert saved["accuracies"] == result.accuracies
+    assert saved["model_options"] == {"depth": 1, "activation": "abs"}
+    # every test image's predicted class, from which the accuracy follows
+    labels = digits_c("identity", split="test")[1]
+    for name, accuracy_value in result.accuracies.items():
+        predicted = decode_predictions(saved["predictions"][name])
+        assert predicted.shape == labels.shape and float((predicted == labels).mean()) == accuracy_value
+
+
+def test_predictions_round_trip_as_one_digit_per_image() -> None:
+    classes = np.array([3, 1, 7, 0, 9, 9])
+    assert encode_predictions(classes) == "317099"
+    assert np.array_equal(decode_predictions("317099"), classes)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 10\)"):
+        encode_predictions(np.array([10]))
 
 
 def test_odetoode_w0_stays_orthogonal_while_training_and_exports_with_parity(tmp_path: Path) -> None:
@@ -76,22 +130,6 @@ def test_dropout_is_active_only_in_training() -> None:
     assert not torch.equal(classifier(x), classifier(x))
     classifier.eval()
     assert torch.equal(classifier(x), classifier(x))
-
-
-def test_table_markdown_and_heatmap_from_cached_cells(tmp_path: Path) -> None:
-    runs = tmp_path / "runs"
-    for model, acc in (("dense-1", 0.9), ("odetoode-1", 0.95)):
-        for seed in (0, 1):
-            cell = runs / "table1" / model / f"seed{seed}"
-            cell.mkdir(parents=True)
-            accuracies = {"identity": acc + 0.01 * seed, "stripe": acc - 0.5}
-            cell.joinpath("result.json").write_text(json.dumps({"accuracies": accuracies, "epochs": 3,
-                                                                "wall_s": 1.0}))  # fmt: skip
-    md = reproduce(1, [0, 1], 3, runs, tmp_path / "docs", models=["dense-1", "odetoode-1"], progress=False)
-    text = md.read_text()
-    assert "| identity | 90.50 +- 0.50 | **95.50** +- 0.50 |" in text
-    assert "3 epochs" in text and "Rows won: ODEtoODE-1 2" in text
-    assert (tmp_path / "docs" / "figures" / "table1.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_one_epoch_smoke_run_of_the_real_cli(tmp_path: Path) -> None:

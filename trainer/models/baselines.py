@@ -3,12 +3,14 @@
 Where the paper leaves a detail open, the baselines reuse ODEtoODE's main flow ``x <- x + (1/N) f(W_t x + b)`` so
 that only the *weight* flow differs between architectures -- the comparison the paper is about:
 
-* DeepNet / Dense: ``depth`` hidden layers ``x <- f(W_l x + b_l)`` (the first one is the input projection);
+* DeepNet / Dense: ``depth`` hidden layers ``x <- f(W_l x + b_l)`` (the first one is the input projection), with
+  weights scaled to the activation so the signal's second moment is preserved layer to layer (``activation_gain``);
 * DeepResNet: ``depth`` residual layers ``x <- x + f(W_l x + b_l)``;
 * BaseODE (NODE): ``dx/dt = MLP(x)``, two hidden layers of size ``h``, time-independent weights;
 * NANODE: ``W_t`` a trigonometric polynomial of degree ``d`` in ``t`` with learnable matrix coefficients;
-* HyperNet: ``W_t`` the state of an unconstrained weight ODE ``dW/dt = sum_j a_j F_j(t, W)`` driven by the same gate
-  networks as gated-ODEtoODE (the paper's RL HyperNet is ``gates = 1`` with the gates reading ``vec(W)``).
+* HyperNet: ``W_t`` the state of an unconstrained weight ODE ``dW/dt = sum_j a_j F_j(t, W)`` driven by gate networks
+  (``trainer.models.gates``). Its class default is the paper's RL hypernetwork (``RL_HYPERNET_GATES``: width 16,
+  reading ``vec(W)``); given ``TIME_GATES.options()``, as the supervised tables do, its gates are gated-ODEtoODE's.
 """
 
 from __future__ import annotations
@@ -22,8 +24,29 @@ import torch
 from odetoode.modelfile import Arch
 from trainer.manifolds import Euclidean, Manifold
 from trainer.models.base import FlowModel, Params, uniform_init
-from trainer.models.gates import GatedWeightFlow, combine_gates, gate_outputs, gate_outputs_over_time
-from trainer.program import Dense, Layer, Residual
+from trainer.models.gates import (
+    RL_HYPERNET_GATES,
+    GatedWeightFlow,
+    GateNetworkSpec,
+    combine_gates,
+    gate_outputs,
+    gate_outputs_over_time,
+)
+from trainer.program import ACTIVATIONS, Dense, Layer, Residual
+
+
+def activation_gain(activation: str) -> float:
+    """The weight gain that keeps ``E[x^2]`` constant through a layer ``x <- f(W x + b)`` at initialization.
+
+    With zero-mean weights of variance ``g^2 / fan_in`` and ``z = W x``, ``E[z^2] = g^2 E[x^2]``; for ``z`` symmetric
+    about 0, ``E[f(z)^2] = r E[z^2]`` with ``r = 1`` for ``|x|`` (it keeps magnitudes), ``1/2`` for ReLU (it zeroes
+    half of them) and ``~1`` for tanh near 0. So ``g = 1/sqrt(r)``: 1 for ``|x|`` and tanh (LeCun), ``sqrt(2)`` for
+    ReLU (He et al. 2015). With ``nn.Linear``'s default scale (``g^2 = 1/3``) ``E[x^2]`` shrinks 3x per ``|x|`` layer
+    and 6x per ReLU layer, and a 10-layer stack barely trains.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+    return math.sqrt(2.0) if activation == "relu" else 1.0
 
 
 class LayerStack(FlowModel):
@@ -59,9 +82,8 @@ class DeepNet(LayerStack):
 
     def add_layer_parameters(self) -> None:
         h, depth, in_features = self.hidden, self.depth, self.in_features
-        # Variance-preserving (He/Glorot-style) weights: with nn.Linear's default scale a 10-layer ReLU stack
-        # shrinks its signal ~3x per layer and barely trains. Gain sqrt(2) for ReLU, 1 for |x| (norm-preserving).
-        gain = math.sqrt(3.0) * (math.sqrt(2.0) if self.activation == "relu" else 1.0)
+        # uniform_init has variance 1/(3 fan_in): sqrt(3) makes it 1/fan_in before the activation's own gain.
+        gain = math.sqrt(3.0) * activation_gain(self.activation)
         if self.projection == "linear":
             self.add_parameter(
                 "w_in", Euclidean((h, in_features)),
@@ -80,12 +102,21 @@ class DeepNet(LayerStack):
 
 
 class DenseK(DeepNet):
-    """Dense-k of the supervised tables: ``DeepNet`` with ``depth = k`` (default 1) and ReLU."""
+    """Dense-k of the supervised tables: ``DeepNet`` with ``depth = k`` (default 1).
+
+    ``activation`` is ``"abs"`` (the default: the flows' ``f(x) = |x|``, so every column of a table shares one
+    nonlinearity) or ``"relu"`` (the usual choice for a plain network, kept as a named variant so both can be
+    reported). Either way the weights start at the scale that preserves the signal's second moment through that
+    activation (``activation_gain``): LeCun's ``Var(w) = 1/fan_in`` for ``|x|``, He's ``2/fan_in`` for ReLU.
+    """
 
     arch: ClassVar[Arch] = "dense"
+    activations: ClassVar[tuple[str, ...]] = ("abs", "relu")
 
     def __init__(self, in_features: int, out_features: int, *, depth: int = 1, **kwargs: Any) -> None:
-        kwargs.setdefault("activation", "relu")
+        activation = kwargs.setdefault("activation", "abs")
+        if activation not in self.activations:
+            raise ValueError(f"Dense-k's activation must be one of {list(self.activations)}, got {activation!r}")
         super().__init__(in_features, out_features, depth=depth, **kwargs)
 
 
@@ -171,12 +202,12 @@ class NANODE(FlowModel):
 class HyperNet(GatedWeightFlow):
     """Unconstrained hypernetwork flow ``W_i = W_{i-1} + (1/N) sum_j a_j F_j(t_{i-1}, W_{i-1})`` (no orthogonality).
 
-    Gates as in ``GatedWeightFlow``, with the paper's defaults for its RL hypernetwork: width 16, reading ``vec(W)``.
+    Gates as in ``GatedWeightFlow``; by default the paper's RL hypernetwork (``RL_HYPERNET_GATES``: width 16, reading
+    ``vec(W)``). The supervised HyperNet-k passes gated-ODEtoODE-k's spec (``TIME_GATES``) instead.
     """
 
     arch: ClassVar[Arch] = "hypernet"
-    default_gate_width: ClassVar[int] = 16
-    default_weight_input: ClassVar[bool] = True
+    default_gates: ClassVar[GateNetworkSpec] = RL_HYPERNET_GATES
 
     def initial_weight_manifold(self) -> Manifold:
         # Starts from an orthogonal W_0 like ODEtoODE, so any difference comes from the unconstrained flow.

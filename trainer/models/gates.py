@@ -1,7 +1,9 @@
 """Gate networks: the small networks of time (and optionally of the current weights) that drive a weight flow.
 
 Shared by gated-ODEtoODE (whose flow uses their skew-symmetric part, Sec. 3.1) and HyperNet (which uses them raw, as
-the paper's unconstrained hypernetwork baseline), so the two differ only in the constraint, as in the paper's tables.
+the paper's unconstrained hypernetwork baseline). Built from the same ``GateNetworkSpec`` the two differ only in the
+constraint -- the comparison of the paper's supervised tables, which build both from ``TIME_GATES``. The class
+defaults differ: gated-ODEtoODE's is ``TIME_GATES``, HyperNet's the paper's RL hypernetwork (``RL_HYPERNET_GATES``).
 
 Gate ``j`` is ``F_j(t, W) = L3 tanh(L2 tanh(L1 z + c1) + c2) + c3`` reshaped to ``h x h``, with ``z = [t]`` or
 ``z = [t, vec(W)]``; the flow's velocity combines the gates with learnable coefficients ``a_j``.
@@ -9,7 +11,9 @@ Gate ``j`` is ``F_j(t, W) = L3 tanh(L2 tanh(L1 z + c1) + c2) + c3`` reshaped to 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -33,6 +37,46 @@ def gate_manifolds(gates: int, width: int, hidden: int, weight_input: bool) -> d
         "gate_w3": (Euclidean((gates, hh, width)), width),
         "gate_b3": (Euclidean((gates, hh)), width),
     }
+
+
+@dataclass(frozen=True)
+class GateNetworkSpec:
+    """The shape shared by the ``k`` gate networks of one model: two tanh hidden layers of ``width`` units, reading
+    ``z = [t]`` or, with ``weight_input``, ``z = [t, vec(W_t)]``.
+
+    Two models built from one spec have gate parts of equal size (``parameter_count``) whatever their constraint.
+    """
+
+    width: int
+    """Hidden width of each gate network (both hidden layers)."""
+    weight_input: bool = False
+    """Whether the gates also read ``vec(W_t)`` (``h^2`` more inputs per gate, and a step-by-step flow)."""
+
+    def __post_init__(self) -> None:
+        if self.width < 1:
+            raise ValueError(f"gate width must be >= 1, got {self.width}")
+
+    def options(self) -> dict[str, Any]:
+        """The model keyword arguments (``gate_width``, ``weight_input``) that build gates of this shape."""
+        return {"gate_width": self.width, "weight_input": self.weight_input}
+
+    def parameter_count(self, gates: int, hidden: int) -> int:
+        """Parameters of ``gates`` such networks in a flow of width ``hidden`` (every ``GATE_PARAMETERS`` entry)."""
+        return sum(
+            math.prod(manifold.shape)
+            for manifold, _ in gate_manifolds(gates, self.width, hidden, self.weight_input).values()
+        )
+
+
+TIME_GATES = GateNetworkSpec(width=8)
+"""gated-ODEtoODE's gates, networks of ``t`` alone (the whole flow is then one batched ``matrix_exp``); the
+supervised tables build HyperNet-k's from this spec too, so the two columns differ only in the constraint."""
+WIDE_TIME_GATES = GateNetworkSpec(width=16)
+"""Width-16 gates of ``t``: what supervised HyperNet-k used before its gates were made equal to ODEtoODE-k's (kept
+for the ablation; at h = 128 they make HyperNet-1 397k parameters against ODEtoODE-1's 266k)."""
+RL_HYPERNET_GATES = GateNetworkSpec(width=16, weight_input=True)
+"""The paper's RL hypernetwork (Sec. 5.1.2: two hidden layers of 16, an output reshaped to ``W_t``, driven by the
+flow's state): ``HyperNet``'s class default, used by the RL comparison."""
 
 
 def gate_outputs(
@@ -76,13 +120,15 @@ class GatedWeightFlow(WeightFlowModel):
 
     Args (beyond ``FlowModel``'s):
         gates: number of gates ``k`` (the paper's ODEtoODE-1/-2/-4/-10, HyperNet-k).
-        gate_width: hidden width of each gate network (two hidden layers); default ``default_gate_width``.
+        gate_width: hidden width of each gate network (two hidden layers); default ``default_gates.width``.
         weight_input: whether the gates also read ``vec(W_t)`` (``h^2`` more inputs per gate); default
-            ``default_weight_input``.
+            ``default_gates.weight_input``.
+
+    ``gate_width`` and ``weight_input`` are the serialized form of a ``GateNetworkSpec`` (``spec.options()``);
+    ``gate_network`` gives it back.
     """
 
-    default_gate_width: ClassVar[int] = 8
-    default_weight_input: ClassVar[bool] = False
+    default_gates: ClassVar[GateNetworkSpec] = TIME_GATES
 
     def __init__(
         self,
@@ -94,8 +140,8 @@ class GatedWeightFlow(WeightFlowModel):
         weight_input: bool | None = None,
         **kwargs: Any,
     ) -> None:
-        gate_width = self.default_gate_width if gate_width is None else gate_width
-        weight_input = self.default_weight_input if weight_input is None else weight_input
+        gate_width = self.default_gates.width if gate_width is None else gate_width
+        weight_input = self.default_gates.weight_input if weight_input is None else weight_input
         super().__init__(in_features, out_features, **kwargs)
         if gates < 1 or gate_width < 1:
             raise ValueError(f"gates and gate_width must be >= 1, got {gates}, {gate_width}")
@@ -105,3 +151,12 @@ class GatedWeightFlow(WeightFlowModel):
         self.add_parameter("b", Euclidean((h,)), fan_in=h)
         for name, (manifold, fan_in) in gate_manifolds(gates, gate_width, h, weight_input).items():
             self.add_parameter(name, manifold, fan_in=fan_in)
+
+    @property
+    def gate_network(self) -> GateNetworkSpec:
+        """The shape of this model's gate networks."""
+        return GateNetworkSpec(self.gate_width, self.weight_input)
+
+    def gate_parameter_count(self) -> int:
+        """Parameters of the gate networks alone (``GATE_PARAMETERS``): not ``W_0``, ``b`` or the projections."""
+        return sum(getattr(self, name).numel() for name in GATE_PARAMETERS)
