@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol, Union
 
 import torch
 import tyro
@@ -32,6 +32,7 @@ from trainer.es_training import ESConfig, ESRun
 from trainer.evaluate import EVALUATION_SEED_BASE
 from trainer.experiments.reproduce import Claim, ReproductionBudget
 from trainer.models import build_model
+from trainer.protocols import apply, deviations
 from trainer.provenance import PROG
 from trainer.rundir import RunDirectoryError, prepare_run_directory, run_files
 from trainer.supervised import ClassifierSpec, SupervisedConfig
@@ -71,7 +72,9 @@ class Command(Protocol):
 class ESCommand:
     """Train a policy with evolution strategies (the paper's Sec. 4.2/5.1).
 
-    Example: python -m trainer es --env HalfCheetah-v5 --arch iso-odetoode --iterations 100 --out runs/cheetah
+    Example: python -m trainer es --env HalfCheetah-v5 --protocol paper --iterations 100 --out runs/cheetah
+    (--protocol sets every ES setting to a named protocol's, shown as the defaults by --protocol NAME --help;
+    flags given explicitly override it).
     """
 
     config: Annotated[ESConfig, Flattened]
@@ -80,8 +83,9 @@ class ESCommand:
     holds a run is refused unless --resume or --overwrite is given."""
     resume: bool = False
     """Continue the run in --out from its checkpoint (an empty --out starts a new run). The saved configuration
-    defines the experiment; only --iterations, --time-budget-s, --backend, --workers, --ray-address and the step
-    schedule (--sigma, --step-size, --step-decay) are taken from the command line."""
+    defines the experiment (and is the default of every flag); only --iterations, --time-budget-s, --backend,
+    --workers, --ray-address and the step schedule (--sigma, --step-size, --step-decay) are taken from the command
+    line, where given."""
     overwrite: bool = False
     """Replace the run in --out: its run files are deleted when training starts (other files stay)."""
     export: str | None = None
@@ -92,12 +96,29 @@ class ESCommand:
     export_episodes: int = 20
     """Episodes of the ONNX Runtime evaluation recorded in the exported model card."""
 
+    def defaults(self) -> ESCommand | None:
+        """The command whose values are the defaults this command line selects, or None for ``ESConfig``'s own:
+        with --resume of a saved run, its configuration (a flag not given keeps the run's setting); with
+        --protocol, the protocol's settings (a flag given overrides one)."""
+        if self.resume and (self.out / "checkpoint.pt").is_file():
+            try:
+                saved = Checkpoint.load(self.out / "checkpoint.pt").extra["es_config"]
+                return ESCommand(config=ESConfig(**saved))
+            except (CheckpointError, OSError, KeyError, TypeError):
+                return None  # ``run`` loads it again and reports what is wrong with it
+        if self.config.protocol is not None:
+            return ESCommand(config=apply(self.config.protocol, ESConfig()))
+        return None
+
     def run(self, command: str) -> int:
         if self.resume and self.overwrite:
             raise UsageError("give at most one of --resume and --overwrite")
         _terminate_gracefully()
         if self.resume and (self.out / "checkpoint.pt").is_file():
             run = ESRun.resume(self.out, overrides=self.config, command=command)
+            if self.config.protocol != run.config.protocol:
+                raise UsageError(f"{self.out} was trained under protocol {run.config.protocol}; --protocol cannot "
+                                 "change when resuming")  # fmt: skip
             print(f"resuming {self.out} at iteration {run.state.iteration}")
         else:
             found = run_files(self.out)
@@ -107,6 +128,12 @@ class ESCommand:
             run = ESRun(self.config, self.out, command=command)  # checks the environment before anything is deleted
             if self.overwrite:
                 prepare_run_directory(self.out, overwrite=True)
+        if run.config.protocol is not None:
+            changed = ", ".join(
+                f"{k} {v['run']} (protocol: {v['protocol']})" for k, v in deviations(run.config).items()
+            )
+            print(f"protocol {run.config.protocol}" + (f", except {changed}" if changed else "") +
+                  f"; every setting in {self.out / 'config.json'}")  # fmt: skip
         try:
             state = run.train()
         except KeyboardInterrupt:
@@ -454,12 +481,40 @@ COMMANDS: dict[str, Callable[..., Command]] = {
 
 
 def parse(argv: Sequence[str]) -> Command:
-    """The command ``argv`` (without the program name) asks for; exits with usage on bad arguments or --help."""
-    command: Command = tyro.extras.subcommand_cli_from_dict(
-        COMMANDS, prog=PROG, description="odetoode trainer: train, export and evaluate ODEtoODE models.",
-        args=list(argv),
+    """The command ``argv`` (without the program name) asks for; exits with usage on bad arguments or --help.
+
+    ``es`` is parsed twice: the first pass reads which defaults the command line selects (``ESCommand.defaults``:
+    a protocol, or the saved run it resumes), the second parses it against them, so that only the flags given
+    override them (and ``--help`` shows them)."""
+    argv = list(argv)
+    default = _es_defaults(argv) if argv[:1] == ["es"] else None
+    return _parse(argv, es_default=default)
+
+
+def _parse(argv: Sequence[str], *, es_default: ESCommand | None = None, console_outputs: bool = True) -> Command:
+    """``tyro.extras.subcommand_cli_from_dict(COMMANDS)``, spelled out so that ``es`` can take a default instance."""
+    choices: list[Any] = []
+    for name, constructor in COMMANDS.items():
+        if name == "es" and es_default is not None:
+            marker = tyro.conf.subcommand(name=name, constructor=constructor, default=es_default)
+        else:
+            marker = tyro.conf.subcommand(name=name, constructor=constructor)
+        choices.append(Annotated[Any, marker])
+    command: Command = tyro.cli(
+        Union[tuple(choices)],  # type: ignore[call-overload]  # noqa: UP007 - a union built at run time
+        prog=PROG, description="odetoode trainer: train, export and evaluate ODEtoODE models.", args=list(argv),
+        console_outputs=console_outputs,
     )  # fmt: skip
     return command
+
+
+def _es_defaults(argv: Sequence[str]) -> ESCommand | None:
+    """The defaults an ``es`` command line selects; None where it does not parse (the real parse reports why)."""
+    try:
+        first = _parse([word for word in argv if word not in ("-h", "--help")], console_outputs=False)
+    except SystemExit:
+        return None
+    return first.defaults() if isinstance(first, ESCommand) else None
 
 
 def one_line(error: BaseException) -> str:

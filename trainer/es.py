@@ -6,7 +6,8 @@ One iteration (Sec. 4.2 of the paper, with the tricks of ARS (Mania et al. 2018)
 2. ``population``: antithetic pairs ``theta + sigma eps_j``, ``theta - sigma eps_j`` (plus unperturbed copies to
    evaluate the current policy in the same batch);
 3. rollouts score each member (``trainer.rollouts``);
-4. ``shape_fitness``: centered ranks (OpenAI ES) or ARS's top-b directions scaled by the reward std;
+4. ``shape_fitness``: centered ranks (OpenAI ES), ARS's top-b directions scaled by the reward std, or none (the
+   vanilla Monte Carlo estimator of the paper's Sec. 4.2, ``antithetic_differences``);
 5. ``estimate_gradient``: the ES estimate of ``grad F_sigma`` from the shaped scores;
 6. ``ascend``: a step along it -- exact exponential-map steps on Stiefel/orthogonal parameters with the Riemannian
    gradient of Eq. 8-9 (Theorem 1), the symmetric part for ``Q``, ``N`` and a plain step elsewhere.
@@ -28,7 +29,7 @@ import torch
 from trainer.manifolds import Manifold, Stiefel, orthogonality_error
 
 Params = dict[str, torch.Tensor]
-Shaping = Literal["centered-ranks", "top-b"]
+Shaping = Literal["centered-ranks", "top-b", "none"]
 
 
 def sample_directions(params: Mapping[str, torch.Tensor], n: int, rng: np.random.Generator) -> Params:
@@ -63,6 +64,31 @@ class Shaped:
     scale: float  # the estimate is scale * sum_j weights_j eps_j
 
 
+def _check_antithetic(plus: np.ndarray, minus: np.ndarray) -> None:
+    if plus.shape != minus.shape or plus.ndim != 1 or plus.size == 0:
+        raise ValueError(f"plus and minus must be equal non-empty 1-d arrays, got {plus.shape} and {minus.shape}")
+
+
+def antithetic_differences(plus: np.ndarray, minus: np.ndarray, sigma: float) -> Shaped:
+    """The vanilla Monte Carlo estimator of ``grad F_sigma`` (the paper's Sec. 4.2), on raw returns.
+
+    ``plus[j] = F(theta + sigma eps_j)``, ``minus[j] = F(theta - sigma eps_j)`` (shape ``[n]``, ``n`` pairs). The
+    paper's estimator over ``v`` independent perturbations is ``1/(sigma v) sum_w F(theta + sigma eps_w) eps_w``;
+    averaging it over each pair ``(eps_j, -eps_j)`` gives, with ``v = 2n`` perturbations,
+
+        ``g = 1/(2 n sigma) sum_j (F+_j - F-_j) eps_j``,
+
+    i.e. ``w_j = F+_j - F-_j`` and ``scale = 1 / (2 n sigma)``. It is unbiased for ``grad F_sigma`` like the one-sided
+    form; the pair cancels ``F(theta)`` and every even-order term of ``F`` around ``theta`` (for ``F`` linear plus a
+    constant plus a quadratic form, ``g = (1/n) sum_j eps_j eps_j^T grad F`` exactly). No ranks, no top-b, no reward
+    scaling: the step ``alpha g`` scales with the task's returns.
+    """
+    _check_antithetic(plus, minus)
+    if not sigma > 0:
+        raise ValueError(f"sigma must be positive, got {sigma}")
+    return Shaped(plus - minus, 1.0 / (2 * plus.size * sigma))
+
+
 def shape_fitness(
     plus: np.ndarray, minus: np.ndarray, sigma: float, shaping: Shaping = "centered-ranks", top_b: int | None = None
 ) -> Shaped:
@@ -71,11 +97,14 @@ def shape_fitness(
     * ``centered-ranks``: ``w_j = rank(F+_j) - rank(F-_j)`` over all ``2n`` returns, estimate
       ``sum_j w_j eps_j / (2 n sigma)`` -- the antithetic estimator of ``grad F_sigma`` with rank-shaped fitness;
     * ``top-b`` (ARS v2-t): the ``b`` directions with the largest ``max(F+, F-)``, ``w_j = F+_j - F-_j``, estimate
-      ``sum_j w_j eps_j / (b std_R)`` with ``std_R`` the std of those ``2b`` returns (ARS's update, no ``1/sigma``).
+      ``sum_j w_j eps_j / (b std_R)`` with ``std_R`` the std of those ``2b`` returns (ARS's update, no ``1/sigma``);
+    * ``none``: raw returns, ``sum_j (F+_j - F-_j) eps_j / (2 n sigma)`` (``antithetic_differences``), the paper's
+      Monte Carlo estimator.
     """
-    if plus.shape != minus.shape or plus.ndim != 1:
-        raise ValueError(f"plus and minus must be equal 1-d arrays, got {plus.shape} and {minus.shape}")
+    _check_antithetic(plus, minus)
     n = plus.size
+    if shaping == "none":
+        return antithetic_differences(plus, minus, sigma)
     if shaping == "centered-ranks":
         ranks = centered_ranks(np.stack([plus, minus]))
         return Shaped(ranks[0] - ranks[1], 1.0 / (2 * n * sigma))

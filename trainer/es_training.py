@@ -1,7 +1,8 @@
 """``python -m trainer es``: train a policy with evolution strategies, checkpoint it, log it, export it.
 
 The loop is the paper's (Sec. 4.2, 5.1): antithetic perturbations of every parameter, one episode each, fitness
-shaping, and a Riemannian step for the Stiefel/orthogonal parameters. A run directory holds ``log.jsonl`` (one line
+shaping, and a Riemannian step for the Stiefel/orthogonal parameters. Its settings can come from a named protocol
+(``trainer.protocols``: ``paper`` or ``tuned``), recorded with the run. A run directory holds ``log.jsonl`` (one line
 per iteration), ``checkpoint.pt`` (the latest state, for ``--resume``) and ``best.pt`` (the best evaluated policy,
 with the normalization it was evaluated with), which ``--export`` writes into the model repository
 (``trainer.publish.export_checkpoint``).
@@ -27,6 +28,7 @@ from trainer.envs import EnvSpec, env_spec
 from trainer.es import (
     Params,
     RunningStats,
+    Shaping,
     ascend,
     estimate_gradient,
     off_manifolds,
@@ -38,6 +40,7 @@ from trainer.es import (
 from trainer.evaluate import EVALUATION_SEED_BASE
 from trainer.manifolds import NotOnManifoldError
 from trainer.models import FlowModel, build_model
+from trainer.protocols import ProtocolName, apply, deviations, get_protocol
 from trainer.provenance import command_line
 from trainer.rollouts import Backend, RolloutRequest, make_backend
 from trainer.rundir import prepare_run_directory
@@ -58,6 +61,10 @@ class ESConfig:
     """Euler steps ``N`` of the flow (the paper: eta = 0.04, so N = 25)."""
     model_options: dict[str, int] = field(default_factory=dict)
     """Extra architecture arguments, e.g. ``depth 25`` (DeepNet) or ``degree 5`` (NANODE)."""
+    protocol: ProtocolName | None = None
+    """A named protocol (trainer/protocols.py, docs/training.md): sets every ES setting from --directions to
+    --common-random-numbers to the protocol's (paper: Sec. 5.1 of the paper; tuned: the earlier RL comparison's);
+    flags given explicitly override it, and config.json records the protocol, every setting and any deviation."""
     directions: int = 100
     """Antithetic pairs per iteration; the paper's k = 200 perturbations is 100 pairs."""
     sigma: float = 0.1
@@ -66,8 +73,9 @@ class ESConfig:
     """Step size alpha (the paper: 0.01)."""
     step_decay: Literal["constant", "sqrt"] = "constant"
     """``sqrt``: alpha / sqrt(t), the schedule of Theorem 1."""
-    shaping: Literal["centered-ranks", "top-b"] = "centered-ranks"
-    """Fitness shaping: centered ranks (OpenAI ES) or ARS's best ``top_b`` directions."""
+    shaping: Shaping = "centered-ranks"
+    """Fitness shaping: centered ranks (OpenAI ES), ARS's best ``top_b`` directions, or none (raw returns: the
+    paper's vanilla Monte Carlo estimator)."""
     top_b: int | None = None
     """How many directions ``top-b`` keeps (default: all)."""
     normalize: bool = True
@@ -86,6 +94,9 @@ class ESConfig:
     """Episodes per evaluation."""
     max_episode_steps: int | None = None
     """Cap on episode length (default: the task's own limit)."""
+    common_random_numbers: bool = True
+    """Both members of an antithetic pair run an episode with the same seed (their difference then measures the
+    perturbation, not the start state); off: every perturbed policy draws its own seed."""
     seed: int = 0
     """Seeds parameters, directions and episode seeds."""
     backend: Literal["local", "ray", "inline"] = "local"
@@ -125,7 +136,11 @@ class ESRun:
     def __init__(self, config: ESConfig, out: Path, *, command: str | None = None) -> None:
         self.config = config
         self.out = out
-        self.command = command or command_line("es", config, out=out)
+        defaults = None
+        if config.protocol is not None:  # an unknown name fails here, before anything is built
+            # the command line spells what differs from the protocol (--protocol itself always)
+            defaults = dataclasses.replace(apply(get_protocol(config.protocol), ESConfig()), protocol=None)
+        self.command = command or command_line("es", config, defaults=defaults, out=out)
         self.spec: EnvSpec = env_spec(config.env)
         self.bonus = self.spec.survival_bonus if config.survival_bonus is None else config.survival_bonus
         generator = torch.Generator().manual_seed(config.seed)
@@ -203,6 +218,22 @@ class ESRun:
 
     # -- training -------------------------------------------------------------------------------------------------
 
+    def record(self) -> dict[str, Any]:
+        """What ``config.json`` holds: every resolved setting (the ``ESConfig``, its ``protocol`` included) and, for
+        a run under a protocol, ``protocol_deviations``: each setting a flag changed, with the protocol's value."""
+        record = dataclasses.asdict(self.config)
+        if self.config.protocol is not None:
+            record["protocol_deviations"] = deviations(self.config)
+        return record
+
+    def member_seeds(self) -> np.ndarray:
+        """Episode seeds of the ``2 * directions`` perturbed members, in ``population`` order. With common random
+        numbers both members of a pair share one; without, every member draws its own."""
+        c = self.config
+        if c.common_random_numbers:
+            return np.repeat(self.rng.integers(0, EVALUATION_SEED_BASE, size=c.directions), 2)
+        return self.rng.integers(0, EVALUATION_SEED_BASE, size=2 * c.directions)
+
     def iterate(self, backend: Backend) -> dict[str, Any]:
         """One ES iteration; returns its log record."""
         c = self.config
@@ -213,11 +244,9 @@ class ESRun:
         members = population(self.params, directions, c.sigma, copies)
         with torch.no_grad():
             program = self.model.program(members).map(lambda t: t.to(torch.float32).contiguous())
-        # Both members of a pair see the same episode (common random numbers); evaluations get their own seeds.
-        pair_seeds = self.rng.integers(0, EVALUATION_SEED_BASE, size=c.directions)
-        seeds = [int(s) for s in np.repeat(pair_seeds, 2)] + [
+        seeds = [int(s) for s in self.member_seeds()] + [
             int(s) for s in self.rng.integers(0, EVALUATION_SEED_BASE, size=copies)
-        ]
+        ]  # evaluations get their own seeds
         mean, std = self._normalization()
         result = backend.evaluate(
             RolloutRequest(
@@ -230,7 +259,8 @@ class ESRun:
         shaped = shape_fitness(result.returns[0:n:2], result.returns[1:n:2], c.sigma, c.shaping, c.top_b)
         alpha = step_size(c.step_size, self.state.iteration, c.step_decay)
         evaluated_params = self.params
-        self.params = ascend(self.params, estimate_gradient(directions, shaped), self.model.manifolds, alpha)
+        gradient = estimate_gradient(directions, shaped)
+        self.params = ascend(self.params, gradient, self.model.manifolds, alpha)
         if c.normalize:
             self.stats.merge(result.obs_count, result.obs_sum, result.obs_sumsq)
         elapsed = time.perf_counter() - started
@@ -246,6 +276,8 @@ class ESRun:
             "steps_per_s": round(result.steps / elapsed, 1),
             "step_size": alpha,
             "sigma": c.sigma,
+            # the size of the Euclidean estimate: with raw returns (shaping none) it scales with the task's rewards
+            "gradient_norm": math.sqrt(sum(float((g**2).sum()) for g in gradient.values())),
         }
         if evaluate:
             eval_reward = float(result.raw_returns[n:].mean())
@@ -264,7 +296,7 @@ class ESRun:
         # A run with progress (resumed, or trained before) continues in its directory; a fresh one refuses a directory
         # holding another run's files (ExistingRunError) rather than mixing its log and checkpoints into them.
         prepare_run_directory(self.out, resume=self.state.iteration > 0)
-        (self.out / "config.json").write_text(json.dumps(dataclasses.asdict(c), indent=2) + "\n")
+        (self.out / "config.json").write_text(json.dumps(self.record(), indent=2) + "\n")
         own = backend is None
         backend = backend or make_backend(c.backend, c.workers, c.ray_address)
         bar = tqdm(total=c.iterations, initial=self.state.iteration, disable=not progress, unit="it",

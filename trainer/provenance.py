@@ -16,14 +16,19 @@ from typing import Any
 PROG = "python -m trainer"
 
 
-def command_line(subcommand: str, config: Any, **options: Any) -> str:
+def command_line(subcommand: str, config: Any, *, defaults: Any = None, **options: Any) -> str:
     """``python -m trainer <subcommand>`` with a flag for each field of the dataclass ``config`` that differs from
-    its default, then one for each of ``options`` (e.g. ``out=Path("runs/x")``), spelled as the CLI parses them."""
+    its default, then one for each of ``options`` (e.g. ``out=Path("runs/x")``), spelled as the CLI parses them.
+
+    ``defaults``: an instance of ``config``'s class holding the defaults the command line will be parsed against
+    (``es --protocol NAME`` parses against the protocol's settings); None: the fields' own defaults."""
     words = [*PROG.split(), subcommand]
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
-        if f.default is not dataclasses.MISSING:
-            default: Any = f.default
+        if defaults is not None:
+            default: Any = getattr(defaults, f.name)
+        elif f.default is not dataclasses.MISSING:
+            default = f.default
         elif f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
         else:

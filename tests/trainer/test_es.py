@@ -34,7 +34,7 @@ def test_population_is_antithetic_pairs_then_copies() -> None:
     assert torch.equal(members[2], 0.5 * directions["w"][1]) and torch.equal(members[6], params["w"])
 
 
-@pytest.mark.parametrize("shaping", ["centered-ranks", "top-b"])
+@pytest.mark.parametrize("shaping", ["centered-ranks", "top-b", "none"])
 def test_gradient_estimate_points_along_the_true_gradient_of_a_linear_objective(shaping: str) -> None:
     """F(theta) = <c, theta>: the estimate's direction must match c (cosine > 0.95 with 4000 directions)."""
     rng = np.random.default_rng(0)

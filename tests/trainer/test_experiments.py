@@ -7,9 +7,18 @@ from pathlib import Path
 
 import pytest
 
+from odetoode.modelfile import Arch
 from trainer.experiments.gradient_stability import LOWER, UPPER, band_table, plot_bands
 from trainer.experiments.reproduce import final_returns
-from trainer.experiments.rl_comparison import Budget, figure, matched_hidden, parameters, run_dir, train_all
+from trainer.experiments.rl_comparison import (
+    Budget,
+    CachedRunMismatchError,
+    figure,
+    matched_hidden,
+    parameters,
+    run_dir,
+    train_all,
+)
 
 
 def test_gradient_bands_separate_odetoode_from_unconstrained_flows(tmp_path: Path) -> None:
@@ -32,16 +41,25 @@ def test_baselines_are_matched_to_not_fewer_parameters() -> None:
 
 
 def test_rl_comparison_runs_are_cached_and_drawn(tmp_path: Path) -> None:
-    budget = Budget(directions=2, top_b=2, iterations=1, max_episode_steps=10, eval_every=1, eval_episodes=1,
-                    workers=1)  # fmt: skip
-    tasks, archs = ("Pendulum-v1",), ("iso-odetoode", "deepnet")
+    budget = Budget(iterations=1, eval_every=1, eval_episodes=1, workers=1,
+                    settings={"directions": 2, "top_b": 2, "max_episode_steps": 10})  # fmt: skip
+    tasks = ("Pendulum-v1",)
+    archs: tuple[Arch, ...] = ("iso-odetoode", "deepnet")
     train_all(tmp_path, [0], budget, tasks=tasks, archs=archs)
-    log = run_dir(tmp_path, "Pendulum-v1", "deepnet", 0) / "log.jsonl"
+    log = run_dir(tmp_path, "Pendulum-v1", "deepnet", 0, "tuned") / "log.jsonl"
     first = log.read_text()
     train_all(tmp_path, [0], budget, tasks=tasks, archs=archs)  # cached: nothing retrained
     assert log.read_text() == first
+    config = json.loads((log.parent / "config.json").read_text())
+    assert config["protocol"] == "tuned" and config["sigma"] == 0.05
+    assert config["protocol_deviations"]["directions"] == {"protocol": 20, "run": 2}
     png = figure(tmp_path, [0], tmp_path / "rl.png", tasks=tasks)
     assert png.stat().st_size > 1000
+    # a cached run of other settings is refused, not continued under the new ones
+    other = Budget(iterations=1, eval_every=1, eval_episodes=1, workers=1,
+                   settings={"directions": 2, "top_b": 1, "max_episode_steps": 10})  # fmt: skip
+    with pytest.raises(CachedRunMismatchError, match="holds a run with other top_b than asked for"):
+        train_all(tmp_path, [0], other, tasks=tasks, archs=archs)
 
 
 def test_final_return_is_the_last_evaluation_not_the_best_so_far(tmp_path: Path) -> None:
@@ -55,7 +73,7 @@ def test_final_return_is_the_last_evaluation_not_the_best_so_far(tmp_path: Path)
     assert final_returns(tmp_path, "Pendulum-v1", "deepnet", [0, 1]) == [-9.0]
 
 
-@pytest.mark.parametrize("label", ["odetoode-1", "dense-3", "node"])
+@pytest.mark.parametrize("label", ["odetoode-1", "dense-3", "node", "dense-2-relu", "hypernet-2-wide"])
 def test_table_columns_build(label: str) -> None:
     from trainer.supervised import SupervisedConfig, build_classifier
 

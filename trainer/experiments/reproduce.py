@@ -17,6 +17,8 @@ from typing import Literal, get_args
 
 import numpy as np
 
+from trainer.protocols import ProtocolName
+
 Claim = Literal["gradients", "deep", "rl", "table1", "table2", "all"]
 CLAIMS: tuple[str, ...] = get_args(Claim)[:-1]
 """Every claim; ``all`` stands for them all, in this order."""
@@ -33,6 +35,11 @@ class ReproductionBudget:
     """Epochs of each depth-200 classifier (``deep``)."""
     rl_iterations: int = 30
     """ES iterations of each run of the RL comparison (``rl``)."""
+    rl_protocol: ProtocolName = "tuned"
+    """The named ES protocol of every run of the RL comparison (``rl``; trainer/protocols.py)."""
+    rl_sweep_iterations: int = 10
+    """ES iterations of each width-sweep run that sizes the baselines (``rl``; 0: no sweep, each baseline at the
+    smallest width reaching ISO-ODEtoODE's parameter count)."""
     table1_epochs: int = 20
     """Epochs of each cell of Table 1 (``table1``)."""
     table2_epochs: int = 10
@@ -70,25 +77,48 @@ def deep(docs: Path, runs: Path, epochs: int) -> list[Path]:
     return [reproduce_deep_training(runs, docs / "figures" / "deep_training.png", epochs=epochs)]
 
 
-def rl(docs: Path, runs: Path, seeds: Sequence[int], iterations: int) -> list[Path]:
-    import dataclasses
-
+def rl(docs: Path, runs: Path, seeds: Sequence[int], iterations: int, protocol: ProtocolName = "tuned",
+       sweep_iterations: int = 10) -> list[Path]:  # fmt: skip
+    """The RL comparison under ``protocol``: the width sweep (unless ``sweep_iterations`` is 0), every run, the
+    figure ``figures/rl_comparison_<protocol>.png`` and the table ``results/rl_comparison_<protocol>.md``."""
     from trainer.experiments.rl_comparison import ARCHS, TASKS, Budget, figure, parameter_table, train_all
+    from trainer.experiments.rl_sweep import (
+        FINAL_FRACTION,
+        SELECTION_RULE,
+        SWEEP_FACTORS,
+        SWEEP_SEED,
+        sweep,
+        sweep_budget,
+    )
+    from trainer.protocols import PROTOCOLS, protocol_table
 
-    budget = dataclasses.replace(Budget(), iterations=iterations)
-    train_all(runs, seeds, budget)
+    budget = Budget(protocol=protocol, iterations=iterations)
     results = docs / "results"
+    written: list[Path] = []
+    widths = None
+    if sweep_iterations > 0:
+        widths, written = sweep(TASKS, runs, results, sweep_budget(budget, sweep_iterations))
+        sizing = (f"each baseline at the width its sweep selected (candidates reaching {list(SWEEP_FACTORS)} x "
+                  f"ISO-ODEtoODE's parameter count, one {sweep_iterations}-iteration run each on seed {SWEEP_SEED}, "
+                  f"rule {SELECTION_RULE!r}: mean evaluation return over the final {FINAL_FRACTION:.0%} of the "
+                  f"curve; records in results/rl_sweep/{protocol}/)")  # fmt: skip
+    else:
+        sizing = "each baseline at the smallest width reaching ISO-ODEtoODE's parameter count (no sweep)"
+    train_all(runs, seeds, budget, tasks=TASKS, widths=widths)
     results.mkdir(parents=True, exist_ok=True)
-    fig = figure(runs, seeds, docs / "figures" / "rl_comparison.png")
+    fig = figure(runs, seeds, docs / "figures" / f"rl_comparison_{protocol}.png", tasks=TASKS, protocol=protocol)
     lines = [
-        f"Budget per run (every architecture and task): {budget.directions} antithetic pairs, ARS top-{budget.top_b}, "
-        f"sigma {budget.sigma}, step {budget.step_size}, {budget.iterations} iterations, episodes capped at "
-        f"{budget.max_episode_steps} steps, {budget.eval_episodes} evaluation episodes every {budget.eval_every} "
-        f"iterations; seeds {list(seeds)}.",
+        f"Protocol `{protocol}` ({PROTOCOLS[protocol].summary}), the same for every architecture and task:",
         "",
-        "Parameter counts (width h / parameters), matched to ISO-ODEtoODE as in the paper:",
+        protocol_table((PROTOCOLS[protocol],)),
         "",
-        parameter_table(),
+        f"Budget per run: {budget.iterations} iterations, {budget.eval_episodes} evaluation episodes every "
+        f"{budget.eval_every} iterations; seeds {list(seeds)}.",
+        "",
+        f"Parameter counts (width h / ambient parameters / intrinsic dimension): ISO-ODEtoODE at the paper's width, "
+        f"{sizing}:",
+        "",
+        parameter_table(TASKS, widths),
         "",
         "Final evaluation return (mean +- std over seeds; the last evaluation of each run) and, in brackets, the "
         "architecture's rank on that task by mean (1 = best); the last column is the mean rank over tasks, the "
@@ -97,7 +127,7 @@ def rl(docs: Path, runs: Path, seeds: Sequence[int], iterations: int) -> list[Pa
         "| architecture | " + " | ".join(TASKS) + " | mean rank |",
         "|---|" + "---|" * (len(TASKS) + 1),
     ]
-    finals = {(task, arch): final_returns(runs, task, arch, seeds) for task in TASKS for arch in ARCHS}
+    finals = {(task, arch): final_returns(runs, task, arch, seeds, protocol) for task in TASKS for arch in ARCHS}
     ranks: dict[tuple[str, str], int] = {}
     for task in TASKS:
         scored = sorted((a for a in ARCHS if finals[task, a]), key=lambda a: -float(np.mean(finals[task, a])))
@@ -110,19 +140,19 @@ def rl(docs: Path, runs: Path, seeds: Sequence[int], iterations: int) -> list[Pa
         mine = [ranks[task, arch] for task in TASKS if (task, arch) in ranks]
         mean_rank = f"{np.mean(mine):.2f}" if mine else "-"
         lines.append(f"| {arch} | " + " | ".join(cells) + f" | {mean_rank} |")
-    table = results / "rl_comparison.md"
+    table = results / f"rl_comparison_{protocol}.md"
     table.write_text("\n".join(lines) + "\n")
-    return [fig, table]
+    return [*written, fig, table]
 
 
-def final_returns(runs: Path, task: str, arch: str, seeds: Sequence[int]) -> list[float]:
+def final_returns(runs: Path, task: str, arch: str, seeds: Sequence[int], protocol: str = "tuned") -> list[float]:
     """The last evaluation return of each seed's run that has one."""
     from trainer.experiments.rl_comparison import run_dir
     from trainer.plots import curve, read_run
 
     finals = []
     for seed in seeds:
-        run = run_dir(runs, task, arch, seed)
+        run = run_dir(runs, task, arch, seed, protocol)
         if (run / "log.jsonl").is_file():
             _, returns = curve(read_run(run)[1], "env_steps", "eval_return")
             if returns.size:
@@ -147,7 +177,7 @@ def run(claims: Sequence[str], *, docs: Path, runs: Path, seeds: Sequence[int],
         elif claim == "deep":
             out += deep(docs, runs, budget.deep_epochs)
         elif claim == "rl":
-            out += rl(docs, runs, seeds, budget.rl_iterations)
+            out += rl(docs, runs, seeds, budget.rl_iterations, budget.rl_protocol, budget.rl_sweep_iterations)
         elif claim == "table1":
             out += table(docs, runs, 1, seeds, budget.table1_epochs)
         elif claim == "table2":
