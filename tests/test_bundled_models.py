@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -82,8 +86,81 @@ def test_bundled_policy_reaches_its_return_with_onnx_runtime_alone(name: str) ->
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["mean"] >= threshold, result
-    card = (path.parent / "README.md").read_text()
-    assert f"mean return **{result['mean']:.1f}**" in card  # the card states exactly what this measures
+    # the card's evaluation starts with these seeds: its first 20 returns are exactly what this measures
+    assert result["returns"] == json.loads((path.parent / "evaluation.json").read_text())["returns"][:20]
+
+
+CARD_EPISODES = 50
+"""Episodes of the evaluation in every bundled policy's card (issue 17: 50 fixed seeds)."""
+
+
+def card_evaluation(card: str) -> dict[str, Any]:
+    """The numbers the card's Evaluation section shows, read back from its text (not from the code that wrote it)."""
+    section = card[card.index("\n## Evaluation\n") :]
+    section = section[: section.find("\n## ", 1)] if "\n## " in section[1:] else section
+    summary = re.search(r"mean return \*\*(\S+)\*\*, sample std (\S+), min (\S+), 5th percentile (\S+), "
+                        r"max ([^;\s]+); (.+?)\.\n", section)  # fmt: skip
+    episodes = re.search(r"for (\d+) episodes? of `([^`]+)`", section)
+    seeds = re.search(r"seeds (\d+)\.\.(\d+)", section)
+    sha = re.search(r"sha256 `([0-9a-f]{64})`", section)
+    assert summary and episodes and seeds and sha, section
+    rows = section.split("```text\n", 1)[1].split("\n```", 1)[0].splitlines()
+    returns: list[str] = []
+    for row in rows:
+        offset, *values = row.split()
+        assert int(offset) == len(returns), row  # row +k starts at the k-th return
+        returns += values
+    return {
+        "env_id": episodes[2],
+        "episodes": int(episodes[1]),
+        "seeds": (int(seeds[1]), int(seeds[2])),
+        "sha256": sha[1],
+        "summary": dict(zip(("mean", "std", "min", "p5", "max"), summary.groups()[:5], strict=True)),
+        "lengths": summary[6],
+        "returns": returns,
+        "command": section.split("```sh\n", 1)[1].split("\n```", 1)[0],
+        "links": re.findall(r"\]\(([^)]+)\)", section),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(THRESHOLDS))
+def test_bundled_policy_card_shows_what_its_evaluation_json_holds(name: str) -> None:
+    """Every number of the card's Evaluation section, against evaluation.json beside it; the summary recomputed from
+    the returns; the seeds the documented ones; the sha256 the file's; the command one that reproduces them."""
+    from trainer.cli import EvaluateCommand, parse
+    from trainer.evaluate import EVALUATION_SEED_BASE
+
+    env_id, threshold = THRESHOLDS[name]
+    (path,) = [p for p in MODELS if p.parent.parent.name == name][-1:]
+    shown = card_evaluation((path.parent / "README.md").read_text())
+    record = json.loads((path.parent / "evaluation.json").read_text())
+    returns = np.asarray(record["returns"])
+    assert record["env_id"] == shown["env_id"] == env_id
+    assert record["episodes"] == shown["episodes"] == len(returns) == len(record["lengths"]) == CARD_EPISODES
+    assert record["seeds"] == list(range(EVALUATION_SEED_BASE, EVALUATION_SEED_BASE + CARD_EPISODES))
+    assert shown["seeds"] == (record["seeds"][0], record["seeds"][-1])
+    assert record["model_sha256"] == shown["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    recomputed = {"mean": returns.mean(), "std": returns.std(ddof=1), "min": returns.min(),
+                  "p5": np.percentile(returns, 5), "max": returns.max()}  # fmt: skip
+    assert record["summary"] == pytest.approx(recomputed, rel=1e-12)
+    assert recomputed["mean"] >= threshold  # the promise holds on all 50 seeds, not only on the first 20
+    assert shown["summary"] == {k: f"{v:.1f}" for k, v in recomputed.items()}
+    assert shown["returns"] == [f"{r:.1f}" for r in returns]
+    lengths = set(record["lengths"])
+    assert shown["lengths"] == (f"every episode ran {lengths.pop()} steps" if len(lengths) == 1 else
+                                f"episodes ran {min(lengths)} to {max(lengths)} steps")  # fmt: skip
+    assert shown["command"] == record["command"]
+    command = parse(shlex.split(record["command"])[3:])
+    assert isinstance(command, EvaluateCommand) and command.card and command.episodes == CARD_EPISODES
+    assert (ROOT / command.model).resolve() == path.resolve() and command.seed == EVALUATION_SEED_BASE
+    assert command.env is None  # the file names its environment
+    png = path.parent / "evaluation.png"
+    assert {"evaluation.png", "evaluation.json"} <= set(shown["links"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size < 100 * 1024
+    # the evaluation the export recorded in the file covered the first of these seeds: the same returns
+    for key, value in description(path).training.metrics.items():
+        if match := re.fullmatch(r"onnx_eval_return_(\d+)_episodes", key):
+            assert round(float(returns[: int(match[1])].mean()), 2) == value, key
 
 
 def test_bundled_classifier_accuracy_is_the_same_served_over_rest_and_grpc() -> None:

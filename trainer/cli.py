@@ -350,7 +350,10 @@ class ReproduceCommand:
 
 @dataclass
 class EvaluateCommand:
-    """Evaluate an exported ONNX policy in its environment; the policy runs on ONNX Runtime alone."""
+    """Evaluate an exported ONNX policy in its environment; the policy runs on ONNX Runtime alone.
+
+    Example: python -m trainer evaluate models/halfcheetah/1/model.onnx --episodes 50 --card
+    """
 
     model: tyro.conf.Positional[Path]
     """Path to model.onnx."""
@@ -360,15 +363,32 @@ class EvaluateCommand:
     """Episodes, with seeds --seed, --seed + 1, ..."""
     seed: int = EVALUATION_SEED_BASE
     """First episode seed (training draws its seeds below the default)."""
+    card: bool = False
+    """Write the result beside the model: the Evaluation section of its README.md (the rest of the card is kept),
+    evaluation.json (every seed, return and length, the file's sha256, this command) and evaluation.png (the
+    histogram of the returns)."""
 
     def run(self, command: str) -> int:
-        from trainer.evaluate import evaluate_onnx
+        from trainer.evaluate import evaluate_onnx, evaluate_to_card
 
         if not self.model.is_file():  # ONNX Runtime would say so in a multi-line error of its own
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(self.model))
-        result = evaluate_onnx(self.model, self.env, self.episodes, self.seed)
-        print(f"{result.env_id}: mean return {result.mean:.1f} +- {result.std:.1f} over {len(result.returns)} "
-              f"episodes (seeds {result.seeds[0]}..{result.seeds[-1]})")  # fmt: skip
+        if self.episodes < 1:
+            raise UsageError(f"--episodes must be at least 1, got {self.episodes}")
+        if self.card:
+            card = self.model.parent / "README.md"
+            if not card.is_file():  # checked before the episodes run, not after
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(card))
+            report, written = evaluate_to_card(self.model, self.episodes, self.seed, self.env)
+            result = report.evaluation
+        else:
+            result, written = evaluate_onnx(self.model, self.env, self.episodes, self.seed), []
+        s = result.summary()
+        print(f"{result.env_id}: mean return {s['mean']:.1f} +- {s['std']:.1f} (sample std), min {s['min']:.1f}, "
+              f"5th percentile {s['p5']:.1f}, max {s['max']:.1f} over {len(result.returns)} episodes "
+              f"(seeds {result.seeds[0]}..{result.seeds[-1]})")  # fmt: skip
+        for path in written:
+            print(f"wrote {path}")
         return 0
 
 

@@ -6,7 +6,8 @@ the checkpoint's own record follows from what the source holds, never from who c
 
 * every model with Stiefel/orthogonal parameters: how far training let them drift from their manifolds;
 * a policy, when ``episodes > 0``: an evaluation of the exported file by ONNX Runtime alone, on episode seeds
-  training never used;
+  training never used: the card's Evaluation section, ``evaluation.json`` and ``evaluation.png``, written by
+  ``trainer.evaluate.EvaluationReport`` exactly as ``python -m trainer evaluate ... --card`` writes them;
 * a run directory with ``config.json`` and ``log.jsonl`` (an ES run): its learning curve, beside the model;
 * a classifier: real test digits as golden inputs, and its ``test_accuracy_<corruption>`` metrics as a table.
 """
@@ -14,14 +15,16 @@ the checkpoint's own record follows from what the source holds, never from who c
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from odetoode.layout import MODEL_FILE, next_version
 from trainer.checkpoint import Checkpoint
-from trainer.evaluate import EVALUATION_SEED_BASE
+from trainer.evaluate import Evaluation, EvaluationReport, evaluate_onnx, evaluation_command
 from trainer.export import ExportedModel, ExportError, PolicySpec, export_classifier, export_policy, write_to_repository
 from trainer.manifolds import Stiefel, orthogonality_error
 from trainer.models import FlowModel
@@ -84,26 +87,39 @@ def export_checkpoint(
     drift = manifold_drift(model)
     if drift is not None:
         metrics["stiefel_orthogonality_error_max"] = float(f"{drift:.3g}")
+    version = next_version(repository / name) if version is None else version  # the card's command names the file
     sections: list[list[str]] = []  # markdown blocks for the card, in order
     extra_files: dict[str, bytes] = {}
+    evaluation: Evaluation | None = None
     with tempfile.TemporaryDirectory() as tmp:
         if checkpoint.kind == "policy":
             exported = export_policy(model, _policy_spec(checkpoint))
             if episodes > 0:
-                sections.append(_evaluate(exported, checkpoint.env_id, episodes, Path(tmp), metrics))
+                evaluation = _evaluate(exported, checkpoint.env_id, episodes, metrics)
         else:
             from trainer.data.digits import digits_c
 
             images, _ = digits_c("identity", split="test")
             exported = export_classifier(model, sample_images=images[:8, None])
             sections.append(_accuracy_table(metrics))
+        evaluated_graph = exported.proto.graph
+        exported = exported.with_training(dataclasses.replace(record, metrics=metrics))
+        if evaluation is not None:
+            # The returns were measured before they were written into the metadata; ONNX Runtime runs the graph,
+            # which that left as it was, so they are the returns of the file the card describes (its sha256).
+            assert exported.proto.graph == evaluated_graph
+            report = EvaluationReport(
+                evaluation, hashlib.sha256(exported.proto.SerializeToString()).hexdigest(),
+                evaluation_command(repository / name / str(version) / MODEL_FILE, episodes),
+            )  # fmt: skip
+            sections.insert(0, report.section())
+            extra_files.update(report.files())
         if run is not None:
             from trainer.plots import plot_learning_curves
 
             curve = plot_learning_curves([run], Path(tmp) / "learning_curve.png", title=name)
             extra_files[curve.name] = curve.read_bytes()
             sections.append(["## Learning curve", "", f"![learning curve]({curve.name})"])
-    exported = exported.with_training(dataclasses.replace(record, metrics=metrics))
     exported.card_sections = _blank_line_joined(sections)
     path = write_to_repository(exported, repository, name, version, extra_files=extra_files)
     return PublishedModel(path, exported)
@@ -124,30 +140,18 @@ def _policy_spec(checkpoint: Checkpoint) -> PolicySpec:
                       checkpoint.env_id)  # fmt: skip
 
 
-def _evaluate(exported: ExportedModel, env_id: str | None, episodes: int, tmp: Path, metrics: dict[str, object]
-              ) -> list[str]:  # fmt: skip
-    """Runs the exported file with ONNX Runtime alone; adds its returns to ``metrics``, returns the card section."""
-    from trainer.evaluate import evaluate_onnx
-
+def _evaluate(exported: ExportedModel, env_id: str | None, episodes: int, metrics: dict[str, object]) -> Evaluation:
+    """Runs the exported graph with ONNX Runtime alone; adds its mean return and sample std to ``metrics``."""
     if not env_id:
         raise ExportError("evaluating a policy needs the environment it was trained on (the checkpoint names none)")
-    exported.save(tmp / "model.onnx")
-    evaluation = evaluate_onnx(tmp / "model.onnx", env_id, episodes)
+    evaluation = evaluate_onnx(exported.proto.SerializeToString(), env_id, episodes)
     seeds = f"{evaluation.seeds[0]}..{evaluation.seeds[-1]}"
     metrics.update({
         f"onnx_eval_return_{episodes}_episodes": round(evaluation.mean, 2),
         f"onnx_eval_return_std_{episodes}_episodes": round(evaluation.std, 2),
         "onnx_eval_seeds": f"{seeds} (never used in training)",
     })  # fmt: skip
-    return [
-        "## Evaluation",
-        "",
-        f"ONNX Runtime alone, {episodes} episodes of `{env_id}` with seeds {seeds} (training drew its episode seeds "
-        f"below {EVALUATION_SEED_BASE}): mean return **{evaluation.mean:.1f}** +- {evaluation.std:.1f} "
-        f"(min {min(evaluation.returns):.1f}, max {max(evaluation.returns):.1f}).",
-        "",
-        f"Reproduce: `python -m trainer evaluate model.onnx --episodes {episodes}`",
-    ]
+    return evaluation
 
 
 def _accuracy_table(metrics: dict[str, object]) -> list[str]:

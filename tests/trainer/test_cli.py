@@ -137,7 +137,7 @@ def test_gradients_prints_the_band(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_the_evaluate_module_runs_the_cli_command() -> None:
-    """``python -m trainer.evaluate``, the spelling in the bundled models' cards, is the ``evaluate`` subcommand."""
+    """``python -m trainer.evaluate``, the older spelling, is the ``evaluate`` subcommand."""
     out = subprocess.run([sys.executable, "-m", "trainer.evaluate", "--help"], capture_output=True, text=True,
                          cwd=ROOT, check=True)  # fmt: skip
     assert "usage: python -m trainer evaluate" in out.stdout
