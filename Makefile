@@ -5,7 +5,8 @@ BIN    := $(VENV)/bin
 EXTRAS ?= serve,train,dev,deploy
 STAMP  := $(VENV)/.installed
 
-.PHONY: help serve test test-slow lint typecheck bench proto fixtures clean image image-test deploy-check
+.PHONY: help serve test test-slow lint typecheck bench proto fixtures clean image image-test deploy-check rules \
+	monitoring-test
 
 help:
 	@echo "make serve      serve the bundled models in models/ (HTTP :8000, gRPC :8001, metrics :8002)"
@@ -17,6 +18,9 @@ help:
 	@echo "make image      build the CPU serve image (podman/docker; a local Debian base where no registry answers)"
 	@echo "make image-test build it, run it read-only, call it over gRPC and REST, check metrics/user/drain (opt-in)"
 	@echo "make deploy-check  hadolint, yamllint, kubernetes-validate and server agreement for docker/ and deploy/"
+	@echo "make rules      regenerate the Prometheus rules, PrometheusRule and alert docs from deploy/monitoring/rules.py"
+	@echo "make monitoring-test  real servers + a real Prometheus (apt-get install prometheus if missing): every"
+	@echo "                alert fires, every dashboard query has data; figures in docs/results/monitoring.json (opt-in)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -75,3 +79,13 @@ $(DEPLOY_STAMP): pyproject.toml | $(STAMP)
 
 deploy-check: $(DEPLOY_STAMP)
 	$(BIN)/python deploy/check.py
+
+# Monitoring (docs/deploy.md "Monitoring"). The rules are written from deploy/monitoring/rules.py; `make deploy-check`
+# fails when the committed files differ from it. `make monitoring-test` is opt-in (not part of `make test`): it
+# installs Prometheus from Debian when missing (root and network to the Debian mirror) and runs about a minute.
+rules: $(STAMP)
+	$(BIN)/python deploy/monitoring/rules.py
+
+monitoring-test: $(STAMP)
+	RUN_MONITORING=1 MONITORING_RESULTS=docs/results/monitoring.json \
+		$(BIN)/python -m pytest -q tests/deploy/test_monitoring_live.py

@@ -48,7 +48,7 @@ def main() -> int:
     checks = load_checks()
     layout, linters, tools, renderings = checks.layout, checks.linters, checks.tools, checks.renderings
     validation, manifests = checks.validation, checks.manifests
-    containers, dashboard = checks.containers, checks.dashboard
+    containers, dashboard, rules = checks.containers, checks.dashboard, checks.rules
     failures = 0
     skipped = 0
 
@@ -98,6 +98,8 @@ def main() -> int:
     report("Dockerfiles agree with the server (EXPOSE, USER, HEALTHCHECK, /models)", containers.check_dockerfiles)
     report("compose, Prometheus, Grafana provisioning, shared dashboard", containers.check_compose)
     report("Grafana dashboard queries only metrics the server exports", dashboard.check_dashboard)
+    report("Prometheus rules: generated files up to date with deploy/monitoring/rules.py, exported metrics, runbooks",
+           rules.check_rules)  # fmt: skip
     print(f"deploy-check: {'FAILED' if failures else 'passed'} ({failures} failed, {skipped} skipped)")
     return 1 if failures else 0
 

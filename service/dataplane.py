@@ -22,6 +22,7 @@ from service.binding import bind_inputs, bind_observation, check_requested_outpu
 from service.bulk import BulkPool, BulkReply
 from service.classification import answer_outputs
 from service.errors import (
+    ERROR_TABLE,
     InternalError,
     InvalidArgument,
     ModelNotReady,
@@ -30,7 +31,7 @@ from service.errors import (
     Unavailable,
 )
 from service.inference import Acted, InferRequest, InferResponse, ModelConfig, ModelMetadata
-from service.metrics import ServerMetrics
+from service.metrics import REFUSAL_REASONS, ServerMetrics
 from service.repository import IndexEntry, ModelRepository, ServedVersion
 from service.settings import ServerSettings
 from service.statistics import ModelStatistics
@@ -276,11 +277,21 @@ class DataPlane:
         """Counts a failed request (``start``: when it was admitted; 0 if refused before) in the metrics, and in the
         statistics of the served version it reached (none for a model or version that is not served)."""
         self.metrics.failures.labels(*self._labels(model, version), protocol, type(exc).__name__).inc()
+        exc.counted = True
         served = [str(sv.version) for sv in self.repository.served_versions(model)]
         reached = version or (served[-1] if served else "")  # no version named: the highest ready one answers
         if reached in served:
             end = time.monotonic_ns()
             self.metrics.statistics.of(model, reached).failed(end, end - start if start else 0)
+
+    def count_refusal(self, protocol: str, error: BaseException) -> None:
+        """Counts an error a transport answers that this data plane did not count as a failed request: one refused
+        before it reached a model (too large, malformed, refused from its headers, no bulk place, draining)."""
+        if isinstance(error, ServingError) and error.counted:
+            return
+        kind = next((c for c in type(error).__mro__ if c in ERROR_TABLE), None)
+        reason = kind.__name__ if kind is not None else type(error).__name__
+        self.metrics.refusals.labels(protocol, reason if reason in REFUSAL_REASONS else InternalError.__name__).inc()
 
     def _labels(self, model: str, version: str) -> tuple[str, str]:
         """(model, version) label values for a request: names and versions the repository knows, ``""`` for no

@@ -17,6 +17,10 @@ import grpc
 class ServingError(Exception):
     """Base of every error a client may see. ``str(error)`` is the message sent to the client."""
 
+    counted = False
+    """Set once the data plane counted it as a failed request (``odetoode_request_failures_total``); a transport
+    counts any other error it answers as a refusal (``odetoode_request_refusals_total``)."""
+
 
 class InvalidArgument(ServingError):
     """The request is malformed: unknown input, wrong shape/datatype, bad JSON or protobuf, data length mismatch."""
@@ -56,6 +60,14 @@ class Unauthenticated(ServingError):
 
 class ModelLoadError(ServingError):
     """A model could not be loaded (corrupt file, bad metadata, failed golden self-check, provider unavailable)."""
+
+
+class GoldenCheckFailed(ModelLoadError):
+    """The file loads but its golden self-check failed: it does not compute the outputs recorded at export."""
+
+
+class ProviderUnavailable(ModelLoadError):
+    """A requested execution provider (a GPU one) is missing or could not start, and CPU fallback is off."""
 
 
 class InternalError(ServingError):

@@ -85,9 +85,15 @@ async def _decoded_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         yield _decoded(request)
 
 
-async def _abort(context: grpc.aio.ServicerContext, error: BaseException) -> None:
+Refused = Callable[[BaseException], None]
+"""Told of every error a guarded method answers (``DataPlane.count_refusal`` counts those it did not count itself)."""
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: BaseException, refused: Refused | None) -> None:
     if not isinstance(error, ServingError):
         log.exception("unhandled error in a gRPC method", exc_info=error)
+    if refused is not None:
+        refused(error)
     await context.abort(status_of(error)[1], client_message(error))
 
 
@@ -124,19 +130,21 @@ class OpenStreams:
 Behaviour = Callable[[Any, grpc.aio.ServicerContext], Any]
 
 
-def _guarded_unary(behaviour: Behaviour) -> Behaviour:
+def _guarded_unary(behaviour: Behaviour, refused: Refused | None) -> Behaviour:
     async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await behaviour(_decoded(request), context)
         except grpc.aio.AbortError:
             raise
         except Exception as exc:  # ServingError and anything unexpected
-            await _abort(context, exc)
+            await _abort(context, exc, refused)
 
     return unary
 
 
-def _guarded_stream(behaviour: Behaviour, streams: OpenStreams, client_streaming: bool) -> Behaviour:
+def _guarded_stream(
+    behaviour: Behaviour, streams: OpenStreams, client_streaming: bool, refused: Refused | None
+) -> Behaviour:
     """A server-streaming method (its requests a stream too, or one message), registered in ``streams`` while it
     runs. (Its own wrapper: an answer that yields cannot share the unary one's ``return``.)"""
     decoded = _decoded_stream if client_streaming else _decoded
@@ -151,7 +159,7 @@ def _guarded_stream(behaviour: Behaviour, streams: OpenStreams, client_streaming
         except asyncio.CancelledError:
             await streams.ended(context)
         except Exception as exc:  # ServingError and anything unexpected
-            await _abort(context, exc)
+            await _abort(context, exc, refused)
         finally:
             streams.discard(task)
 
@@ -159,7 +167,12 @@ def _guarded_stream(behaviour: Behaviour, streams: OpenStreams, client_streaming
 
 
 def guarded_handler(
-    servicer: object, method: MethodDescriptor, limit: int, streams: OpenStreams, bulk: bool = False
+    servicer: object,
+    method: MethodDescriptor,
+    limit: int,
+    streams: OpenStreams,
+    bulk: bool = False,
+    refused: Refused | None = None,
 ) -> grpc.RpcMethodHandler:
     """The handler of ``method`` on ``servicer`` (its attribute of the method's name), guarded: see the module."""
     request = message_factory.GetMessageClass(method.input_type)
@@ -170,8 +183,8 @@ def guarded_handler(
     if not method.server_streaming:
         if method.client_streaming:
             raise NotImplementedError(f"{method.full_name}: client-streaming methods are not served here")
-        return grpc.unary_unary_rpc_method_handler(_guarded_unary(behaviour), deserialize, serialize)
-    guarded = _guarded_stream(behaviour, streams, method.client_streaming)
+        return grpc.unary_unary_rpc_method_handler(_guarded_unary(behaviour, refused), deserialize, serialize)
+    guarded = _guarded_stream(behaviour, streams, method.client_streaming, refused)
     if method.client_streaming:
         return grpc.stream_stream_rpc_method_handler(guarded, deserialize, serialize)
     return grpc.unary_stream_rpc_method_handler(guarded, deserialize, serialize)
@@ -184,10 +197,12 @@ def register(
     limit: int,
     streams: OpenStreams,
     bulk: frozenset[str] = frozenset(),
+    refused: Refused | None = None,
 ) -> str:
     """Serves every method of ``service`` from ``servicer``, each guarded; ``bulk`` names the methods that take
-    large requests (over ``limit`` bytes they reach the method unparsed, as ``Bulk``). Returns the service's name."""
-    handlers = {m.name: guarded_handler(servicer, m, limit, streams, m.name in bulk) for m in service.methods}
+    large requests (over ``limit`` bytes they reach the method unparsed, as ``Bulk``); ``refused`` is told of every
+    error answered. Returns the service's name."""
+    handlers = {m.name: guarded_handler(servicer, m, limit, streams, m.name in bulk, refused) for m in service.methods}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
     server.add_registered_method_handlers(service.full_name, handlers)
     return service.full_name

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import grpc
@@ -216,9 +217,17 @@ def build_grpc_server(
     streams = streams if streams is not None else OpenStreams()
     names = [
         register(
-            server, InferenceService(plane), SERVICE, limit, streams, bulk=frozenset({"ModelInfer", "ModelStreamInfer"})
+            server,
+            InferenceService(plane),
+            SERVICE,
+            limit,
+            streams,
+            bulk=frozenset({"ModelInfer", "ModelStreamInfer"}),
+            refused=partial(plane.count_refusal, "grpc"),
         ),
-        register(server, PolicyService(plane), POLICY_SERVICE, limit, streams),
+        register(
+            server, PolicyService(plane), POLICY_SERVICE, limit, streams, refused=partial(plane.count_refusal, "policy")
+        ),
         register(server, health.servicer, health_pb2.DESCRIPTOR.services_by_name["Health"], limit, streams),
     ]
     reflection_service = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]

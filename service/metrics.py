@@ -12,7 +12,15 @@ once the gRPC stack has cooled the caches). They are written by the event loop t
 the loop even when computed in the thread pool -- so no lock is needed (on CPython with its GIL); a scrape from the
 metrics thread copies the bucket counts in one step (``list(...)``), so a histogram's buckets and count always agree
 (its sum may include one observation more, as with the library's own histograms).
-Everything recorded rarely (failures, model states, loads) uses the library's metric classes directly.
+Everything recorded rarely (failures, model states, loads) uses the library's metric classes directly. What the
+server is doing now (readiness, each model's queue, the bulk pool) is read when scraped, from callables the server
+hands over (``watch_server``, ``watch_bulk``), so it is never stale. The process itself (resident memory, open file
+descriptors, CPU seconds, start time) comes from prometheus_client's ``ProcessCollector`` on the same registry, and
+``odetoode_build_info`` names the versions that run.
+
+For alerting, what must not be missed is a state, not only a counter: Prometheus's ``increase()`` never sees a
+counter's first increment (the series appears with it), so a version whose load failed or that fell back to CPU
+is also a gauge that stays 1 while it holds (``odetoode_model_load_failed``, ``odetoode_model_cpu_fallback``).
 
 ``ServerMetrics`` also keeps Triton's per-version statistics (``service.statistics``): the same events, reported
 through the statistics extension rather than scraped.
@@ -22,16 +30,19 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import platform
 import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import Protocol
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import NamedTuple, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Info, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
+from service import server_version
+from service.errors import ERROR_TABLE
 from service.statistics import Statistics, VersionStatistics
 
 # 10 us .. 10 s: a policy computes in tens of microseconds, a cold classifier batch in tens of milliseconds.
@@ -42,6 +53,16 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 MODEL_STATES = ("LOADING", "READY", "UNAVAILABLE", "UNLOADING", "FAILED")
 REQUEST_LABELS = ("model", "version", "protocol")
 BATCH_LABELS = ("model", "version")
+REFUSAL_PROTOCOLS = ("rest", "grpc", "policy")
+REFUSAL_REASONS = (*(error.__name__ for error in ERROR_TABLE), "BodyTimeoutError")
+"""The ``reason`` of ``odetoode_request_refusals_total``: the error class of the table (``service.errors``) the error
+answered falls under, or a request body that stopped arriving (REST). Every (protocol, reason) series exists from the
+start at 0, so that ``rate()`` and ``increase()`` see a first refusal."""
+LOAD_FAILURE_REASONS = ("invalid_model", "golden_check", "provider", "invalid_config", "unreadable", "crashed")
+"""The ``reason`` of ``odetoode_model_load_failed``: the file is not a model the server can serve (ONNX Runtime
+refuses it, or its contract or metadata is wrong); its golden self-check failed (it does not compute what was
+exported); a requested execution provider is missing and CPU fallback is off; its config.yaml is invalid; the file
+could not be read; the loader crashed (a bug: the log has the traceback)."""
 
 
 class HistogramCells:
@@ -218,6 +239,57 @@ class _BulkCollector(Collector):
         )
 
 
+class QueueLevel(NamedTuple):
+    """The batcher queue of one served model version: requests waiting now, and its bound (``max_queue_size``)."""
+
+    model: str
+    version: str
+    queued: int
+    limit: int
+
+
+class _ServerStateCollector(Collector):
+    """Readiness and the model queues, asked of the server when scraped."""
+
+    def __init__(self, ready: Callable[[], bool], queues: Callable[[], Iterable[QueueLevel]]) -> None:
+        self._ready = ready
+        self._queues = queues
+
+    def describe(self) -> list[Metric]:
+        return [self._ready_family(), *self._queue_families()]
+
+    def collect(self) -> Iterator[Metric]:
+        ready = self._ready_family()
+        ready.add_metric([], 1.0 if self._ready() else 0.0)
+        queued, limit = self._queue_families()
+        for level in self._queues():
+            queued.add_metric([level.model, level.version], level.queued)
+            limit.add_metric([level.model, level.version], level.limit)
+        yield from (ready, queued, limit)
+
+    @staticmethod
+    def _ready_family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "odetoode_server_ready",
+            "1 when the server reports ready (at least one model version ready, not draining), else 0.",
+            labels=(),
+        )
+
+    @staticmethod
+    def _queue_families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "odetoode_queue_requests", "Requests waiting in each served version's batcher queue now.",
+                labels=BATCH_LABELS,
+            ),
+            GaugeMetricFamily(
+                "odetoode_queue_requests_limit",
+                "The most requests each served version's queue holds (max_queue_size); beyond it, QueueFull.",
+                labels=BATCH_LABELS,
+            ),
+        )  # fmt: skip
+
+
 class ServerMetrics:
     """Every metric the server exports, registered on ``registry``."""
 
@@ -230,6 +302,17 @@ class ServerMetrics:
             (*REQUEST_LABELS, "reason"),
             registry=r,
         )
+        self.refusals = Counter(
+            "odetoode_request_refusals",
+            "Requests answered with an error before they reached a model, by reason (the error class): too large, "
+            "malformed, refused from their headers, no bulk place left, the server draining. Not counted in "
+            "odetoode_request_failures_total.",
+            ("protocol", "reason"),
+            registry=r,
+        )
+        for protocol in REFUSAL_PROTOCOLS:
+            for reason in REFUSAL_REASONS:
+                self.refusals.labels(protocol, reason)
         self.inflight = Gauge("odetoode_inflight_requests", "Requests being served now.", ("protocol",), registry=r)
         self.model_state = Gauge(
             "odetoode_model_state",
@@ -252,11 +335,38 @@ class ServerMetrics:
             ("model", "version"),
             registry=r,
         )
+        self.cpu_fallback = Gauge(
+            "odetoode_model_cpu_fallback",
+            "1 while a served version that requested a GPU provider runs on CPU instead (allow_cpu_fallback).",
+            ("model", "version"),
+            registry=r,
+        )
+        self.loads = Counter(
+            "odetoode_model_loads", "Model versions loaded (first loads and reloads of a changed file).",
+            ("model", "version"), registry=r,
+        )  # fmt: skip
+        self.unloads = Counter(
+            "odetoode_model_unloads", "Model versions unloaded (removed, not selected, or unloaded through the API).",
+            ("model", "version"), registry=r,
+        )  # fmt: skip
+        self.load_failed = Gauge(
+            "odetoode_model_load_failed",
+            "1 while the current files of a version failed to load, by reason (service.metrics.LOAD_FAILURE_REASONS); "
+            "a failed reload keeps serving the previous file and is 1 here too.",
+            ("model", "version", "reason"),
+            registry=r,
+        )
+        Info("odetoode_build", "The versions this server runs.", registry=r).info(build_info())
+        # Resident memory, open file descriptors, CPU seconds, start time (Linux /proc). A registry that has them
+        # already (the library's global one, when a caller injects it) keeps its own.
+        with contextlib.suppress(ValueError):
+            ProcessCollector(registry=r)
 
         self._series: dict[tuple[str, str, str], RequestSeries] = {}
         self._batch_sizes: dict[tuple[str, str], HistogramCells] = {}
         self._inflight: dict[str, InflightLevel] = {}
         self._providers: dict[tuple[str, str], str] = {}
+        self._load_failures: dict[tuple[str, str], str] = {}
         r.register(_PerRequestCollector(self))
         self.statistics = Statistics()
         """Triton's statistics extension, per model version."""
@@ -299,9 +409,15 @@ class ServerMetrics:
         """Exports the bulk pool's state, read when scraped."""
         self.registry.register(_BulkCollector(pool))
 
+    def watch_server(self, ready: Callable[[], bool], queues: Callable[[], Iterable[QueueLevel]]) -> None:
+        """Exports the server's readiness and its served versions' queues, asked of these callables when scraped."""
+        self.registry.register(_ServerStateCollector(ready, queues))
+
     def set_model_state(self, model: str, version: str, state: str) -> None:
         for s in MODEL_STATES:
             self.model_state.labels(model, version, s).set(1.0 if s == state else 0.0)
+        if state not in ("FAILED", "LOADING"):  # unloaded, or loaded since: its failure is history
+            self._clear_load_failure(model, version)
 
     def forget_model(self, model: str, version: str) -> None:
         """Drops the series of a version that left the repository (so dashboards stop showing it)."""
@@ -309,6 +425,37 @@ class ServerMetrics:
             with contextlib.suppress(KeyError):
                 self.model_state.remove(model, version, s)
         self.forget_provider(model, version)
+        self._clear_load_failure(model, version)
+
+    def model_loaded(self, model: str, version: str, provider: str, *, cpu_fallback: bool) -> None:
+        """A version loaded and serves on ``provider``; ``cpu_fallback``: a GPU provider was requested but it runs
+        on CPU."""
+        self.loads.labels(model, version).inc()
+        self._clear_load_failure(model, version)
+        self.set_provider(model, version, provider)
+        if cpu_fallback:
+            self.provider_fallbacks.labels(model, version).inc()
+            self.cpu_fallback.labels(model, version).set(1)
+
+    def model_unloaded(self, model: str, version: str) -> None:
+        self.unloads.labels(model, version).inc()
+        self.forget_provider(model, version)
+
+    def model_load_failed(self, model: str, version: str, reason: str, *, attempted: bool = True) -> None:
+        """The current files of a version failed to load (``reason``: one of ``LOAD_FAILURE_REASONS``); ``attempted``
+        is False when nothing was opened (an invalid config.yaml), which is not counted as a load attempt."""
+        if reason not in LOAD_FAILURE_REASONS:
+            raise ValueError(f"load failure reason {reason!r} is not one of {LOAD_FAILURE_REASONS}")
+        if attempted:
+            self.load_failures.labels(model, version).inc()
+        self._clear_load_failure(model, version)
+        self._load_failures[model, version] = reason
+        self.load_failed.labels(model, version, reason).set(1)
+
+    def _clear_load_failure(self, model: str, version: str) -> None:
+        reason = self._load_failures.pop((model, version), None)
+        if reason is not None:
+            self.load_failed.remove(model, version, reason)
 
     def set_provider(self, model: str, version: str, provider: str) -> None:
         """Records the execution provider that serves a loaded version."""
@@ -320,3 +467,13 @@ class ServerMetrics:
         provider = self._providers.pop((model, version), None)
         if provider is not None:
             self.model_provider.remove(model, version, provider)
+        with contextlib.suppress(KeyError):
+            self.cpu_fallback.remove(model, version)
+
+
+def build_info() -> dict[str, str]:
+    """The labels of ``odetoode_build_info``: this server's, ONNX Runtime's and Python's versions."""
+    import onnxruntime  # the server has imported it already; metrics alone (deploy checks) pay ~0.1 s once
+
+    return {"version": server_version(), "onnxruntime": onnxruntime.__version__,
+            "python": platform.python_version()}  # fmt: skip

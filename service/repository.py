@@ -28,8 +28,17 @@ from pathlib import Path
 from odetoode.modelfile import MODEL_NAME, VERSION_NAME
 from service.batching import Batcher
 from service.classification import check_labels
-from service.errors import InvalidArgument, ModelLoadError, ModelNotFound, ModelNotReady, ServingError, without_paths
-from service.metrics import ServerMetrics
+from service.errors import (
+    GoldenCheckFailed,
+    InvalidArgument,
+    ModelLoadError,
+    ModelNotFound,
+    ModelNotReady,
+    ProviderUnavailable,
+    ServingError,
+    without_paths,
+)
+from service.metrics import QueueLevel, ServerMetrics
 from service.model_config import CONFIG_FILE, ResolvedConfig, load_serving_config, resolve
 from service.runtime import ORT_PROVIDERS, ModelRuntime, available_cpus
 from service.settings import ServerSettings
@@ -203,6 +212,14 @@ class ModelRepository:
         )
         raise ModelNotReady(f"model {name!r} has no ready version" + (f" ({reasons})" if reasons else ""))
 
+    def queue_levels(self) -> list[QueueLevel]:
+        """The batcher queue of every served version (read by the metrics when scraped)."""
+        return [
+            QueueLevel(sv.name, str(sv.version), sv.batcher.queued, sv.batcher.max_queue_size)
+            for versions in list(self._served.values())
+            for sv in list(versions.values())
+        ]
+
     def ready_names(self) -> list[str]:
         """The models with at least one ready version, sorted."""
         return sorted(name for name, versions in self._served.items() if versions)
@@ -288,6 +305,7 @@ class ModelRepository:
                 for v in present:
                     if v not in served:
                         self._set(name, v, State.FAILED, str(exc))
+                        self.metrics.model_load_failed(name, str(v), "invalid_config", attempted=False)
                 return
             wanted = config.version_policy.select(list(present))
             await self._load_new(name, model_dir, present, wanted, config, force)
@@ -334,7 +352,8 @@ class ModelRepository:
             if loaded is not None:
                 served[v] = loaded
                 self._set(name, v, State.READY)
-                self.metrics.set_provider(name, str(v), loaded.runtime.providers[0])
+                self.metrics.model_loaded(name, str(v), loaded.runtime.providers[0],
+                                          cpu_fallback=_fell_back(loaded.runtime, config))  # fmt: skip
                 if current is not None:
                     await self._release(name, [current], forget=False)
 
@@ -348,19 +367,17 @@ class ModelRepository:
         try:
             runtime = await loop.run_in_executor(self._loader, _open_and_check, path, config)
         except ServingError as exc:
-            self._failed(name, version, fp, str(exc), replacing)
+            self._failed(name, version, fp, str(exc), _load_failure_reason(exc), replacing)
             return None
         except OSError as exc:  # the file went away or became unreadable between the scan and the load: no crash
-            self._failed(name, version, fp, f"cannot read {path.name}: {exc.strerror or exc}", replacing)
+            message = f"cannot read {path.name}: {exc.strerror or exc}"
+            self._failed(name, version, fp, message, "unreadable", replacing)
             return None
         except Exception as exc:
             log.exception("loading %s v%d crashed", name, version)
-            self._failed(
-                name, version, fp, f"unexpected error: {type(exc).__name__}: {without_paths(str(exc))}", replacing
-            )
+            message = f"unexpected error: {type(exc).__name__}: {without_paths(str(exc))}"
+            self._failed(name, version, fp, message, "crashed", replacing)
             return None
-        if ORT_PROVIDERS["cpu"] == runtime.providers[0] and any(p != "cpu" for p in config.providers):
-            self.metrics.provider_fallbacks.labels(name, str(version)).inc()
         inline_rows = 0 if runtime.on_gpu else runtime.rows_within(self.settings.inline_threshold_us)
         batcher = Batcher(
             runtime.run,
@@ -382,9 +399,10 @@ class ModelRepository:
         signature = Signature(tuple(runtime.inputs), config.max_request_rows, self.settings.max_request_bytes)
         return ServedVersion(name, version, runtime, batcher, config, fp, signature)
 
-    def _failed(self, name: str, version: int, fp: Fingerprint, reason: str, replacing: bool) -> None:
-        """Records a failed load: FAILED for a new version; for a reload, the old file keeps serving."""
-        self.metrics.load_failures.labels(name, str(version)).inc()
+    def _failed(self, name: str, version: int, fp: Fingerprint, reason: str, kind: str, replacing: bool) -> None:
+        """Records a failed load (``kind``: its ``LOAD_FAILURE_REASONS`` entry): FAILED for a new version; for a
+        reload, the old file keeps serving."""
+        self.metrics.model_load_failed(name, str(version), kind)
         if replacing:
             reason = f"reload failed, still serving the previous file: {reason}"
             log.error("%s v%d: %s", name, version, reason)
@@ -401,7 +419,7 @@ class ModelRepository:
             await sv.batcher.close(timeout=self.settings.drain_grace_s)
             if forget:
                 self._set(name, sv.version, State.UNAVAILABLE, "unloaded")
-                self.metrics.forget_provider(name, str(sv.version))
+                self.metrics.model_unloaded(name, str(sv.version))
             log.info("released %s v%d", name, sv.version)
 
     def _set(self, name: str, version: int, state: State, reason: str = "", fp: Fingerprint | None = None) -> None:
@@ -410,6 +428,20 @@ class ModelRepository:
         if fp is not None:
             status.fingerprint = fp
         self.metrics.set_model_state(name, str(version), state.value)
+
+
+def _fell_back(runtime: ModelRuntime, config: ResolvedConfig) -> bool:
+    """Whether a version that requested a GPU provider runs on CPU (``allow_cpu_fallback``)."""
+    return runtime.providers[0] == ORT_PROVIDERS["cpu"] and any(p != "cpu" for p in config.providers)
+
+
+def _load_failure_reason(exc: ServingError) -> str:
+    """The ``LOAD_FAILURE_REASONS`` entry of a load refused with ``exc``."""
+    if isinstance(exc, GoldenCheckFailed):
+        return "golden_check"
+    if isinstance(exc, ProviderUnavailable):
+        return "provider"
+    return "invalid_model"
 
 
 def _open_and_check(path: Path, config: ResolvedConfig) -> ModelRuntime:

@@ -136,10 +136,12 @@ def create_app(plane: DataPlane, ration: Ration | None = None, check: TokenCheck
 
     @app.exception_handler(ServingError)
     async def serving_error(request: Request, exc: ServingError) -> Response:
+        plane.count_refusal("rest", exc)  # unless the data plane counted it as a failed request
         return close_if_unread(request, error_response(exc))
 
     @app.exception_handler(BodyTimeoutError)
     async def body_timeout(request: Request, exc: BodyTimeoutError) -> Response:
+        plane.count_refusal("rest", exc)
         return close_if_unread(request, JSON({"error": str(exc)}, status_code=408))
 
     @app.exception_handler(ClientGoneError)
@@ -152,7 +154,9 @@ def create_app(plane: DataPlane, ration: Ration | None = None, check: TokenCheck
     async def validation_error(_: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
-        return error_response(InvalidArgument(f"{where}: {first.get('msg', 'invalid request')}"))
+        error = InvalidArgument(f"{where}: {first.get('msg', 'invalid request')}")
+        plane.count_refusal("rest", error)
+        return error_response(error)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
@@ -161,6 +165,7 @@ def create_app(plane: DataPlane, ration: Ration | None = None, check: TokenCheck
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> Response:
         log.exception("unhandled error in a REST route")
+        plane.count_refusal("rest", exc)
         return error_response(exc)
 
     def body(request: Request, limit: int) -> BodyReader:

@@ -26,7 +26,7 @@ import numpy as np
 import onnxruntime as ort
 
 from odetoode.modelfile import ModelDescription, ModelFormatError, description_of
-from service.errors import InvalidArgument, ModelLoadError, without_paths
+from service.errors import GoldenCheckFailed, InvalidArgument, ModelLoadError, ProviderUnavailable, without_paths
 from service.model_config import Provider, ResolvedConfig
 from service.tensors import DATATYPES, TensorSpec, datatype_of_onnx
 
@@ -75,7 +75,7 @@ def choose_providers(requested: Sequence[Provider], allow_cpu_fallback: bool, av
             missing.append(name)
     if missing and any(m in GPU_PROVIDERS for m in missing):
         if not allow_cpu_fallback:
-            raise ModelLoadError(
+            raise ProviderUnavailable(
                 f"execution provider(s) {missing} requested but this ONNX Runtime build has only {list(available)}; "
                 "install odetoode[gpu] on a GPU host, or set allow_cpu_fallback: true to serve on CPU"
             )
@@ -128,7 +128,7 @@ class ModelRuntime:
         active = self.session.get_providers()
         dropped = [p for p in providers if p != ORT_PROVIDERS["cpu"] and p not in active]
         if dropped and not config.allow_cpu_fallback:
-            raise ModelLoadError(
+            raise ProviderUnavailable(
                 f"{path.name}: {dropped} could not start (ONNX Runtime fell back to {active}); "
                 "set allow_cpu_fallback: true to accept CPU"
             )
@@ -234,7 +234,7 @@ class ModelRuntime:
         self.warm_up()
         result = self.self_check()
         if result is not None and not result.passed:
-            raise ModelLoadError(
+            raise GoldenCheckFailed(
                 f"{self.path.name}: golden self-check failed (max abs error {result.max_abs_error:.3g} over "
                 f"{result.pairs} recorded pairs): the file does not compute what was exported"
             )

@@ -75,6 +75,7 @@ class Server:
         )
         self.plane = DataPlane(self.repository, self.metrics, settings, self.bulk)
         self.metrics.watch_bulk(self.bulk)
+        self.metrics.watch_server(self.plane.ready, self.repository.queue_levels)
         self.health = Health(self.plane)
         self.repository.on_change.append(self.health.update)
         self.tokens = TokenSource(settings)  # raises ConfigurationError: authentication fails closed

@@ -1,4 +1,5 @@
-"""Suite-wide options: slow tests run only with RUN_SLOW=1 (``make test-slow``)."""
+"""Suite-wide options: slow tests run only with RUN_SLOW=1 (``make test-slow``); the live monitoring test (a real
+Prometheus, installed from Debian when missing) only with RUN_MONITORING=1 (``make monitoring-test``)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,26 @@ import pytest
 
 import odetoode.telemetry_off  # noqa: F401  (turns ONNX Runtime's telemetry off before any test module imports it)
 
+OPT_IN = {
+    "slow": ("RUN_SLOW", "slow: set RUN_SLOW=1 (make test-slow)"),
+    "monitoring": ("RUN_MONITORING", "live monitoring: set RUN_MONITORING=1 (make monitoring-test)"),
+}
+"""marker -> (the environment variable that must be 1 to run its tests, the reason given when they are skipped)."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "monitoring: real servers scraped by a real Prometheus, alerts made to fire; opt-in with "
+        "`make monitoring-test` (RUN_MONITORING=1)",
+    )
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if os.environ.get("RUN_SLOW") == "1":
-        return
-    skip = pytest.mark.skip(reason="slow: set RUN_SLOW=1 (make test-slow)")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
+    for marker, (variable, reason) in OPT_IN.items():
+        if os.environ.get(variable) == "1":
+            continue
+        skip = pytest.mark.skip(reason=reason)
+        for item in items:
+            if marker in item.keywords:
+                item.add_marker(skip)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import re
 
-from service.metrics import ServerMetrics
+from service.metrics import QueueLevel, ServerMetrics
 
 from .layout import DASHBOARD
 
@@ -31,8 +31,11 @@ def exported_samples() -> set[str]:
     metrics.inflight_for("rest").inc()
     metrics.set_model_state("m", "1", "READY")
     metrics.model_provider.labels("m", "1", "CPUExecutionProvider").set(1)
-    metrics.load_failures.labels("m", "1").inc()
-    metrics.provider_fallbacks.labels("m", "1").inc()
+    metrics.model_loaded("m", "1", "CPUExecutionProvider", cpu_fallback=True)
+    metrics.model_unloaded("m", "1")
+    metrics.model_loaded("m", "1", "CPUExecutionProvider", cpu_fallback=True)
+    metrics.model_load_failed("m", "2", "invalid_model")
+    metrics.watch_server(lambda: True, lambda: [QueueLevel("m", "1", 0, 8)])
     return {s.name for family in metrics.registry.collect() for s in family.samples}
 
 

@@ -13,6 +13,9 @@ DEPLOY = ROOT / "deploy"
 DOCKER = ROOT / "docker"
 CHART = DEPLOY / "helm" / "odetoode"
 DASHBOARD = DEPLOY / "grafana" / "odetoode-dashboard.json"
+MONITORING = DEPLOY / "monitoring"
+RULES_SOURCE = MONITORING / "rules.py"
+RULES_TESTS = MONITORING / "odetoode-rules.test.yaml"
 YAMLLINT_CONFIG = DEPLOY / "yamllint.yaml"
 
 

@@ -3,7 +3,8 @@
 Each check takes the objects of one rendering and returns one line per disagreement (``[]`` when they agree): ports,
 probe paths and ports, drain timing (terminationGracePeriodSeconds > preStop sleep + ODETOODE_DRAIN_GRACE_S, with
 ``GRACE_MARGIN_S`` to spare), the settings ConfigMap (every key a ServerSettings field, the values parsed by
-ServerSettings), the security context, and the Services, ServiceMonitor, HPA and PDB around the Deployment.
+ServerSettings), the security context, and the Services, ServiceMonitor, PrometheusRule, HPA and PDB around the
+Deployment.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from service.grpc_server import LIVENESS
 
 from .containers import dockerfile_user
 from .layout import DOCKER
+from .rules import check_rendered_rules
 from .server import GRACE_MARGIN_S, TELEMETRY_OFF, effective_settings
 
 Objects = tuple[dict[str, Any], ...]
@@ -200,6 +202,9 @@ def check_server(objects: Objects) -> list[str]:
     for pdb in _find(objects, "PodDisruptionBudget"):
         if not _matches(pdb["spec"]["selector"].get("matchLabels", {}), labels):
             problems.append("the PodDisruptionBudget does not select the pods")
+    if _find(objects, "ServiceMonitor") and not _find(objects, "PrometheusRule"):
+        problems.append("a ServiceMonitor without the PrometheusRule: the server is scraped but nothing alerts")
+    problems += check_rendered_rules(objects)
     return problems
 
 

@@ -51,6 +51,7 @@ RENDERINGS = (
             "autoscaling.enabled=false",
             "podDisruptionBudget.enabled=false",
             "serviceMonitor.enabled=false",
+            "prometheusRule.enabled=false",
             "grafanaDashboard.enabled=false",
             "service.headless=false",
             "modelsVolume.persistentVolumeClaim.claimName=odetoode-models",

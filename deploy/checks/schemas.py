@@ -1,7 +1,7 @@
 """The strict schemas of the custom resources used in deploy/, which kubernetes-validate does not know.
 
-kubernetes-validate only warns about, and passes, an object whose kind it has no schema for: ServiceMonitor
-(prometheus-operator, monitoring.coreos.com/v1), ServingRuntime (KServe, serving.kserve.io/v1alpha1) and
+kubernetes-validate only warns about, and passes, an object whose kind it has no schema for: ServiceMonitor and
+PrometheusRule (prometheus-operator, monitoring.coreos.com/v1), ServingRuntime (KServe, serving.kserve.io/v1alpha1) and
 InferenceService (KServe, serving.kserve.io/v1beta1) are therefore checked against ``CRD_SCHEMAS`` instead. These are
 minimal schemas written from the upstream CRDs, not the full upstream schemas: only the fields these manifests use,
 or may plausibly use, are allowed, so a misspelt field fails.

@@ -54,6 +54,15 @@ def yamllint() -> str:
     return _venv_tool("yamllint", f"PyPI yamllint, in the project's deploy extra: {DEPLOY_EXTRA}")
 
 
+def promtool() -> str:
+    """Path of Prometheus's promtool (``$PROMTOOL``, else on PATH); ToolMissingError if absent. Not installed here:
+    ``make monitoring-test`` installs it from Debian when it is missing."""
+    found = os.environ.get("PROMTOOL") or shutil.which("promtool")
+    if not found or not Path(found).is_file():
+        raise ToolMissingError("promtool not found (Debian: apt-get install prometheus; or set $PROMTOOL)")
+    return found
+
+
 def kubernetes_validate() -> Any:
     """The module ``kubernetes_validate.utils``; ToolMissingError if kubernetes-validate is not installed."""
     try:

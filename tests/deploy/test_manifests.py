@@ -134,8 +134,9 @@ def test_entry_point_runs_every_check(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     lines = out.stdout.splitlines()
     assert lines[-1] == "deploy-check: passed (0 failed, 0 skipped)"
-    # hadolint, yamllint; per rendering a line per version and an agreement line; 2 helm, Docker, compose, dashboard.
-    expected = 2 + len(RENDERINGS) * (len(versions) + 1) + 5
+    # hadolint, yamllint; per rendering a line per version and an agreement line; 2 helm, Docker, compose, dashboard,
+    # rules.
+    expected = 2 + len(RENDERINGS) * (len(versions) + 1) + 6
     assert [line for line in lines[:-1] if not line.startswith("ok    ")] == []
     assert len(lines) - 1 == expected
 

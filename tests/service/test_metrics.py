@@ -10,6 +10,7 @@ import random
 import grpc
 import httpx
 import numpy as np
+import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -19,7 +20,7 @@ from odetoode.proto.odetoode.v1 import policy_pb2 as ppb
 from odetoode.proto.odetoode.v1 import policy_pb2_grpc as ppb_grpc
 from odetoode.testing.clients import OBS, infer_proto, observation_json
 from odetoode.testing.servers import RunningServer
-from service.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, ServerMetrics
+from service.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, QueueLevel, ServerMetrics, build_info
 
 
 def samples(registry: CollectorRegistry, families: set[str]) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -125,3 +126,88 @@ def test_made_up_names_and_versions_create_no_series(server: RunningServer) -> N
               for v in sample.labels.values()}  # fmt: skip
     assert "_unknown" in labels
     assert not [v for v in labels if v.startswith("model-") or "xxxx" in v or "99999" in v]
+
+
+def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(name, labels)
+
+
+def test_load_failures_and_cpu_fallbacks_are_states_while_they_hold() -> None:
+    """Alerts read these gauges, not ``increase()`` of the counters (which never sees a first increment)."""
+    ours = ServerMetrics()
+    r = ours.registry
+    ours.model_load_failed("m", "1", "golden_check")
+    assert value(r, "odetoode_model_load_failed", model="m", version="1", reason="golden_check") == 1
+    assert value(r, "odetoode_model_load_failures_total", model="m", version="1") == 1
+    ours.model_load_failed("m", "1", "invalid_model")  # the newest reason replaces the older one
+    assert value(r, "odetoode_model_load_failed", model="m", version="1", reason="golden_check") is None
+    ours.set_model_state("m", "1", "FAILED")
+    assert value(r, "odetoode_model_load_failed", model="m", version="1", reason="invalid_model") == 1
+    ours.model_loaded("m", "1", "CPUExecutionProvider", cpu_fallback=True)
+    ours.set_model_state("m", "1", "READY")
+    assert value(r, "odetoode_model_load_failed", model="m", version="1", reason="invalid_model") is None
+    assert value(r, "odetoode_model_cpu_fallback", model="m", version="1") == 1
+    assert value(r, "odetoode_provider_fallbacks_total", model="m", version="1") == 1
+    assert value(r, "odetoode_model_loads_total", model="m", version="1") == 1
+    ours.model_loaded("m", "1", "CUDAExecutionProvider", cpu_fallback=False)  # reloaded onto the GPU
+    assert value(r, "odetoode_model_cpu_fallback", model="m", version="1") is None
+    ours.model_load_failed("m", "2", "provider", attempted=False)
+    assert value(r, "odetoode_model_load_failures_total", model="m", version="2") is None
+    ours.model_unloaded("m", "1")
+    ours.forget_model("m", "2")
+    assert value(r, "odetoode_model_unloads_total", model="m", version="1") == 1
+    assert (
+        value(r, "odetoode_model_execution_provider", model="m", version="1", provider="CUDAExecutionProvider") is None
+    )
+    assert value(r, "odetoode_model_load_failed", model="m", version="2", reason="provider") is None
+    with pytest.raises(ValueError, match="not one of"):
+        ours.model_load_failed("m", "1", "disk on fire")
+
+
+def test_readiness_queues_build_and_process_are_read_when_scraped() -> None:
+    ours = ServerMetrics()
+    state = {"ready": 0, "queued": 3}
+    ours.watch_server(lambda: state["ready"] == 1, lambda: [QueueLevel("m", "1", state["queued"], 8)])
+    r = ours.registry
+    assert value(r, "odetoode_server_ready") == 0
+    assert value(r, "odetoode_queue_requests", model="m", version="1") == 3
+    assert value(r, "odetoode_queue_requests_limit", model="m", version="1") == 8
+    state.update(ready=1, queued=8)
+    assert value(r, "odetoode_server_ready") == 1
+    assert value(r, "odetoode_queue_requests", model="m", version="1") == 8
+    info = build_info()
+    assert value(r, "odetoode_build_info", **info) == 1 and info["version"] and info["onnxruntime"]
+    assert (value(r, "process_resident_memory_bytes") or 0) > 1 << 20
+    assert (value(r, "process_open_fds") or 0) > 0
+    assert value(r, "process_cpu_seconds_total") is not None
+    # every refusal series exists from the start, at 0
+    assert value(r, "odetoode_request_refusals_total", protocol="policy", reason="PayloadTooLarge") == 0
+
+
+def test_requests_refused_before_a_model_are_counted_apart_from_failures(server: RunningServer) -> None:
+    """A malformed REST body and an oversized Act are refused before they reach a model: refusals by reason; a
+    request for a model that does not exist is a failed request, counted once, not also as a refusal."""
+
+    def scrape() -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        text = httpx.get(server.metrics_url, timeout=30).text
+        return {(x.name, frozenset(x.labels.items())): x.value
+                for family in text_string_to_metric_families(text) for x in family.samples}  # fmt: skip
+
+    def refusals(scraped: dict[tuple[str, frozenset[tuple[str, str]]], float], protocol: str, reason: str) -> float:
+        return scraped[("odetoode_request_refusals_total", frozenset({("protocol", protocol), ("reason", reason)}))]
+
+    def failures(scraped: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> float:
+        return sum(v for (name, _), v in scraped.items() if name == "odetoode_request_failures_total")
+
+    before = scrape()
+    malformed = httpx.post(f"{server.http}/v2/models/policy/infer", content=b"{not json", timeout=30)
+    assert malformed.status_code == 400
+    with grpc.insecure_channel(server.grpc) as channel, contextlib.suppress(grpc.RpcError):
+        ppb_grpc.PolicyServiceStub(channel).Act(ppb.ActRequest(policy="policy", observation=bytes(1 << 17)), timeout=30)
+    unknown = httpx.post(f"{server.http}/v2/models/no-such-model/infer", json=observation_json(), timeout=30)
+    assert unknown.status_code == 404
+    after = scrape()
+    assert refusals(after, "rest", "InvalidArgument") - refusals(before, "rest", "InvalidArgument") == 1
+    assert refusals(after, "policy", "PayloadTooLarge") - refusals(before, "policy", "PayloadTooLarge") == 1
+    assert refusals(after, "rest", "ModelNotFound") == refusals(before, "rest", "ModelNotFound")
+    assert failures(after) - failures(before) == 1
