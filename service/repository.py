@@ -278,7 +278,10 @@ class ModelRepository:
     async def reconcile(self, names: Iterable[str] | None = None, *, force: bool = False) -> None:
         """Brings the served set in line with disk for ``names`` (default: every model known or on disk)."""
         async with self._lock:
-            targets = set(names) if names is not None else set(scan_names(self.root)) | set(self._served)
+            # What is known but no longer on disk too: a directory removed while a pass read it leaves its name
+            # behind, and only a later pass that still looks at it can forget it.
+            known = set(self._served) | set(self._status)
+            targets = set(names) if names is not None else set(scan_names(self.root)) | known
             for name in sorted(targets):
                 try:
                     await self._reconcile_model(name, force)

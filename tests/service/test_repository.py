@@ -182,3 +182,18 @@ def test_unsafe_model_names_never_reach_the_file_system(tmp_path: Path, name: st
     with running_server(tmp_path, model_control_mode="explicit", repository_api=True) as server:
         response = httpx.post(f"{server.http}/v2/repository/models/{name}/load")
         assert response.status_code in (400, 404), response.text
+
+
+def test_a_model_directory_removed_during_a_scan_is_forgotten_by_the_next(tmp_path: Path) -> None:
+    """The race of ``rmtree``: one pass sees the directory without its versions (the files went first) and keeps the
+    name; the directory is gone by the next pass, which must still look at that name and forget it (404, not 503)."""
+    add_policy(tmp_path, "gone", seed=1)
+    add_policy(tmp_path, "stays", seed=2)
+    with running_server(tmp_path, repository_api=True) as server:
+        shutil.rmtree(tmp_path / "gone" / "1")  # the directory is still there, empty
+        server.call(server.server.repository.reconcile())
+        assert infer(server, "gone").status_code == 503  # known, nothing ready
+        (tmp_path / "gone").rmdir()
+        server.call(server.server.repository.reconcile())
+        assert infer(server, "gone").status_code == 404
+        assert infer(server, "stays").status_code == 200
