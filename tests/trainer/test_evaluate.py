@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from odetoode.modelfile import Box, Normalization
+from tests.trainer.recording import RecordingBackend
 from trainer.checkpoint import Checkpoint
 from trainer.cli import EvaluateCommand, main, parse
 from trainer.es_training import ESConfig, ESRun
@@ -30,7 +31,6 @@ from trainer.evaluate import (
 )
 from trainer.models import build_model
 from trainer.publish import export_checkpoint
-from trainer.rollouts import RolloutRequest, RolloutResult
 
 ROOT = Path(__file__).resolve().parents[2]
 CARTPOLE = ROOT / "models" / "cartpole" / "1"
@@ -150,26 +150,6 @@ class HighestDraws:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.rng, name)
-
-
-class RecordingBackend:
-    """Scores members without an environment (member ``i`` gets ``i % 7``) and keeps every request."""
-
-    workers = 1
-
-    def __init__(self, obs_dim: int) -> None:
-        self.obs_dim = obs_dim
-        self.requests: list[RolloutRequest] = []
-
-    def evaluate(self, request: RolloutRequest) -> RolloutResult:
-        self.requests.append(request)
-        n = len(request.seeds)
-        returns = np.arange(n, dtype=np.float64) % 7
-        zeros = np.zeros(self.obs_dim)
-        return RolloutResult(returns, returns.copy(), np.ones(n, dtype=np.int64), float(n), zeros, zeros + 1.0)
-
-    def close(self) -> None:
-        pass
 
 
 @pytest.mark.parametrize("common_random_numbers", [True, False])

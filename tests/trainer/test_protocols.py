@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import trainer.es_training as es_training
+from tests.trainer.recording import RecordingBackend
 from trainer.cli import ESCommand, main, parse
 from trainer.es import (
     Shaped,
@@ -53,7 +54,6 @@ from trainer.protocols import (
     get_protocol,
     protocol_table,
 )
-from trainer.rollouts import RolloutRequest, RolloutResult
 
 # -- the protocols -----------------------------------------------------------------------------------------------------
 
@@ -97,26 +97,6 @@ def test_every_protocol_setting_is_an_es_config_field_and_a_table_row() -> None:
 
 
 # -- the protocol through the command line into the optimizer ----------------------------------------------------------
-
-
-class RecordingBackend:
-    """Scores member ``i`` with ``i % 7`` (no environment) and keeps every request."""
-
-    workers = 1
-
-    def __init__(self, obs_dim: int) -> None:
-        self.obs_dim = obs_dim
-        self.requests: list[RolloutRequest] = []
-
-    def evaluate(self, request: RolloutRequest) -> RolloutResult:
-        self.requests.append(request)
-        n = len(request.seeds)
-        returns = np.arange(n, dtype=np.float64) % 7
-        zeros = np.zeros(self.obs_dim)
-        return RolloutResult(returns, returns.copy(), np.ones(n, dtype=np.int64), float(n), zeros, zeros + 1.0)
-
-    def close(self) -> None:
-        pass
 
 
 @pytest.fixture
