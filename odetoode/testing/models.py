@@ -54,3 +54,15 @@ def add_runtime_failure(repository: Path, name: str = "fragile") -> Path:
     """A valid policy file whose graph fails at run time when the first observation entry is 20 or more: it loads,
     warms up on zeros and passes its golden self-check, then raises inside ONNX Runtime on such an observation."""
     return write_version(repository, name, {MODEL_FILE: (FIXTURES / "fragile.onnx").read_bytes()}, 1) / MODEL_FILE
+
+
+def add_graph(repository: Path, name: str, graph: Any, serving_config: dict[str, Any] | None = None) -> Path:
+    """Any ONNX graph (an ``onnx.GraphProto`` made by a test, no odetoode metadata) as version 1 of ``name``, opset 17,
+    checked by ``onnx.checker``; with an optional ``config.yaml``. Needs the ``onnx`` package (imported here only)."""
+    import onnx
+    from onnx import helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="a-test")
+    onnx.checker.check_model(model, full_check=True)
+    files = {MODEL_FILE: model.SerializeToString()}
+    return write_version(repository, name, files, 1, serving_config=serving_config) / MODEL_FILE

@@ -20,11 +20,11 @@ import onnx
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-import yaml
 from onnx import TensorProto, helper, numpy_helper
 from tritonclient.utils import InferenceServerException
 
 from odetoode.client import PolicyClient
+from odetoode.testing.models import add_graph
 from odetoode.testing.servers import RunningServer, running_server
 
 pytestmark = pytest.mark.timeout(120)
@@ -32,18 +32,6 @@ pytestmark = pytest.mark.timeout(120)
 RNG = np.random.default_rng(7)
 W = RNG.standard_normal((4, 2))
 B = RNG.standard_normal(2)
-
-
-def save(repository: Path, name: str, graph: onnx.GraphProto, config: dict[str, Any] | None = None) -> Path:
-    """``<repository>/<name>/1/model.onnx`` (opset 17, no metadata) and its optional ``config.yaml``."""
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="a-test")
-    onnx.checker.check_model(model, full_check=True)
-    path = repository / name / "1" / "model.onnx"
-    path.parent.mkdir(parents=True)
-    onnx.save(model, str(path))
-    if config is not None:
-        (repository / name / "config.yaml").write_text(yaml.safe_dump(config))
-    return path
 
 
 def linear_graph() -> onnx.GraphProto:
@@ -110,12 +98,12 @@ def sequence_graph() -> onnx.GraphProto:
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("any-onnx")
-    save(root, "linear", linear_graph())
-    save(root, "mixed", mixed_graph())
-    save(root, "transpose", transpose_graph())
-    save(root, "sequence", sequence_graph())
-    save(root, "unbatched-linear", linear_graph(), {"max_batch_size": 0})
-    escaping = save(root, "escaping", linear_graph())
+    add_graph(root, "linear", linear_graph())
+    add_graph(root, "mixed", mixed_graph())
+    add_graph(root, "transpose", transpose_graph())
+    add_graph(root, "sequence", sequence_graph())
+    add_graph(root, "unbatched-linear", linear_graph(), {"max_batch_size": 0})
+    escaping = add_graph(root, "escaping", linear_graph())
     model = onnx.load(str(escaping))
     weight = model.graph.initializer[0]
     np.asarray(W, np.float32).tofile(root / "escaping" / "outside.bin")

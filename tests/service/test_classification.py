@@ -30,7 +30,7 @@ from tritonclient.utils import InferenceServerException
 
 from odetoode.proto.inference import grpc_service_pb2 as pb
 from odetoode.proto.inference import grpc_service_pb2_grpc as pb_grpc
-from odetoode.testing.models import add_classifier
+from odetoode.testing.models import add_classifier, add_graph
 from odetoode.testing.servers import RunningServer, running_server
 from service.classification import MAX_CLASSES_PER_REQUEST
 
@@ -42,18 +42,6 @@ DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "e
 ENTRY = re.compile(r"^(-?\d+\.\d{6}|nan|-?inf):(\d+)(?::(.*))?$")
 """One class as Triton writes a floating-point value: ``<value>:<index>[:<label>]``, the value as C's ``%f``."""
 RNG = np.random.default_rng(11)
-
-
-def save(repository: Path, name: str, graph: onnx.GraphProto, config: dict[str, Any] | None = None) -> Path:
-    """``<repository>/<name>/1/model.onnx`` (opset 17, no metadata) and its optional ``config.yaml``."""
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="a-test")
-    onnx.checker.check_model(model, full_check=True)
-    path = repository / name / "1" / "model.onnx"
-    path.parent.mkdir(parents=True)
-    onnx.save(model, str(path))
-    if config is not None:
-        write_config(repository, name, config)
-    return path
 
 
 def write_config(repository: Path, name: str, config: dict[str, Any]) -> None:
@@ -102,8 +90,8 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_config(root, "mislabelled", {"labels": {"probabilities": DIGIT_NAMES[:9]}})
     add_classifier(root, "misnamed", 1)
     write_config(root, "misnamed", {"labels": {"classes": DIGIT_NAMES}})
-    save(root, "scores", scores_graph())
-    save(root, "grid", grid_graph(), {"labels": {"y": ["a", "b", "c", "d", "e", "f"]}})
+    add_graph(root, "scores", scores_graph())
+    add_graph(root, "grid", grid_graph(), {"labels": {"y": ["a", "b", "c", "d", "e", "f"]}})
     return root
 
 
