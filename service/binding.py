@@ -88,13 +88,19 @@ def bind_inputs(
     return feeds
 
 
+def rows_of(feeds: dict[str, np.ndarray], batched: bool) -> int:
+    """The rows a request's checked feeds carry: their shared first dimension for a batched model, else one (the
+    request is one run of its own). The batcher counts the same way on its hot path."""
+    return int(next(iter(feeds.values())).shape[0]) if batched and feeds else 1
+
+
 def check_requested_outputs(
     requested: Sequence[RequestedOutput], specs: Sequence[TensorSpec], *, batched: bool, feeds: dict[str, np.ndarray]
 ) -> list[str]:
     """The output names to compute: all of them when nothing is ``requested``. Each requested output once, known to
     the model, and -- asked as classes (``service.classification``) -- one that has that many, within the bound on
     classes per request for the rows of ``feeds`` (``batched``: whether the model's first dimension is the batch)."""
-    rows = int(next(iter(feeds.values())).shape[0]) if batched and feeds else 1
+    rows = rows_of(feeds, batched)
     known = {spec.name: spec for spec in specs}
     if not requested:
         return list(known)

@@ -34,7 +34,7 @@ import orjson
 
 from service import images, oip_codec, rest_codec, v1_codec
 from service.batching import Timing
-from service.binding import bind_inputs, check_requested_outputs
+from service.binding import bind_inputs, check_requested_outputs, rows_of
 from service.classification import answer_outputs
 from service.errors import DeadlineExceeded, InternalError, InvalidArgument, ModelNotReady, ServingError
 from service.inference import InferResponse, RequestedOutput
@@ -150,7 +150,7 @@ def _compute(
     deadline = job.get("deadline_ns")
     if deadline is not None and time.monotonic_ns() >= deadline:
         raise DeadlineExceeded("the deadline passed before the request was computed")
-    rows = int(next(iter(feeds.values())).shape[0]) if feeds and runtime.batched else 1
+    rows = rows_of(feeds, runtime.batched)
     start = time.monotonic_ns()
     results = runtime.run(feeds, names)
     compute = time.monotonic_ns() - start
