@@ -129,14 +129,16 @@ def child_env(changes: dict[str, str | None] | None) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def server_process(repository: Path, *args: str, env: dict[str, str | None] | None = None) -> Iterator[ServerProcess]:
+def server_process(
+    repository: Path, *args: str, env: dict[str, str | None] | None = None, cwd: Path | None = None
+) -> Iterator[ServerProcess]:
     """``python -m service`` as a child process on ephemeral ports (read back from its log); ``env`` adds variables
-    to this process's environment (``None`` removes one)."""
+    to this process's environment (``None`` removes one); ``cwd``: where it runs (``-m`` puts it first on the path)."""
     cmd = [sys.executable, "-m", "service", "--repository", str(repository), "--host", "127.0.0.1",
            "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", *args]  # fmt: skip
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env=child_env(env),
+        env=child_env(env), cwd=cwd,
     )  # fmt: skip
     lines: list[str] = []
     pattern = re.compile(r"http :(\d+), grpc :(\d+), metrics :(\d+)")

@@ -1,6 +1,7 @@
 """The benchmark harness (``odetoode.testing.bench``): the floor server answers every path it serves with the
-session's own action and nothing it does not serve; alternating rounds time every row in every round, in flipped
-order; ratio tables divide by each row's floor; process-tree sampling sees children."""
+session's own action and nothing it does not serve; alternating rounds time every row in every round, in rotating
+order; an A/B run's server comes from the checkout it names; ratio tables divide by each row's floor; process-tree
+sampling sees children."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from odetoode.testing.bench import (
     StreamRoundTrip,
     Timing,
     alternate,
+    checkout_server,
     cpu_session,
     floor_process,
     process_tree,
@@ -104,7 +106,7 @@ def test_a_floor_serves_only_what_it_is_asked_for(model_file: Path) -> None:
         floor_process(model_file, "graphql").__enter__()
 
 
-def test_alternate_times_every_row_each_round_in_flipped_order() -> None:
+def test_alternate_times_every_row_each_round_in_rotating_order() -> None:
     calls: list[str] = []
 
     def work(name: str) -> None:
@@ -118,12 +120,25 @@ def test_alternate_times_every_row_each_round_in_flipped_order() -> None:
     measured = alternate([rows], requests=12, rounds=3, warmup=2, rewarm=1)
     assert calls[:4] == ["floor a", "floor a", "ours a", "ours a"]  # the warm-up, row after row
     floor_first, ours_first = ["floor a"] * 5 + ["ours a"] * 5, ["ours a"] * 5 + ["floor a"] * 5
-    assert calls[4:] == floor_first + ours_first + floor_first  # 1 untimed + 4 timed calls per row and round
+    assert calls[4:] == floor_first + ours_first + ours_first  # 1 untimed + 4 timed calls per row and round
     assert [len(c) for c in measured.chunks["ours a"]] == [4, 4, 4]
     assert measured.per_round("ours a", "floor a").shape == (3,)
     ours, floor = measured.pairs(rows)[1]
     assert floor.name == "floor a" and ours.name == "ours a"
     assert np.isfinite(ours.server_cpu_us) and ours.server_cpu_us > 0
+
+
+def test_over_whole_cycles_every_row_takes_every_place_and_neighbours_swap() -> None:
+    calls: list[str] = []
+    names = ["floor", "a", "b", "c"]
+    rows = [Row(n, lambda n=n: calls.append(n), None if n == "floor" else "floor") for n in names]  # type: ignore[misc]
+    alternate([rows], requests=8, rounds=8, warmup=0, rewarm=0)  # 2 cycles of 4 rotations, 1 call per row and round
+    orders = [calls[i : i + 4] for i in range(0, len(calls), 4)]
+    assert len(orders) == 8 and all(sorted(o) == sorted(names) for o in orders)
+    for name in names:
+        assert sorted(o.index(name) for o in orders) == [0, 0, 1, 1, 2, 2, 3, 3]
+    pairs = [(o[i], o[i + 1]) for o in orders for i in range(3)]
+    assert all(pairs.count((x, y)) == pairs.count((y, x)) for x in names for y in names)
 
 
 def test_a_ratio_table_divides_by_each_rows_floor(capsys: pytest.CaptureFixture[str]) -> None:
@@ -147,3 +162,20 @@ def test_tree_usage_counts_the_children() -> None:
     finally:
         child.kill()
         child.wait(10)
+
+
+def test_a_checkout_server_runs_the_checkouts_own_service_package(tmp_path: Path) -> None:
+    """``python -m`` puts the working directory first on the path: run anywhere else, the installed ``service`` would
+    answer instead of the checkout's (which is what an A/B run compares)."""
+    checkout = tmp_path / "checkout"
+    (checkout / "service").mkdir(parents=True)
+    (checkout / "service" / "__init__.py").write_text("")
+    # a stand-in server: says where it was loaded from and the ports line server_process waits for, then exits
+    (checkout / "service" / "__main__.py").write_text(
+        "import service, sys\nprint('loaded', service.__file__)\nprint('http :1, grpc :2, metrics :3', flush=True)\n"
+    )
+    with checkout_server(checkout, tmp_path) as server:
+        server.process.wait(30)
+    assert f"loaded {checkout.resolve() / 'service' / '__init__.py'}" in "".join(server.log_lines)
+    with pytest.raises(SystemExit, match="not a checkout"):
+        checkout_server(tmp_path / "nowhere", tmp_path).__enter__()

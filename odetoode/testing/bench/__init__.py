@@ -8,12 +8,14 @@
 * ``tables``: ratio tables (``ratio_table`` over ``Column``s made by ``value`` and ``ratio``; ``print_table``);
 * ``roundtrips``: one round trip on an open stream as a call (``StreamRoundTrip`` for ``ActStream``,
   ``ModelStreamCall`` for OIP ``ModelStreamInfer``);
+* ``baseline``: the server of a given checkout, for A/B runs of two commits (``checkout_server``);
 * ``host``: CPU pinning of server and clients (``add_pin_options``, ``cpu_split``, ``affinity``) and what a process
   or process tree uses (``cpu_seconds``, ``rss_mib``, ``open_fds``, ``tree_usage``, sampled into a ``Series``).
 
 Importable without torch and without starting anything; ONNX Runtime and gRPC are imported when used.
 """
 
+from odetoode.testing.bench.baseline import checkout_server
 from odetoode.testing.bench.floor import SERVICES, FloorProcess, cpu_session, floor_process
 from odetoode.testing.bench.host import (
     Series,
@@ -43,7 +45,7 @@ from odetoode.testing.bench.timing import (
 
 __all__ = [
     "SERVICES", "Column", "FloorProcess", "ModelStreamCall", "Rounds", "Row", "Series", "StreamRoundTrip", "Timing",
-    "add_pin_options", "affinity", "alternate", "cpu_seconds", "cpu_session", "cpu_split", "floor_process",
-    "format_ratios", "next_tick", "open_fds", "print_table", "process_tree", "ratio", "ratio_table", "rss_mib",
-    "sample", "summarize", "time_calls", "tree_usage", "value", "verdict",
+    "add_pin_options", "affinity", "alternate", "checkout_server", "cpu_seconds", "cpu_session", "cpu_split",
+    "floor_process", "format_ratios", "next_tick", "open_fds", "print_table", "process_tree", "ratio", "ratio_table",
+    "rss_mib", "sample", "summarize", "time_calls", "tree_usage", "value", "verdict",
 ]  # fmt: skip

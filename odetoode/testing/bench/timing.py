@@ -106,8 +106,11 @@ def alternate(groups: Sequence[Sequence[Row]], *, requests: int, rounds: int, wa
     """Times every row of ``groups`` (a group: a floor and what is compared with it) in ``rounds`` rounds.
 
     First ``warmup`` untimed calls of each row; then, each round, group after group, each row of the group in turn
-    (the order flipped every other round) gets ``rewarm`` untimed calls and ``requests // rounds`` (at least 1)
-    timed ones, with the CPU time of the process that answers it read around the timed ones."""
+    gets ``rewarm`` untimed calls and ``requests // rounds`` (at least 1) timed ones, with the CPU time of the process
+    that answers it read around the timed ones. The order within a group rotates every round (and runs backwards
+    every other cycle of rotations), so that over whole cycles each row takes each place equally often, and
+    comes as often right before a row as right after it (with a fixed order and its reverse, the middle rows of three
+    or more would never go first)."""
     rows = [row for group in groups for row in group]
     for row in rows:
         sample(row.call, 0, warmup)
@@ -117,7 +120,7 @@ def alternate(groups: Sequence[Sequence[Row]], *, requests: int, rounds: int, wa
     started = time.perf_counter()
     for r in range(rounds):
         for group in groups:
-            for row in group if r % 2 == 0 else group[::-1]:
+            for row in _order(group, r):
                 sample(row.call, 0, rewarm)
                 if row.answered_by is None:
                     chunks[row.name].append(sample(row.call, chunk, warmup=0))
@@ -126,6 +129,14 @@ def alternate(groups: Sequence[Sequence[Row]], *, requests: int, rounds: int, wa
                 chunks[row.name].append(sample(row.call, chunk, warmup=0))
                 cpu[row.name] += cpu_seconds(row.answered_by) - before
     return Rounds(chunks, cpu, time.perf_counter() - started)
+
+
+def _order(group: Sequence[Row], r: int) -> list[Row]:
+    """The rows of ``group`` in round ``r``: rotated by ``r``, backwards in every other cycle of rotations (for two
+    rows: ab, ba, ba, ab)."""
+    k = r % len(group)
+    order = [*group[k:], *group[:k]]
+    return order[::-1] if (r // len(group)) % 2 else order
 
 
 def verdict(ok: bool) -> str:
