@@ -6,8 +6,9 @@ One iteration (Sec. 4.2 of the paper, with the tricks of ARS (Mania et al. 2018)
 2. ``population``: antithetic pairs ``theta + sigma eps_j``, ``theta - sigma eps_j`` (plus unperturbed copies to
    evaluate the current policy in the same batch);
 3. rollouts score each member (``trainer.rollouts``);
-4. ``shape_fitness``: centered ranks (OpenAI ES), ARS's top-b directions scaled by the reward std, or none (the
-   vanilla Monte Carlo estimator of the paper's Sec. 4.2, ``antithetic_differences``);
+4. ``shape_fitness``: centered ranks (OpenAI ES), ARS's top-b directions scaled by the reward std, the vanilla Monte
+   Carlo estimator of the paper's Sec. 4.2 on returns standardized within the iteration (``standardized``), or on
+   raw returns (``none``, ``antithetic_differences``);
 5. ``estimate_gradient``: the ES estimate of ``grad F_sigma`` from the shaped scores;
 6. ``ascend``: a step along it -- exact exponential-map steps on Stiefel/orthogonal parameters with the Riemannian
    gradient of Eq. 8-9 (Theorem 1), the symmetric part for ``Q``, ``N`` and a plain step elsewhere.
@@ -29,7 +30,7 @@ import torch
 from trainer.manifolds import Manifold, Stiefel, orthogonality_error
 
 Params = dict[str, torch.Tensor]
-Shaping = Literal["centered-ranks", "top-b", "none"]
+Shaping = Literal["centered-ranks", "top-b", "standardized", "none"]
 
 
 def sample_directions(params: Mapping[str, torch.Tensor], n: int, rng: np.random.Generator) -> Params:
@@ -98,13 +99,22 @@ def shape_fitness(
       ``sum_j w_j eps_j / (2 n sigma)`` -- the antithetic estimator of ``grad F_sigma`` with rank-shaped fitness;
     * ``top-b`` (ARS v2-t): the ``b`` directions with the largest ``max(F+, F-)``, ``w_j = F+_j - F-_j``, estimate
       ``sum_j w_j eps_j / (b std_R)`` with ``std_R`` the std of those ``2b`` returns (ARS's update, no ``1/sigma``);
+    * ``standardized``: the same Monte Carlo estimator on the ``2n`` returns standardized within the iteration,
+      ``(F - mean) / std`` (population std), i.e. ``sum_j (F+_j - F-_j) eps_j / (2 n sigma std)`` -- the mean
+      cancels within each pair. The estimate no longer grows with the task's reward scale, so one step size means the
+      same on every task; it is what the ES library of the paper's authors' group does with its
+      ``normalize_fvalues`` option (Google Research's ``es_optimization``, ``MCBlackboxOptimizer``);
     * ``none``: raw returns, ``sum_j (F+_j - F-_j) eps_j / (2 n sigma)`` (``antithetic_differences``), the paper's
-      Monte Carlo estimator.
+      Monte Carlo estimator taken literally.
     """
     _check_antithetic(plus, minus)
     n = plus.size
     if shaping == "none":
         return antithetic_differences(plus, minus, sigma)
+    if shaping == "standardized":
+        raw = antithetic_differences(plus, minus, sigma)
+        std = float(np.concatenate([plus, minus]).std())
+        return Shaped(raw.weights, raw.scale / (std if std > 1e-8 else 1.0))
     if shaping == "centered-ranks":
         ranks = centered_ranks(np.stack([plus, minus]))
         return Shaped(ranks[0] - ranks[1], 1.0 / (2 * n * sigma))

@@ -74,8 +74,8 @@ class ESConfig:
     step_decay: Literal["constant", "sqrt"] = "constant"
     """``sqrt``: alpha / sqrt(t), the schedule of Theorem 1."""
     shaping: Shaping = "centered-ranks"
-    """Fitness shaping: centered ranks (OpenAI ES), ARS's best ``top_b`` directions, or none (raw returns: the
-    paper's vanilla Monte Carlo estimator)."""
+    """Fitness shaping: centered ranks (OpenAI ES), ARS's best ``top_b`` directions, the paper's Monte Carlo
+    estimator on returns standardized within the iteration (``standardized``) or on raw returns (``none``)."""
     top_b: int | None = None
     """How many directions ``top-b`` keeps (default: all)."""
     normalize: bool = True

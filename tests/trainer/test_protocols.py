@@ -9,6 +9,7 @@ import json
 import math
 import shlex
 import signal
+import statistics
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -59,9 +60,15 @@ from trainer.protocols import (
 
 
 def test_paper_protocol_is_sec_5_1() -> None:
-    """sigma 0.1, step 0.01, k = 200 perturbations (100 antithetic pairs), vanilla MC, the task's episode limit."""
+    """sigma 0.1, step 0.01, k = 200 perturbations (100 antithetic pairs), the Monte Carlo estimator (on standardized
+    returns: the paper does not say how F is scaled), the task's episode limit."""
     assert (PAPER.sigma, PAPER.step_size, 2 * PAPER.directions) == (0.1, 0.01, 200)
-    assert (PAPER.shaping, PAPER.top_b, PAPER.step_decay, PAPER.max_episode_steps) == ("none", None, "constant", None)
+    assert (PAPER.shaping, PAPER.top_b, PAPER.step_decay, PAPER.max_episode_steps) == (
+        "standardized",
+        None,
+        "constant",
+        None,
+    )
     # the choices where the paper is silent (protocols.PAPER's docstring says why)
     assert (PAPER.normalize, PAPER.survival_bonus, PAPER.common_random_numbers) == (True, 0.0, False)
 
@@ -138,7 +145,7 @@ def test_paper_protocol_reaches_the_es_step_and_config_json(tmp_path: Path, monk
     assert request.max_steps is None and request.survival_bonus == 0.0  # full episodes, the task's own reward
     assert len(set(request.seeds[:200])) == 200  # no common random numbers: every perturbation its own episode
     plus, minus, sigma, shaping, top_b = calls["shape"]
-    assert (sigma, shaping, top_b, calls["alpha"]) == (0.1, "none", None, 0.01)
+    assert (sigma, shaping, top_b, calls["alpha"]) == (0.1, "standardized", None, 0.01)
     returns = np.arange(200) % 7
     assert np.array_equal(plus, returns[0::2]) and np.array_equal(minus, returns[1::2])  # raw returns
     recorded = json.loads((tmp_path / "config.json").read_text())
@@ -215,6 +222,24 @@ def test_vanilla_estimator_is_the_hand_computation() -> None:
         antithetic_differences(plus, minus, 0.0)
     with pytest.raises(ValueError, match="equal non-empty 1-d arrays"):
         antithetic_differences(plus, minus[:1], 0.5)
+
+
+def test_standardized_estimator_is_the_raw_one_over_the_returns_std_and_ignores_the_reward_scale() -> None:
+    """Standardized returns: g = sum_j (F+_j - F-_j) eps_j / (2 n sigma std(F)), std over all 2n returns (population
+    std, as numpy's default and the authors' ES library compute it); a F + b for any a > 0 gives the same g."""
+    rng = np.random.default_rng(3)
+    n, sigma = 9, 0.1
+    directions = sample_directions({"x": torch.zeros(5)}, n, rng)
+    plus, minus = rng.normal(size=n) * 40 + 900, rng.normal(size=n) * 40 + 900
+    raw = estimate_gradient(directions, shape_fitness(plus, minus, sigma, "none"))["x"].numpy()
+    std = statistics.pstdev([*plus.tolist(), *minus.tolist()])
+    g = estimate_gradient(directions, shape_fitness(plus, minus, sigma, "standardized"))["x"].numpy()
+    assert np.allclose(g, raw / std, rtol=1e-12)
+    for a, b in ((1e-3, 5.0), (250.0, -1e4)):
+        scaled = estimate_gradient(directions, shape_fitness(a * plus + b, a * minus + b, sigma, "standardized"))
+        assert np.allclose(scaled["x"].numpy(), g, rtol=1e-9)
+    flat = shape_fitness(np.ones(n), np.ones(n), sigma, "standardized")  # all returns equal: no step, no nan
+    assert np.all(flat.weights == 0) and np.isfinite(flat.scale)
 
 
 def test_antithetic_pairs_cancel_every_even_term_exactly() -> None:
