@@ -15,7 +15,7 @@ streams ``start_stream`` + ``async_stream_infer``, one request at a time (send, 
 next). Floor and server runs alternate in chunks over several rounds (the order flips every round) so drift on a
 shared machine hits both; every figure is printed with its ratio to its own floor. Target: ModelInfer p50 <= 1.25x.
 
-    python benchmarks/oip_latency.py [--requests 4000] [--rounds 10] [--no-rest]
+    python benchmarks/oip_latency.py [--requests 4000] [--rounds 10] [--no-rest] [--providers cuda]
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from odetoode.testing.bench import (
     value,
     verdict,
 )
+from odetoode.testing.gpu import add_provider_option, matches_floor
 
 MODEL = "policy"
 OBS = 17
@@ -64,6 +65,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10, help="alternating floor/server chunks per row")
     parser.add_argument("--warmup", type=int, default=300, help="untimed round trips per row before the rounds")
     parser.add_argument("--no-rest", action="store_true", help="skip the REST rows")
+    add_provider_option(parser)
     args = parser.parse_args()
 
     import tritonclient.grpc as grpcclient
@@ -75,7 +77,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         repo = Path(tmp)
         model_file = add_policy(repo, MODEL)
-        ours = stack.enter_context(server_process(repo, "--model-control-mode", "none"))
+        ours = stack.enter_context(
+            server_process(repo, "--model-control-mode", "none", "--providers", ",".join(args.providers))
+        )
         floor = stack.enter_context(floor_process(model_file, "oip", "rest"))
         assert floor.grpc_port is not None and floor.http_port is not None
         floor_grpc, floor_http = floor.grpc_port, floor.http_port
@@ -115,10 +119,11 @@ def main() -> None:
                               partial(http_client(ours.http_port).infer, MODEL, [h_in])))  # fmt: skip
         rows = [row for p in pairs for row in p]
 
-        # every row computes the same action
+        # every row computes the same action (bit for bit on CPU)
+        same = matches_floor(model_file, args.providers)
         reference = cpu_session(model_file).run(None, {"observation": obs})[0]
         for row in rows:
-            assert np.array_equal(row.call().as_numpy("action"), reference), row.name
+            assert same(row.call().as_numpy("action"), reference), row.name
 
         print(
             f"ISO-ODEtoODE policy {OBS} -> 6 (h=16, N=25), batch 1; {os.cpu_count()} CPUs; client tritonclient "

@@ -32,7 +32,7 @@ every thread of the client, the server and the floor under ``SCHED_FIFO`` (needs
 before it run at normal priority either way).
 
     python benchmarks/policy_api_latency.py [--requests 4000] [--rounds 10] [--loop-seconds 30] [--no-loop-floor]
-                                            [--rt-priority 50] [--no-pin]
+                                            [--rt-priority 50] [--no-pin] [--providers cuda]
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ from odetoode.testing.bench import (
     value,
     verdict,
 )
+from odetoode.testing.gpu import add_provider_option, matches_floor
 
 POLICY = "policy"
 OBS = 17
@@ -173,6 +174,7 @@ def main() -> None:
     parser.add_argument("--rt-priority", type=int, default=0, help="SCHED_FIFO priority (1-99) for client, server "
                         "and floor during the loop (0: off)")  # fmt: skip
     add_pin_options(parser)
+    add_provider_option(parser)
     parser.add_argument("--wakeup-probe", nargs=4, type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.wakeup_probe is not None:
@@ -191,7 +193,9 @@ def main() -> None:
         model_file = add_policy(repo, POLICY)
         server_cpus, client_cpus = cpu_split(args.pin)
         with affinity(server_cpus):  # server and floor on the same CPU(s): the same placement for both
-            ours = stack.enter_context(server_process(repo, "--model-control-mode", "none"))
+            ours = stack.enter_context(
+                server_process(repo, "--model-control-mode", "none", "--providers", ",".join(args.providers))
+            )
             floor = stack.enter_context(floor_process(model_file, "policy"))
         if client_cpus:
             os.sched_setaffinity(0, client_cpus)
@@ -242,10 +246,11 @@ def main() -> None:
             ]  # fmt: skip
             checks += [lambda r: r.as_numpy("action")] * 2
 
-        # every row computes the same action
+        # every row computes the same action (bit for bit on CPU)
+        same = matches_floor(model_file, args.providers)
         for row, action_of in zip(rows, checks, strict=True):
             got = np.asarray(action_of(row.call())).reshape(reference.shape)
-            assert np.array_equal(got, reference), row.name
+            assert same(got, reference), row.name
 
         placement = (
             f"server and floor on CPU {sorted(server_cpus)}, client on {sorted(client_cpus)}"

@@ -25,6 +25,7 @@ What is measured is the server, not the client, as far as a small machine allows
 Target: batching >= 1.5x the unbatched throughput at 64 streams, with p99 < 10 ms.
 
     python benchmarks/policy_throughput.py [--seconds 5] [--rounds 1] [--streams 1 16 64] [--delay-us 300]
+                                           [--providers cuda]
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from prometheus_client.samples import Sample
 
 from odetoode.testing.bench import add_pin_options, affinity, cpu_seconds, cpu_split, verdict
 from odetoode.testing.bench.scrape import scrape, total
+from odetoode.testing.gpu import add_provider_option
 
 OBS = 17
 MAX_BATCH = 64
@@ -228,6 +230,7 @@ def main() -> None:
     parser.add_argument("--delay-us", type=int, default=300, help="max_queue_delay_us of the batched model")
     parser.add_argument("--procs", type=int, default=0, help="client processes (0: one per client CPU)")
     add_pin_options(parser)
+    add_provider_option(parser)
     args = parser.parse_args()
 
     from odetoode.testing.servers import server_process
@@ -241,7 +244,9 @@ def main() -> None:
         repo = Path(tmp)
         make_repository(repo, args.delay_us)
         with affinity(server_cpus):
-            server = stack.enter_context(server_process(repo, "--model-control-mode", "none"))
+            server = stack.enter_context(
+                server_process(repo, "--model-control-mode", "none", "--providers", ",".join(args.providers))
+            )
         workers: list[Connection] = []
         for _ in range(procs):
             parent, child = ctx.Pipe()

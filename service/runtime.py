@@ -38,6 +38,13 @@ ORT_PROVIDERS: dict[str, str] = {
     "cpu": "CPUExecutionProvider",
 }
 GPU_PROVIDERS = ("cuda", "tensorrt")
+PROVIDER_OPTIONS: dict[str, dict[str, str]] = {
+    # Full float32 on the GPU. The CUDA provider runs float32 MatMul in TF32 (10 mantissa bits) by default on
+    # Ampere and later GPUs; a policy chains tens of unrolled flow steps, so TF32 could move its actions past the
+    # golden self-check's tolerance (checked against float32 CPU results) and the server would refuse the model.
+    # These models are far too small for TF32's speed to matter.
+    "CUDAExecutionProvider": {"use_tf32": "0"},
+}
 MAX_MODEL_BYTES = 512 * 1024 * 1024
 
 
@@ -122,7 +129,8 @@ class ModelRuntime:
         # Only the graph in the file: no custom-op libraries are ever registered from a repository.
         providers = choose_providers(config.providers, config.allow_cpu_fallback, ort.get_available_providers())
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
+            extra = [PROVIDER_OPTIONS.get(p, {}) for p in providers]
+            self.session = ort.InferenceSession(str(path), options, providers=providers, provider_options=extra)
         except Exception as exc:  # ORT raises several unrelated exception types for a bad file
             raise ModelLoadError(f"{path.name}: ONNX Runtime cannot load it ({_first_line(exc)})") from None
         active = self.session.get_providers()
