@@ -5,14 +5,16 @@ BIN    := $(VENV)/bin
 EXTRAS ?= serve,train,dev,deploy
 STAMP  := $(VENV)/.installed
 
-.PHONY: help serve test test-slow lint typecheck bench proto fixtures clean image image-test deploy-check rules \
-	monitoring-test
+.PHONY: help serve test test-slow lint typecheck bench gpu-check proto fixtures clean image image-test deploy-check rules \
+	monitoring-test prometheus-image compose-test
 
 help:
 	@echo "make serve      serve the bundled models in models/ (HTTP :8000, gRPC :8001, metrics :8002)"
 	@echo "make test       create .venv if needed, lint, type-check and run the test suite"
 	@echo "make test-slow  the suite plus opt-in slow tests"
 	@echo "make bench      run the benchmarks in benchmarks/"
+	@echo "make gpu-check  on an NVIDIA GPU host (VENV=.venv-gpu EXTRAS=gpu,dev): CUDA really serving, golden"
+	@echo "                self-check on the device, CPU vs GPU crossover; results in docs/results/gpu/ (opt-in)"
 	@echo "make proto      regenerate the gRPC stubs in odetoode/proto/ from proto/"
 	@echo "make fixtures   re-export the test fixture models in odetoode/testing/fixtures/ (after an exporter change)"
 	@echo "make image      build the CPU serve image (podman/docker; a local Debian base where no registry answers)"
@@ -21,6 +23,8 @@ help:
 	@echo "make rules      regenerate the Prometheus rules, PrometheusRule and alert docs from deploy/monitoring/rules.py"
 	@echo "make monitoring-test  real servers + a real Prometheus (apt-get install prometheus if missing): every"
 	@echo "                alert fires, every dashboard query has data; figures in docs/results/monitoring.json (opt-in)"
+	@echo "make compose-test  docker/compose.yaml's server + Prometheus with podman-compose (apt-get installs it if"
+	@echo "                missing), scraped inside the stack; figures in docs/results/compose.json (opt-in)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,8 +54,15 @@ test: lint typecheck
 test-slow: $(STAMP)
 	RUN_SLOW=1 $(BIN)/python -m pytest
 
+# gpu_check.py needs a GPU and its own environment: `make gpu-check`.
 bench: $(STAMP)
-	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@for b in $(filter-out benchmarks/gpu_check.py,$(wildcard benchmarks/*.py)); do echo "== $$b"; \
+		$(BIN)/python $$b || exit 1; done
+
+# The GPU check (docs/deploy.md "GPU"), opt-in: on a host with an NVIDIA GPU, in an environment with onnxruntime-gpu
+# in place of onnxruntime (they are one module), e.g. `make gpu-check VENV=.venv-gpu EXTRAS=gpu,dev`.
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py docs/results/gpu
 
 proto: $(STAMP)
 	$(BIN)/python proto/generate.py
@@ -89,3 +100,17 @@ rules: $(STAMP)
 monitoring-test: $(STAMP)
 	RUN_MONITORING=1 MONITORING_RESULTS=docs/results/monitoring.json \
 		$(BIN)/python -m pytest -q tests/deploy/test_monitoring_live.py
+
+# The Compose stack (docs/deploy.md "Compose"), opt-in like image-test: the serve image, and Prometheus as the image
+# docker/compose.yaml names (tagged as PROMETHEUS_IMAGE) where it can be pulled, else Debian's package built on the
+# local base (docker/prometheus.Dockerfile); then server + prometheus started with podman-compose, checked, removed.
+PROMETHEUS_IMAGE ?= localhost/odetoode/prometheus:dev
+PROMETHEUS_UPSTREAM := $(shell sed -n 's/.*PROMETHEUS_IMAGE:-\([^}]*\)}.*/\1/p' docker/compose.yaml)
+
+prometheus-image:
+	UPSTREAM_IMAGE=$(PROMETHEUS_UPSTREAM) IMAGE=$(PROMETHEUS_IMAGE) DOCKERFILE=docker/prometheus.Dockerfile \
+		PUBLIC_BASE=debian:bookworm-slim bash docker/build-local.sh
+
+compose-test: image prometheus-image $(STAMP)
+	RUN_COMPOSE=1 COMPOSE_RESULTS=docs/results/compose.json SERVE_IMAGE=$(SERVE_IMAGE) \
+		PROMETHEUS_IMAGE=$(PROMETHEUS_IMAGE) $(BIN)/python -m pytest -q tests/deploy/test_compose_live.py

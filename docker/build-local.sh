@@ -3,7 +3,11 @@
 #
 #   docker/build-local.sh                                  # docker/serve.Dockerfile -> localhost/odetoode/serve:dev
 #   DOCKERFILE=docker/serve-gpu.Dockerfile IMAGE=localhost/odetoode/serve-gpu:dev docker/build-local.sh
+#   UPSTREAM_IMAGE=prom/prometheus:v3.5.0 DOCKERFILE=docker/prometheus.Dockerfile \
+#       IMAGE=localhost/odetoode/prometheus:dev PUBLIC_BASE=debian:bookworm-slim docker/build-local.sh
 #
+# UPSTREAM_IMAGE: an image that does the same job; when it is present or can be pulled it is tagged as IMAGE and
+# nothing is built (FORCE_BUILD=1 builds all the same).
 # Engine: $ENGINE if set; else docker when a Docker daemon answers; else podman (installed with apt-get, together
 # with runc, when missing; it runs with docker/podman/containers.conf).
 # Base: $BASE_IMAGE if set; else python:3.11-slim when it is present or can be pulled; else a base made here from
@@ -60,6 +64,16 @@ fi
 log "engine: $ENGINE $($ENGINE --version 2>/dev/null | head -n1)"
 
 have_image() { $ENGINE image inspect "$1" >/dev/null 2>&1; }
+
+# -- upstream -------------------------------------------------------------------------------------------------------
+if [ -n "${UPSTREAM_IMAGE:-}" ] && [ "${FORCE_BUILD:-0}" != 1 ]; then
+    if have_image "$UPSTREAM_IMAGE" || timeout 120 $ENGINE pull -q "$UPSTREAM_IMAGE" >/dev/null 2>&1; then
+        $ENGINE tag "$UPSTREAM_IMAGE" "$IMAGE"
+        log "image $IMAGE: $UPSTREAM_IMAGE (registry), nothing built"
+        exit 0
+    fi
+    log "$UPSTREAM_IMAGE cannot be pulled: building $IMAGE from $DOCKERFILE"
+fi
 
 # -- base -----------------------------------------------------------------------------------------------------------
 build_local_base() {

@@ -4,7 +4,7 @@ The container runs with a read-only root, a tmpfs /tmp, every capability dropped
 securityContext of deploy/), its three ports published on free ports of 127.0.0.1. The checks:
 
 * readiness (REST ``/v2/health/ready``, gRPC ``grpc.health.v1`` service ``""``) and the time from ``run`` to ready;
-* the first policy of the repository index answers a gRPC ``Act`` (client SDK) and a REST ``infer``;
+* the first ready policy (KServe V1's model list) answers a gRPC ``Act`` (client SDK) and a REST ``infer``;
 * the metrics port counts both requests; REST ``/metrics`` answers too;
 * the image's HEALTHCHECK passes; the server runs as a non-root user; torch is not importable;
 * ``stop`` (SIGTERM) drains and exits 0.
@@ -117,17 +117,16 @@ def wait_ready(container: Container, base: str, started: float, timeout: float) 
 
 
 def first_policy(base: str) -> tuple[str, dict[str, Any]]:
-    status, body = http(f"{base}/v2/repository/index", body=b"{}")
-    check(status == 200, f"POST /v2/repository/index -> {status}")
-    index = json.loads(body)
-    for entry in index:
-        if entry.get("state") != "READY":
-            continue
-        status, body = http(f"{base}/v2/models/{entry['name']}/config")
+    # KServe V1's list of ready models: open by default, unlike the repository index (--repository-api)
+    status, body = http(f"{base}/v1/models")
+    check(status == 200, f"GET /v1/models -> {status}")
+    names = json.loads(body)["models"]
+    for name in names:
+        status, body = http(f"{base}/v2/models/{name}/config")
         if status == 200 and json.loads(body).get("odetoode", {}).get("kind") == "policy":
-            status, body = http(f"{base}/v2/models/{entry['name']}")
-            return entry["name"], json.loads(body)
-    raise CheckFailedError(f"no ready policy in the repository index: {index}")
+            status, body = http(f"{base}/v2/models/{name}")
+            return name, json.loads(body)
+    raise CheckFailedError(f"no ready policy among the served models: {names}")
 
 
 def image_size(container: Container) -> int:
@@ -189,16 +188,22 @@ def main() -> int:
             observation = np.zeros(info.observation_space.shape, dtype=np.float32)
             action = client.act(policy, observation)
         values = np.asarray(action.values, dtype=np.float64).ravel()
-        check(
-            values.size == math.prod(info.action_space.shape) and bool(np.isfinite(values).all()),
-            f"gRPC Act({policy!r}, zeros{list(info.observation_space.shape)}) -> {values.size} finite actions",
-        )
+        asked = f"gRPC Act({policy!r}, zeros{list(info.observation_space.shape)})"
+        if info.action_space.HasField("discrete"):  # Discrete(n): an index, no values
+            n = info.action_space.discrete.n
+            check(action.index is not None and 0 <= action.index < n, f"{asked} -> action {action.index} of {n}")
+        else:
+            check(
+                values.size == math.prod(info.action_space.shape) and bool(np.isfinite(values).all()),
+                f"{asked} -> {values.size} finite actions",
+            )
         shape = [1, *[int(d) for d in model_input["shape"][1:]]]
         with RestClient(base) as rest:
             outputs = rest.infer(policy, {model_input["name"]: np.zeros(shape, dtype=np.float32)})
-        (output,) = outputs.values()
+        shapes = {name: list(output.shape) for name, output in outputs.items()}  # a discrete policy has several
         check(
-            output.shape[0] == 1 and bool(np.isfinite(output).all()), f"REST infer {policy} {shape} -> {output.shape}"
+            bool(outputs) and all(o.shape[0] == 1 and bool(np.isfinite(o).all()) for o in outputs.values()),
+            f"REST infer {policy} {shape} -> {shapes}",
         )
 
         status, body = http(f"{metrics}/metrics")

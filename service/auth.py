@@ -2,7 +2,9 @@
 
 Tokens are compared in constant time (``hmac.compare_digest``) against every accepted token, so a wrong token takes as
 long to refuse whatever its prefix. Health, docs, reflection and metrics can stay open (the defaults) so probes and
-scrapers need no secret.
+scrapers need no secret. Each refusal is told to a ``refused`` callback (the server counts it in
+``odetoode_request_refusals_total`` with reason ``Unauthenticated``): a refusal happens before any handler, so the
+transports' own error accounting never sees it.
 
 Authentication fails closed: a token file that yields no token refuses the server's start instead of turning
 authentication off, and a rotation that yields none keeps the tokens in force. The file is re-read when it changes --
@@ -131,12 +133,20 @@ class TokenCheck:
             raise Unauthenticated("authorization: token not accepted")
 
 
-class GrpcAuthInterceptor(grpc.aio.ServerInterceptor):
-    """Refuses calls without an accepted token with UNAUTHENTICATED before any handler runs."""
+GrpcRefused = Callable[[str, Unauthenticated], None]
+"""Told of each gRPC call refused, with its method (``/package.Service/Method``)."""
 
-    def __init__(self, check: TokenCheck, open_prefixes: Sequence[str]) -> None:
+RestRefused = Callable[[Unauthenticated], None]
+"""Told of each HTTP request refused."""
+
+
+class GrpcAuthInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses calls without an accepted token with UNAUTHENTICATED before any handler runs, and tells ``refused``."""
+
+    def __init__(self, check: TokenCheck, open_prefixes: Sequence[str], refused: GrpcRefused | None = None) -> None:
         self.check = check
         self.open_prefixes = tuple(open_prefixes)
+        self.refused = refused
 
     async def intercept_service(
         self,
@@ -149,7 +159,10 @@ class GrpcAuthInterceptor(grpc.aio.ServerInterceptor):
         try:
             self.check.verify(authorization)
         except Unauthenticated as exc:
-            return _refusal(await continuation(details), str(exc))
+            handler = await continuation(details)
+            if handler is not None and self.refused is not None:  # no handler: UNIMPLEMENTED, not a refusal
+                self.refused(details.method, exc)
+            return _refusal(handler, str(exc))
         return await continuation(details)
 
 
@@ -175,12 +188,16 @@ def _refusal(handler: grpc.RpcMethodHandler | None, message: str) -> grpc.RpcMet
 
 
 class RestAuthMiddleware:
-    """Pure ASGI middleware: 401 ``{"error": ...}`` for HTTP requests without an accepted token."""
+    """Pure ASGI middleware: 401 ``{"error": ...}`` for HTTP requests without an accepted token, told to
+    ``refused``."""
 
-    def __init__(self, app: Any, check: TokenCheck, open_prefixes: Sequence[str]) -> None:
+    def __init__(
+        self, app: Any, check: TokenCheck, open_prefixes: Sequence[str], refused: RestRefused | None = None
+    ) -> None:
         self.app = app
         self.check = check
         self.open_prefixes = tuple(open_prefixes)
+        self.refused = refused
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"].startswith(self.open_prefixes):
@@ -190,6 +207,8 @@ class RestAuthMiddleware:
         try:
             self.check.verify(authorization)
         except Unauthenticated as exc:
+            if self.refused is not None:
+                self.refused(exc)
             body = b'{"error":' + _json_string(str(exc)) + b"}"
             await send({"type": "http.response.start", "status": 401, "headers": [
                 (b"content-type", b"application/json"), (b"www-authenticate", b'Bearer realm="odetoode"'),

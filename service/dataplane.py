@@ -286,7 +286,8 @@ class DataPlane:
 
     def count_refusal(self, protocol: str, error: BaseException) -> None:
         """Counts an error a transport answers that this data plane did not count as a failed request: one refused
-        before it reached a model (too large, malformed, refused from its headers, no bulk place, draining)."""
+        before it reached a model (no accepted token, too large, malformed, refused from its headers, no bulk place,
+        draining)."""
         if isinstance(error, ServingError) and error.counted:
             return
         kind = next((c for c in type(error).__mro__ if c in ERROR_TABLE), None)

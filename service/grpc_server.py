@@ -200,6 +200,11 @@ def grpc_options(settings: ServerSettings, max_connections: int | None = None) -
     ]
 
 
+def _count_refusal(plane: DataPlane, method: str, error: BaseException) -> None:
+    """Counts a call refused before its handler under the protocol its service's own refusals are counted as."""
+    plane.count_refusal("policy" if method.startswith(f"/{POLICY_SERVICE_NAME}/") else "grpc", error)
+
+
 def build_grpc_server(
     plane: DataPlane,
     health: Health,
@@ -211,7 +216,7 @@ def build_grpc_server(
     interceptors: list[grpc.aio.ServerInterceptor] = []
     if check is not None and check.enabled:
         open_prefixes = OPEN_GRPC_PREFIXES if plane.settings.auth_open_health else ()
-        interceptors.append(GrpcAuthInterceptor(check, open_prefixes))
+        interceptors.append(GrpcAuthInterceptor(check, open_prefixes, refused=partial(_count_refusal, plane)))
     server = grpc.aio.server(interceptors=interceptors, options=grpc_options(plane.settings, max_connections))
     limit = plane.settings.bulk_request_bytes  # larger messages are never parsed on the event loop
     streams = streams if streams is not None else OpenStreams()

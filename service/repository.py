@@ -38,7 +38,8 @@ from service.errors import (
     ServingError,
     without_paths,
 )
-from service.metrics import QueueLevel, ServerMetrics
+from service.metrics import ServerMetrics
+from service.metrics_state import QueueLevel
 from service.model_config import CONFIG_FILE, ResolvedConfig, load_serving_config, resolve
 from service.runtime import ORT_PROVIDERS, ModelRuntime, available_cpus
 from service.settings import ServerSettings

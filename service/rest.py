@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+from functools import partial
 from typing import Any
 
 import orjson
@@ -126,7 +127,9 @@ def create_app(plane: DataPlane, ration: Ration | None = None, check: TokenCheck
         open_prefixes = OPEN_REST_PREFIXES if settings.auth_open_health else ()
         if settings.auth_open_metrics:
             open_prefixes = (*open_prefixes, "/metrics")
-        app.add_middleware(RestAuthMiddleware, check=check, open_prefixes=open_prefixes)
+        app.add_middleware(
+            RestAuthMiddleware, check=check, open_prefixes=open_prefixes, refused=partial(plane.count_refusal, "rest")
+        )
     app.add_middleware(FramingGuard, ration=ration, unrationed=("/v2/health/",))
 
     def close_if_unread(request: Request, response: Response) -> Response:

@@ -1,5 +1,6 @@
 """Suite-wide options: slow tests run only with RUN_SLOW=1 (``make test-slow``); the live monitoring test (a real
-Prometheus, installed from Debian when missing) only with RUN_MONITORING=1 (``make monitoring-test``)."""
+Prometheus, installed from Debian when missing) only with RUN_MONITORING=1 (``make monitoring-test``); the Compose
+stack test (containers) only with RUN_COMPOSE=1 (``make compose-test``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import odetoode.telemetry_off  # noqa: F401  (turns ONNX Runtime's telemetry off
 OPT_IN = {
     "slow": ("RUN_SLOW", "slow: set RUN_SLOW=1 (make test-slow)"),
     "monitoring": ("RUN_MONITORING", "live monitoring: set RUN_MONITORING=1 (make monitoring-test)"),
+    "compose": ("RUN_COMPOSE", "the Compose stack: set RUN_COMPOSE=1 (make compose-test)"),
 }
 """marker -> (the environment variable that must be 1 to run its tests, the reason given when they are skipped)."""
 
@@ -21,6 +23,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "monitoring: real servers scraped by a real Prometheus, alerts made to fire; opt-in with "
         "`make monitoring-test` (RUN_MONITORING=1)",
+    )
+    config.addinivalue_line(
+        "markers",
+        "compose: docker/compose.yaml started with podman-compose and scraped inside the stack; opt-in with "
+        "`make compose-test` (RUN_COMPOSE=1)",
     )
 
 

@@ -7,13 +7,13 @@ come from ServerSettings' defaults, which are what an image runs with unless tol
 from __future__ import annotations
 
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import yaml
 
 from service.settings import ServerSettings
 
-from .layout import CHART, DASHBOARD, DOCKER, ROOT, dockerfiles
+from .layout import CHART, DASHBOARD, DOCKER, ROOT, RULES_FILE, dockerfiles
 from .server import GRACE_MARGIN_S, TELEMETRY_OFF
 
 
@@ -24,7 +24,9 @@ def dockerfile_user(path: Path) -> str:
 
 
 def check_dockerfiles() -> list[str]:
-    """Each serve image: EXPOSEs the server's ports, a numeric non-root USER, HEALTHCHECK on readiness."""
+    """Every image: a numeric non-root USER, its base a build argument; each image of ours (the ones that pip install
+    this project, with ONNX Runtime) turns ONNX Runtime's telemetry off; each serve image EXPOSEs the server's ports
+    and has a HEALTHCHECK on readiness."""
     problems: list[str] = []
     defaults = ServerSettings()
     ports = {str(defaults.http_port), str(defaults.grpc_port), str(defaults.metrics_port)}
@@ -33,7 +35,7 @@ def check_dockerfiles() -> list[str]:
         user = dockerfile_user(path)
         if not re.fullmatch(r"[1-9][0-9]*(:[0-9]+)?", user):
             problems.append(f"{path.name}: USER {user!r} is not a numeric non-root user")
-        if text.count("=".join(TELEMETRY_OFF)) < 2:
+        if "pip install" in text and text.count("=".join(TELEMETRY_OFF)) < 2:
             problems.append(f"{path.name}: {'='.join(TELEMETRY_OFF)} is not set in both the build and the final stage")
         if not re.search(r"^ARG BASE_IMAGE=\S+", text, flags=re.M):
             problems.append(f"{path.name}: the base image is not a BASE_IMAGE build argument with a default")
@@ -75,6 +77,22 @@ def check_compose() -> list[str]:
     targets = [t for job in prometheus["scrape_configs"] for c in job["static_configs"] for t in c["targets"]]
     if f"server:{defaults.metrics_port}" not in targets:
         problems.append(f"prometheus.yml does not scrape server:{defaults.metrics_port} ({targets})")
+    # Prometheus runs docker/prometheus.yml, and the rules it loads (relative to that file's directory) are the
+    # generated ones.
+    service = compose["services"]["prometheus"]
+    mounted = {PurePosixPath(m.split(":")[1]): (DOCKER / m.split(":")[0]).resolve() for m in service["volumes"]}
+    config = PurePosixPath(next((c.split("=", 1)[1] for c in service["command"] if c.startswith("--config.file=")),
+                                "/etc/prometheus/prometheus.yml"))  # fmt: skip
+    if mounted.get(config) != (DOCKER / "prometheus.yml").resolve():
+        problems.append(f"compose prometheus does not run docker/prometheus.yml as {config}")
+    for rule_file in prometheus.get("rule_files", []):
+        source = mounted.get(config.parent / rule_file)
+        if source != RULES_FILE:
+            problems.append(
+                f"prometheus.yml loads {rule_file}, which compose does not mount from {RULES_FILE.relative_to(ROOT)}"
+            )
+    if not prometheus.get("rule_files"):
+        problems.append("prometheus.yml loads no rules")
     mounts = compose["services"]["grafana"]["volumes"]
     for mount in mounts:
         source = (DOCKER / mount.split(":")[0]).resolve()

@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 import re
 
-from service.metrics import QueueLevel, ServerMetrics
+from service.metrics import ServerMetrics
+from service.metrics_state import QueueLevel
 
 from .layout import DASHBOARD
 

@@ -15,6 +15,7 @@ CHART = DEPLOY / "helm" / "odetoode"
 DASHBOARD = DEPLOY / "grafana" / "odetoode-dashboard.json"
 MONITORING = DEPLOY / "monitoring"
 RULES_SOURCE = MONITORING / "rules.py"
+RULES_FILE = MONITORING / "odetoode-rules.yaml"
 RULES_TESTS = MONITORING / "odetoode-rules.test.yaml"
 YAMLLINT_CONFIG = DEPLOY / "yamllint.yaml"
 

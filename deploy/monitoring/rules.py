@@ -49,7 +49,7 @@ ERROR_RATIO = 0.05
 """Failed requests over all requests of a model (1 min rate) above which it alerts."""
 LATENCY_SLO_S = 0.1
 """The p99 of ``odetoode_request_duration_seconds`` (inside the server) a model must stay under; a bucket bound of
-``service.metrics.LATENCY_BUCKETS``, so that the quantile is not an interpolation across the threshold."""
+``service.metrics_requests.LATENCY_BUCKETS``, so that the quantile is not an interpolation across the threshold."""
 MIN_RATE = 0.1
 """Requests per second (6 a minute) below which a model's error ratio and p99 are not alerted on: too few to mean
 anything."""

@@ -1,6 +1,6 @@
-"""The per-request series are kept by hand (``service.metrics``) and read through a custom collector: the oracle is
-prometheus_client's own ``Counter``/``Histogram`` fed the same values -- the exposition must not differ. And label
-values only ever come from the repository: what clients make up collapses to one value."""
+"""The per-request series are kept by hand (``service.metrics_requests``) and read through a custom collector: the
+oracle is prometheus_client's own ``Counter``/``Histogram`` fed the same values -- the exposition must not differ. And
+label values only ever come from the repository: what clients make up collapses to one value."""
 
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ from odetoode.proto.odetoode.v1 import policy_pb2 as ppb
 from odetoode.proto.odetoode.v1 import policy_pb2_grpc as ppb_grpc
 from odetoode.testing.clients import OBS, infer_proto, observation_json
 from odetoode.testing.servers import RunningServer
-from service.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, QueueLevel, ServerMetrics, build_info
+from service.metrics import ServerMetrics, build_info
+from service.metrics_requests import BATCH_BUCKETS, LATENCY_BUCKETS
+from service.metrics_state import QueueLevel
 
 
 def samples(registry: CollectorRegistry, families: set[str]) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

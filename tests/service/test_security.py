@@ -20,6 +20,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from odetoode.client import PolicyClient, RestClient, RestError
@@ -102,6 +103,53 @@ def test_auth_refuses_every_data_path_without_the_token(repo: Path) -> None:
         h.close()
 
 
+def unauthenticated_refusals(metrics_text: str) -> dict[str, float]:
+    """``odetoode_request_refusals_total{reason="Unauthenticated"}`` by protocol, from a scrape."""
+    return {
+        sample.labels["protocol"]: sample.value
+        for family in text_string_to_metric_families(metrics_text)
+        for sample in family.samples
+        if sample.name == "odetoode_request_refusals_total" and sample.labels["reason"] == "Unauthenticated"
+    }
+
+
+def test_calls_refused_for_their_token_are_counted_by_protocol(repo: Path) -> None:
+    """A call refused for its token never reaches a handler, so only the authentication adapters can count it: each
+    refusal once, under the protocol it came by. Open paths, accepted tokens and unknown methods are not refusals."""
+    with running_server(repo, auth_tokens=[TOKEN]) as server:
+        before = unauthenticated_refusals(httpx.get(server.metrics_url).text)
+        assert before == {"rest": 0, "grpc": 0, "policy": 0}  # there from the start: rate() sees a first refusal
+        for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": TOKEN}):
+            r = httpx.post(server.http + "/v2/models/policy/infer", json=observation_json(), headers=headers)
+            assert r.status_code == 401
+        channel, s = stub(server.grpc)
+        with channel:
+            with pytest.raises(grpc.RpcError) as info:
+                s.ModelInfer(infer_proto("policy"))
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.RpcError) as info:
+                channel.unary_unary("/no.such.Service/Method")(b"")
+            assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            health = health_pb2_grpc.HealthStub(channel)
+            assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
+        with PolicyClient(server.grpc) as client:
+            with pytest.raises(grpc.RpcError) as info:
+                client.act("policy", np.zeros(OBS))
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            stream = client.stream("policy")
+            stream.send(np.zeros(OBS), 0)
+            with pytest.raises(grpc.RpcError) as info:
+                stream.receive(timeout=10)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            stream.close()
+        with PolicyClient(server.grpc, token=TOKEN) as client:
+            assert client.act("policy", np.zeros(OBS)).values.shape == (6,)
+        with RestClient(server.http, token=TOKEN) as rest:
+            assert len(rest.predict("policy", [[0.0] * OBS])[0]) == 6
+        assert httpx.get(server.http + "/v2/health/ready").status_code == 200
+        assert unauthenticated_refusals(httpx.get(server.metrics_url).text) == {"rest": 3, "grpc": 1, "policy": 2}
+
+
 def test_metrics_can_be_closed_too(repo: Path, tmp_path: Path) -> None:
     token_file = tmp_path / "tokens"
     token_file.write_text(f"\n{TOKEN}\n")
@@ -110,6 +158,8 @@ def test_metrics_can_be_closed_too(repo: Path, tmp_path: Path) -> None:
         assert httpx.get(server.http + "/metrics").status_code == 401
         r = httpx.get(server.http + "/metrics", headers={"authorization": f"Bearer {TOKEN}"})
         assert r.status_code == 200 and "odetoode_requests_total" in r.text
+        # a scraper without the token is refused like any caller, and counted: the scrape that failed shows up
+        assert unauthenticated_refusals(r.text)["rest"] == 1
 
 
 # -- authentication fails closed, and follows a rotated secret ------------------------------------------------------
