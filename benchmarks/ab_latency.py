@@ -39,6 +39,7 @@ import numpy as np
 import onnxruntime as ort
 
 from odetoode.testing.bench import (
+    Rounds,
     Row,
     StreamRoundTrip,
     add_pin_options,
@@ -64,7 +65,7 @@ COLUMNS = [
 ]  # fmt: skip
 
 
-def compare(measured: Any, floor: str, rows: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
+def compare(measured: Rounds, floor: str, rows: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
     """Per commit (``rows``: commit -> its rows' names): each process's p50 and CPU ratios to ``floor`` and their
     mean and sample std."""
     f = measured.timing(floor)

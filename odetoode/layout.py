@@ -22,12 +22,16 @@ from odetoode.modelfile import MODEL_NAME
 MODEL_FILE = "model.onnx"
 
 
+def versions(model_dir: Path) -> list[int]:
+    """The version numbers in ``model_dir`` (its directories named by a number), ascending; none for a missing one."""
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
 def next_version(model_dir: Path) -> int:
     """One past the highest version in ``model_dir`` (1 for a new model)."""
-    versions = (
-        [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()] if model_dir.is_dir() else []
-    )
-    return max(versions, default=0) + 1
+    return max(versions(model_dir), default=0) + 1
 
 
 def write_version(

@@ -37,7 +37,7 @@ from typing import Any, get_args
 import numpy as np
 import onnxruntime as ort
 
-from odetoode.layout import MODEL_FILE
+from odetoode.layout import MODEL_FILE, versions
 from odetoode.modelfile import Golden
 from odetoode.testing.bench import Row, alternate, sample, summarize
 from service.model_config import Provider, load_serving_config, resolve
@@ -53,9 +53,10 @@ def bundled_models(repository: Path) -> dict[str, Path]:
     name -> ``<repository>/<name>/<version>/model.onnx``, by name."""
     found = {}
     for model_dir in sorted(p for p in repository.iterdir() if p.is_dir()):
-        versions = [int(v.name) for v in model_dir.iterdir() if v.name.isdigit() and (v / MODEL_FILE).is_file()]
-        if versions:
-            found[model_dir.name] = model_dir / str(max(versions)) / MODEL_FILE
+        files = [model_dir / str(v) / MODEL_FILE for v in versions(model_dir)]
+        files = [f for f in files if f.is_file()]
+        if files:
+            found[model_dir.name] = files[-1]
     return found
 
 

@@ -43,6 +43,16 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def assert_stream_refused(client: PolicyClient) -> None:
+    """An ActStream opened by ``client`` ends UNAUTHENTICATED at its first observation."""
+    stream = client.stream("policy")
+    stream.send(np.zeros(OBS), 0)
+    with pytest.raises(grpc.RpcError) as info:
+        stream.receive(timeout=10)
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    stream.close()
+
+
 def test_auth_refuses_every_data_path_without_the_token(repo: Path) -> None:
     with running_server(repo, auth_tokens=[TOKEN, "rotated-token"], repository_api=True) as server:
         for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": TOKEN}):
@@ -63,12 +73,7 @@ def test_auth_refuses_every_data_path_without_the_token(repo: Path) -> None:
                     with pytest.raises(grpc.RpcError) as info:
                         call()
                     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
-                stream = client.stream("policy")
-                stream.send(np.zeros(OBS), 0)
-                with pytest.raises(grpc.RpcError) as info:
-                    stream.receive(timeout=10)
-                assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
-                stream.close()
+                assert_stream_refused(client)
         # health, docs and metrics stay open (the defaults): probes and scrapers need no secret
         assert httpx.get(server.http + "/v2/health/ready").status_code == 200
         assert httpx.get(server.http + "/metrics").status_code == 200 and httpx.get(server.metrics_url).is_success
@@ -136,12 +141,7 @@ def test_calls_refused_for_their_token_are_counted_by_protocol(repo: Path) -> No
             with pytest.raises(grpc.RpcError) as info:
                 client.act("policy", np.zeros(OBS))
             assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
-            stream = client.stream("policy")
-            stream.send(np.zeros(OBS), 0)
-            with pytest.raises(grpc.RpcError) as info:
-                stream.receive(timeout=10)
-            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
-            stream.close()
+            assert_stream_refused(client)
         with PolicyClient(server.grpc, token=TOKEN) as client:
             assert client.act("policy", np.zeros(OBS)).values.shape == (6,)
         with RestClient(server.http, token=TOKEN) as rest:
