@@ -163,15 +163,19 @@ def main() -> None:
             got = answer.as_numpy("action") if hasattr(answer, "as_numpy") else answer.values
             assert np.array_equal(np.asarray(got).reshape(reference.shape), reference), row.name
 
+        # Commits, not folders: a results file names what was measured, not where it was checked out.
+        this_rev, baseline_rev = revision(args.this), revision(args.baseline)
         print(
-            f"{args.this} vs {args.baseline}: {args.servers} server processes each; ISO-ODEtoODE policy {OBS} -> 6, "
+            f"{this_rev[:7] if this_rev else args.this} vs {baseline_rev[:7] if baseline_rev else args.baseline} "
+            f"(checkouts): "
+            f"{args.servers} server processes each; ISO-ODEtoODE policy {OBS} -> 6, "
             f"batch 1; {os.cpu_count()} CPUs; grpcio {version('grpcio')}, onnxruntime {ort.__version__}; "
             f"{args.requests} timed round trips per row in {args.rounds} rotating rounds"
         )
         measured = alternate(groups, requests=args.requests, rounds=args.rounds, warmup=args.warmup)
         print(f"measured in {measured.seconds:.1f} s")
 
-        results: dict[str, Any] = {"this": revision(args.this), "baseline": revision(args.baseline),
+        results: dict[str, Any] = {"this": this_rev, "baseline": baseline_rev,
                                    "servers_per_commit": args.servers, "requests": args.requests,
                                    "rounds": args.rounds, "methods": {}}  # fmt: skip
         for (method, _), group in zip(methods.items(), groups, strict=True):
