@@ -17,16 +17,38 @@ from typing import Any
 
 import yaml
 
-from odetoode.modelfile import MODEL_NAME
+from odetoode.modelfile import MODEL_NAME, VERSION_NAME
 
 MODEL_FILE = "model.onnx"
 
 
 def versions(model_dir: Path) -> list[int]:
-    """The version numbers in ``model_dir`` (its directories named by a number), ascending; none for a missing one."""
+    """The version numbers in ``model_dir`` (its directories named by a version number, ``VERSION_NAME``),
+    ascending; none for a missing one."""
     if not model_dir.is_dir():
         return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and VERSION_NAME.fullmatch(p.name))
+
+
+def version_files(model_dir: Path) -> dict[int, Path]:
+    """The versions of one model a server can load: version directories holding a ``model.onnx``, by number (none
+    for a missing model directory)."""
+    try:
+        entries = list(model_dir.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    return {
+        int(e.name): e / MODEL_FILE for e in entries if VERSION_NAME.fullmatch(e.name) and (e / MODEL_FILE).is_file()
+    }
+
+
+def model_names(root: Path) -> list[str]:
+    """The model directories under ``root`` whose names are valid (``MODEL_NAME``: hidden and staging directories
+    are not), sorted."""
+    try:
+        return sorted(p.name for p in root.iterdir() if p.is_dir() and MODEL_NAME.fullmatch(p.name))
+    except FileNotFoundError:
+        return []
 
 
 def next_version(model_dir: Path) -> int:

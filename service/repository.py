@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from odetoode.layout import model_names, version_files
 from odetoode.modelfile import MODEL_NAME, VERSION_NAME
 from service.batching import Batcher
-from service.classification import check_labels
 from service.errors import (
     GoldenCheckFailed,
     InvalidArgument,
@@ -41,12 +41,11 @@ from service.errors import (
 from service.metrics import ServerMetrics
 from service.metrics_state import QueueLevel
 from service.model_config import CONFIG_FILE, ResolvedConfig, load_serving_config, resolve
-from service.runtime import ORT_PROVIDERS, ModelRuntime, available_cpus
+from service.runtime import ModelRuntime, available_cpus, fell_back, open_checked
 from service.settings import ServerSettings
 from service.tensors import Signature
 
 log = logging.getLogger(__name__)
-MODEL_FILE = "model.onnx"
 NAMES_LISTED = 20
 """An unknown-model error names at most this many served models."""
 Fingerprint = tuple[int, int, int]
@@ -99,27 +98,6 @@ def _fingerprint(model_file: Path, config_file: Path) -> Fingerprint:
     return (st.st_mtime_ns, st.st_size, config_mtime)
 
 
-def scan_model(model_dir: Path) -> dict[int, Path]:
-    """The versions of one model on disk: numeric directories holding a ``model.onnx``."""
-    versions: dict[int, Path] = {}
-    try:
-        entries = list(model_dir.iterdir())
-    except (FileNotFoundError, NotADirectoryError):
-        return versions
-    for entry in entries:
-        if VERSION_NAME.fullmatch(entry.name) and (entry / MODEL_FILE).is_file():
-            versions[int(entry.name)] = entry / MODEL_FILE
-    return versions
-
-
-def scan_names(root: Path) -> list[str]:
-    """Model directories under ``root`` whose names are valid (hidden and staging directories are skipped)."""
-    try:
-        return sorted(p.name for p in root.iterdir() if p.is_dir() and MODEL_NAME.fullmatch(p.name))
-    except FileNotFoundError:
-        return []
-
-
 class ModelRepository:
     """Owns every served model version; all state changes happen on the event loop."""
 
@@ -145,7 +123,7 @@ class ModelRepository:
         if not self.root.is_dir():
             log.warning("model repository %s does not exist; serving nothing until it does", self.root)
         if self.settings.model_control_mode == "explicit":
-            self._wanted = set(self.settings.startup_models or scan_names(self.root))
+            self._wanted = set(self.settings.startup_models or model_names(self.root))
         await self.reconcile()
         if self.settings.model_control_mode == "poll":
             self._poller = asyncio.get_running_loop().create_task(self._poll_forever())
@@ -238,7 +216,7 @@ class ModelRepository:
     def index(self, ready_only: bool = False) -> list[IndexEntry]:
         """Triton's repository index: every known model version with its state and, when not ready, why."""
         entries: list[IndexEntry] = []
-        for name in sorted(set(self._served) | set(self._status) | set(scan_names(self.root))):
+        for name in sorted(set(self._served) | set(self._status) | set(model_names(self.root))):
             statuses = self._status.get(name, {})
             if not statuses and name not in self._served:
                 if not ready_only:
@@ -257,7 +235,7 @@ class ModelRepository:
         """Repository API ``load``: (re)load ``name`` from disk now; raises ``ModelLoadError`` if nothing loads."""
         if not MODEL_NAME.fullmatch(name):
             raise InvalidArgument(f"model name {name!r} must match {MODEL_NAME.pattern}")
-        if not scan_model(self.root / name):
+        if not version_files(self.root / name):
             raise ModelNotFound(f"model {name!r} has no version in the repository")
         if self._wanted is not None:
             self._wanted.add(name)
@@ -272,7 +250,7 @@ class ModelRepository:
         if not self.known(name):
             raise self.not_found(name)
         if self._wanted is None:
-            self._wanted = set(scan_names(self.root))
+            self._wanted = set(model_names(self.root))
         self._wanted.discard(name)
         await self.reconcile([name])
 
@@ -282,7 +260,7 @@ class ModelRepository:
             # What is known but no longer on disk too: a directory removed while a pass read it leaves its name
             # behind, and only a later pass that still looks at it can forget it.
             known = set(self._served) | set(self._status)
-            targets = set(names) if names is not None else set(scan_names(self.root)) | known
+            targets = set(names) if names is not None else set(model_names(self.root)) | known
             for name in sorted(targets):
                 try:
                     await self._reconcile_model(name, force)
@@ -293,7 +271,7 @@ class ModelRepository:
 
     async def _reconcile_model(self, name: str, force: bool) -> None:
         model_dir = self.root / name
-        present = scan_model(model_dir)
+        present = version_files(model_dir)
         selected = self._wanted is None or name in self._wanted  # explicit mode: loaded through the API
         statuses = self._status.setdefault(name, {})
         served = self._served.setdefault(name, {})
@@ -357,7 +335,7 @@ class ModelRepository:
                 served[v] = loaded
                 self._set(name, v, State.READY)
                 self.metrics.model_loaded(name, str(v), loaded.runtime.providers[0],
-                                          cpu_fallback=_fell_back(loaded.runtime, config))  # fmt: skip
+                                          cpu_fallback=fell_back(loaded.runtime, config))  # fmt: skip
                 if current is not None:
                     await self._release(name, [current], forget=False)
 
@@ -369,7 +347,7 @@ class ModelRepository:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         try:
-            runtime = await loop.run_in_executor(self._loader, _open_and_check, path, config)
+            runtime = await loop.run_in_executor(self._loader, open_checked, path, config)
         except ServingError as exc:
             self._failed(name, version, fp, str(exc), _load_failure_reason(exc), replacing)
             return None
@@ -434,11 +412,6 @@ class ModelRepository:
         self.metrics.set_model_state(name, str(version), state.value)
 
 
-def _fell_back(runtime: ModelRuntime, config: ResolvedConfig) -> bool:
-    """Whether a version that requested a GPU provider runs on CPU (``allow_cpu_fallback``)."""
-    return runtime.providers[0] == ORT_PROVIDERS["cpu"] and any(p != "cpu" for p in config.providers)
-
-
 def _load_failure_reason(exc: ServingError) -> str:
     """The ``LOAD_FAILURE_REASONS`` entry of a load refused with ``exc``."""
     if isinstance(exc, GoldenCheckFailed):
@@ -446,11 +419,3 @@ def _load_failure_reason(exc: ServingError) -> str:
     if isinstance(exc, ProviderUnavailable):
         return "provider"
     return "invalid_model"
-
-
-def _open_and_check(path: Path, config: ResolvedConfig) -> ModelRuntime:
-    runtime = ModelRuntime(path, config)
-    # labels need the graph's outputs: checked once it is open, before any warm-up
-    check_labels(config.labels, runtime.outputs, runtime.batched, f"{path.parent.parent.name}/{CONFIG_FILE}")
-    runtime.check()
-    return runtime

@@ -26,8 +26,9 @@ import numpy as np
 import onnxruntime as ort
 
 from odetoode.modelfile import ModelDescription, ModelFormatError, description_of
+from service.classification import check_labels
 from service.errors import GoldenCheckFailed, InvalidArgument, ModelLoadError, ProviderUnavailable, without_paths
-from service.model_config import Provider, ResolvedConfig
+from service.model_config import CONFIG_FILE, Provider, ResolvedConfig
 from service.tensors import DATATYPES, TensorSpec, datatype_of_onnx
 
 log = logging.getLogger(__name__)
@@ -287,3 +288,18 @@ def _concrete(shape: Sequence[int]) -> tuple[int, ...]:
 def _first_line(exc: BaseException) -> str:
     text = without_paths(str(exc)).strip().splitlines()
     return text[0][:300] if text else type(exc).__name__
+
+
+def fell_back(runtime: ModelRuntime, config: ResolvedConfig) -> bool:
+    """Whether a version that requested a GPU provider runs on CPU (``allow_cpu_fallback``)."""
+    return runtime.providers[0] == ORT_PROVIDERS["cpu"] and any(p != "cpu" for p in config.providers)
+
+
+def open_checked(path: Path, config: ResolvedConfig) -> ModelRuntime:
+    """A version's runtime, opened and self-checked (labels against its outputs, golden pairs): what a loader
+    thread does before the version may take traffic."""
+    runtime = ModelRuntime(path, config)
+    # labels need the graph's outputs: checked once it is open, before any warm-up
+    check_labels(config.labels, runtime.outputs, runtime.batched, f"{path.parent.parent.name}/{CONFIG_FILE}")
+    runtime.check()
+    return runtime

@@ -128,7 +128,8 @@ def card_evaluation(card: str) -> dict[str, Any]:
 def test_bundled_policy_card_shows_what_its_evaluation_json_holds(name: str) -> None:
     """Every number of the card's Evaluation section, against evaluation.json beside it; the summary recomputed from
     the returns; the seeds the documented ones; the sha256 the file's; the command one that reproduces them."""
-    from trainer.cli import EvaluateCommand, parse
+    from trainer.cli import parse
+    from trainer.commands.models import EvaluateCommand
     from trainer.evaluate import EVALUATION_SEED_BASE
 
     env_id, threshold = THRESHOLDS[name]

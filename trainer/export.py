@@ -11,16 +11,14 @@ are compared and golden pairs chosen, and the description fields. Steps:
 4. golden input/output pairs from the float64 torch reference, which the service re-checks at load;
 5. ``metadata_props`` per ``odetoode.modelfile`` (kind, arch, spaces, normalization, Lipschitz bound, provenance).
 
-``write_to_repository`` then places ``<name>/<version>/model.onnx`` and a model card atomically, so a server
-polling the repository never sees half a version. ``trainer.publish.export_checkpoint`` runs all of it for a
-checkpoint or a run directory.
+``trainer.publish.write_to_repository`` then places ``<name>/<version>/model.onnx`` and a model card atomically, so
+a server polling the repository never sees half a version; ``trainer.publish.export_checkpoint`` runs all of it for
+a checkpoint or a run directory.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +29,6 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from odetoode.layout import MODEL_FILE, next_version, write_version
 from odetoode.modelfile import (
     CLASSIFIER_INPUT,
     CLASSIFIER_OUTPUTS,
@@ -48,8 +45,9 @@ from odetoode.modelfile import (
     Space,
     TrainingRecord,
 )
+from trainer.model_card import model_card
 from trainer.models import FlowModel
-from trainer.onnx_graph import OPSET, classifier_graph, policy_graph
+from trainer.onnx_graph import classifier_graph, policy_graph
 from trainer.program import Program
 
 PARITY_RTOL = 1e-5
@@ -399,98 +397,3 @@ def export_classifier(
     """Exports a classifier ``image -> logits, probabilities`` (``export_model`` with ``ClassifierInputs``):
     ``sample_images`` (``[n, 1, 28, 28]`` in [0, 1]) become the golden inputs when given, uniform noise otherwise."""
     return export_model(model, ClassifierInputs(sample_images), training=training, golden=golden, seed=seed)
-
-
-def write_to_repository(
-    exported: ExportedModel,
-    repository: str | Path,
-    name: str,
-    version: int | None = None,
-    *,
-    serving_config: Mapping[str, Any] | None = None,
-    extra_files: Mapping[str, bytes] | None = None,
-) -> Path:
-    """Writes ``<repository>/<name>/<version>/{model.onnx, README.md}`` atomically; returns the version directory.
-
-    ``version`` defaults to one past the highest existing version. ``serving_config`` (if given) replaces
-    ``<name>/config.yaml``; ``extra_files`` (plain names, e.g. a learning-curve PNG) go beside the model. An existing
-    version is never overwritten.
-    """
-    version = next_version(Path(repository) / name) if version is None else version
-    files = {MODEL_FILE: exported.proto.SerializeToString(), "README.md": exported.card(name, version).encode()}
-    for filename, content in (extra_files or {}).items():
-        if filename in files:
-            raise ValueError(f"extra file name {filename!r} is not a free name")
-        files[filename] = content
-    return write_version(repository, name, files, version, serving_config=serving_config)
-
-
-def _fmt_box(box: Box | None) -> str:
-    if box is None:
-        return "-"
-    lo, hi = min(box.low), max(box.high)
-    return f"shape {list(box.shape)}, values in [{lo:g}, {hi:g}]"
-
-
-def _fmt_action(space: Space | None) -> str:
-    if isinstance(space, Discrete):
-        return (f"`{POLICY_OUTPUT}` int64 [batch], an index in 0..{space.n - 1}: the argmax of `{POLICY_LOGITS}` "
-                f"float32 [batch, {space.n}] (the second output)")  # fmt: skip
-    return f"`{POLICY_OUTPUT}` float32, {_fmt_box(space)} (clipped in the graph)"
-
-
-def model_card(exported: ExportedModel, name: str, version: int) -> str:
-    """A markdown model card: what the model is, how it was made, how well it does, how to call it."""
-    d = exported.description
-    training = dict(d.training)
-    metrics = training.pop("metrics", {}) or {}
-    lines = [
-        f"# {name} (version {version})",
-        "",
-        f"{'An' if d.arch[0] in 'aeiou' else 'A'} **{d.arch}** {d.kind} exported by odetoode "
-        f"(ONNX opset {OPSET}, flow unrolled into constant matrices).",
-        "",
-        "| property | value |",
-        "|---|---|",
-        f"| kind | {d.kind} |",
-        f"| architecture | {d.arch} |",
-        f"| hidden size h / steps N | {d.hidden} / {d.steps} |",
-        f"| parameters (trained) | {exported.parameters} |",
-    ]
-    if d.kind == "policy":
-        lines += [
-            f"| environment | {d.env_id or '-'} |",
-            f"| observation | `observation` float32, {_fmt_box(d.observation_space)} |",
-            f"| action | {_fmt_action(d.action_space)} |",
-            f"| normalization | mean/std baked in, clip +-{d.obs_normalization.clip:g} |"
-            if d.obs_normalization
-            else "| normalization | none |",
-        ]
-    else:
-        lines += [
-            "| input | `image` float32 [batch, 1, 28, 28], pixels in [0, 1] |",
-            "| outputs | `logits`, `probabilities` float32 [batch, classes] |",
-        ]
-    if d.lipschitz_bound is not None:
-        units = "normalized-observation units" if d.kind == "policy" else "pixel units"
-        units += ", on the logits" if d.discrete else ""
-        lemma = (1 + 1 / d.steps) ** d.steps if d.steps else math.nan  # an external model may not state N
-        note = " (Lemma 1: (1+1/N)^N, orthogonal flow and Stiefel projections)" if abs(
-            d.lipschitz_bound / lemma - 1) < 1e-4 else ""  # fmt: skip
-        lines.append(f"| certified Lipschitz bound | {d.lipschitz_bound:.6g} in {units}{note} |")
-    parity = ", ".join(f"{k.replace('_', ' ')}: {v:.2e}" for k, v in exported.parity.items())
-    parity += " (logits; every decided action index equal)" if d.discrete else ""
-    lines += [f"| ONNX Runtime vs float64 torch (max rel. error) | {parity} |", ""]
-    lines += ["## Provenance", ""]
-    if training:
-        lines += [f"- **{k}**: `{json.dumps(v)}`" for k, v in training.items()]
-    else:
-        lines.append("- no training record")
-    lines += ["", "## Metrics", ""]
-    if metrics:
-        lines += [f"- **{k}**: {v}" for k, v in metrics.items()]
-    else:
-        lines.append("- none recorded")
-    lines += ["", *exported.card_sections] if exported.card_sections else []
-    lines += ["", "## Configuration", "", "```json", json.dumps(exported.config, indent=2, sort_keys=True), "```", ""]
-    return "\n".join(lines)

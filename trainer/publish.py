@@ -1,7 +1,8 @@
 """Publishing a trained model: a checkpoint (or a run directory) -> a version in a model repository.
 
 ``export_checkpoint`` is the one path from training to serving, used by ``python -m trainer export``, by
-``es --export`` and by ``supervised --export``. What the model card and the ``odetoode.training`` record get beyond
+``es --export`` and by ``supervised --export``; ``write_to_repository`` places an exported model as a new version,
+atomically. What the model card and the ``odetoode.training`` record get beyond
 the checkpoint's own record follows from what the source holds, never from who calls:
 
 * every model with Stiefel/orthogonal parameters: how far training let them drift from their manifolds;
@@ -17,15 +18,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from odetoode.layout import MODEL_FILE, next_version
+from odetoode.layout import MODEL_FILE, next_version, write_version
 from trainer.checkpoint import Checkpoint
 from trainer.evaluate import Evaluation, EvaluationReport, evaluate_onnx, evaluation_command
-from trainer.export import ExportedModel, ExportError, PolicySpec, export_classifier, export_policy, write_to_repository
+from trainer.export import ExportedModel, ExportError, PolicySpec, export_classifier, export_policy
 from trainer.manifolds import Stiefel, orthogonality_error
 from trainer.models import FlowModel
 
@@ -168,3 +171,27 @@ def _accuracy_table(metrics: dict[str, object]) -> list[str]:
         "|---|---|",
         *(f"| {k.replace('_', ' ')} | {100 * float(v):.2f} |" for k, v in accuracies.items()),  # type: ignore[arg-type]
     ]
+
+
+def write_to_repository(
+    exported: ExportedModel,
+    repository: str | Path,
+    name: str,
+    version: int | None = None,
+    *,
+    serving_config: Mapping[str, Any] | None = None,
+    extra_files: Mapping[str, bytes] | None = None,
+) -> Path:
+    """Writes ``<repository>/<name>/<version>/{model.onnx, README.md}`` atomically; returns the version directory.
+
+    ``version`` defaults to one past the highest existing version. ``serving_config`` (if given) replaces
+    ``<name>/config.yaml``; ``extra_files`` (plain names, e.g. a learning-curve PNG) go beside the model. An existing
+    version is never overwritten.
+    """
+    version = next_version(Path(repository) / name) if version is None else version
+    files = {MODEL_FILE: exported.proto.SerializeToString(), "README.md": exported.card(name, version).encode()}
+    for filename, content in (extra_files or {}).items():
+        if filename in files:
+            raise ValueError(f"extra file name {filename!r} is not a free name")
+        files[filename] = content
+    return write_version(repository, name, files, version, serving_config=serving_config)

@@ -16,7 +16,10 @@ import pytest
 
 from odetoode.modelfile import ARCHS
 from trainer.checkpoint import Checkpoint
-from trainer.cli import COMMANDS, ESCommand, ExportCommand, GridCommand, SupervisedCommand, main, parse
+from trainer.cli import COMMANDS, main, parse
+from trainer.commands.experiments import GridCommand
+from trainer.commands.models import ExportCommand
+from trainer.commands.training import ESCommand, SupervisedCommand
 from trainer.provenance import command_line
 from trainer.supervised import SupervisedConfig
 

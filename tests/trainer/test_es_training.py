@@ -16,7 +16,8 @@ import pytest
 
 from odetoode.modelfile import ModelDescription
 from trainer.checkpoint import Checkpoint
-from trainer.cli import ESCommand, parse
+from trainer.cli import parse
+from trainer.commands.training import ESCommand
 from trainer.es_training import ESConfig, ESRun
 from trainer.manifolds import NotOnManifoldError, orthogonality_error
 from trainer.rollouts import InlineBackend

@@ -17,7 +17,8 @@ import pytest
 from odetoode.modelfile import Box, Normalization
 from tests.trainer.recording import RecordingBackend
 from trainer.checkpoint import Checkpoint
-from trainer.cli import EvaluateCommand, main, parse
+from trainer.cli import main, parse
+from trainer.commands.models import EvaluateCommand
 from trainer.es_training import ESConfig, ESRun
 from trainer.evaluate import (
     EVALUATION_JSON,

@@ -25,10 +25,9 @@ from trainer.export import (
     export_model,
     export_policy,
     max_relative_error,
-    write_to_repository,
 )
 from trainer.models import ARCHITECTURES, FlowModel, build_model
-from trainer.publish import export_checkpoint
+from trainer.publish import export_checkpoint, write_to_repository
 
 OBS, ACT = 17, 6
 ALLOWED_OPS = {

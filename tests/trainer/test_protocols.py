@@ -20,7 +20,8 @@ import torch
 
 import trainer.es_training as es_training
 from tests.trainer.recording import RecordingBackend
-from trainer.cli import ESCommand, main, parse
+from trainer.cli import main, parse
+from trainer.commands.training import ESCommand
 from trainer.es import (
     Shaped,
     antithetic_differences,
