@@ -59,3 +59,38 @@ def test_an_unknown_or_unclosed_block_is_refused() -> None:
         render("<!-- generated: nonsense (python -m trainer reproduce report) -->\n", DOCS)
     with pytest.raises(ValueError, match="no '<!-- /generated: protocols -->'"):
         render("<!-- generated: protocols (python -m trainer reproduce report) -->\n| old |\n", DOCS)
+
+
+def test_the_supervised_verdicts_are_the_paired_tests_of_the_raw_results(tmp_path: Path) -> None:
+    from tests.trainer.cells import write_cell
+    from trainer.experiments.report import supervised_verdicts
+    from trainer.experiments.tables import reproduce
+
+    runs, docs = tmp_path / "runs", tmp_path / "docs"
+    # identity: ODEtoODE right on 18 / 22 more images than Dense (a win); stripe: two more (a tie)
+    for (model, seed), rows in {
+        ("dense-1", 0): {"identity": 324, "stripe": 178},
+        ("dense-1", 1): {"identity": 328, "stripe": 178},
+        ("odetoode-1", 0): {"identity": 342, "stripe": 180},
+        ("odetoode-1", 1): {"identity": 346, "stripe": 180},
+    }.items():
+        write_cell(runs, 1, model, seed, 3, rows)
+    reproduce(1, [0, 1], 3, runs, docs, models=["dense-1", "odetoode-1"], progress=False, allow_training=False)
+    lines = supervised_verdicts(docs).splitlines()
+    assert (
+        lines[2]
+        == "| [Table 1](table1.md) | 2 columns, 3 epochs x 2 seeds | 1 wins, 1 ties, 0 losses of 2 rows | 2 of 2 |"
+    )
+    assert "no raw results yet" in lines[3]
+
+
+@pytest.mark.parametrize("table", [1, 2])
+def test_a_committed_table_is_what_its_raw_results_give(table: int) -> None:
+    from trainer.experiments.tables import markdown, raw_path
+
+    path = raw_path(DOCS, table)
+    if not path.is_file():
+        pytest.skip(f"Table {table} has no raw results yet (docs/REPRODUCTION.md says so)")
+    raw = json.loads(path.read_text())
+    expected = markdown(raw) + f"\n![heat map](figures/table{table}.png)\n"
+    assert (DOCS / f"table{table}.md").read_text() == expected, f"python -m trainer table --table {table} --redraw"

@@ -2,46 +2,21 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from trainer.data.digits import digits_c
+from tests.trainer.cells import write_cell
 from trainer.experiments.tables import (
     StaleCellsError,
-    cell_config,
     check_raw,
     raw_path,
     regenerate,
     reproduce,
     stale_cells,
 )
-from trainer.supervised import ClassifierSpec, encode_predictions
-
-
-def write_cell(runs: Path, table: int, model: str, seed: int, epochs: int, correct: dict[str, int],
-               **overrides: object) -> None:  # fmt: skip
-    """A cached cell as ``train`` writes it, right on the first ``correct[row]`` test images of each row and wrong
-    (the next class) on the rest."""
-    labels = digits_c("identity", split="test")[1]
-    predictions = {row: np.where(np.arange(labels.size) < k, labels, (labels + 1) % 10) for row, k in correct.items()}
-    result = {
-        "config": dataclasses.asdict(cell_config(table, model, seed, epochs)),
-        "accuracies": {row: float((p == labels).mean()) for row, p in predictions.items()},
-        "predictions": {row: encode_predictions(p) for row, p in predictions.items()},
-        "model_options": ClassifierSpec.parse(model).options,
-        "epochs": epochs,
-        "wall_s": 1.0,
-        "parameters": 1000 + len(model),
-        "final_loss": 0.1,
-        **overrides,
-    }
-    cell = runs / f"table{table}" / model / f"seed{seed}"
-    cell.mkdir(parents=True, exist_ok=True)
-    cell.joinpath("result.json").write_text(json.dumps(result))
 
 
 def test_table_from_cached_cells_states_sample_std_and_paired_verdicts(tmp_path: Path) -> None:
@@ -104,3 +79,28 @@ def test_a_raw_file_without_predictions_names_the_cells_to_rerun() -> None:
     raw = {"table": 2, "labels": "0" * 360, "cells": {"hypernet-4": [record]}}
     with pytest.raises(ValueError, match=r"Table 2: no per-image predictions for 1 cell\(s\).*hypernet-4/seed2"):
         check_raw(raw)
+
+
+def test_the_table_command_trains_nothing_with_no_train_and_redraws_from_the_raw_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trainer.cli import main
+
+    runs, docs = tmp_path / "runs", tmp_path / "docs"
+    write_cell(runs, 1, "dense-1", 0, 3, {"identity": 300})
+    table = ["table", "--table", "1", "--seeds", "0", "--epochs", "3", "--runs", str(runs), "--docs", str(docs)]
+    with pytest.raises(SystemExit) as status:
+        main([*table, "--models", "dense-1", "node", "--no-train"])
+    assert status.value.code == 1
+    assert "table1/node/seed0: not trained" in capsys.readouterr().err
+    assert not docs.exists()
+    with pytest.raises(SystemExit) as status:
+        main([*table, "--models", "dense-1", "--no-train"])
+    assert status.value.code == 0
+    written = (docs / "table1.md").read_text()
+    (docs / "table1.md").unlink()
+    # --redraw reads docs/results/table1.json alone: the cached cells may be gone
+    (runs / "table1" / "dense-1" / "seed0" / "result.json").unlink()
+    with pytest.raises(SystemExit) as status:
+        main(["table", "--table", "1", "--docs", str(docs), "--redraw"])
+    assert status.value.code == 0 and (docs / "table1.md").read_text() == written

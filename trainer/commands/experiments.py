@@ -3,6 +3,7 @@ tables."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
@@ -52,11 +53,25 @@ class TableCommand:
     """Cache of trained cells."""
     docs: Path = Path("docs")
     """Where tableN.md and figures/ go."""
+    train: bool = True
+    """Train the missing or out-of-date cells; with --no-train, list them and stop (exit status 1) instead."""
+    redraw: bool = False
+    """Only redraw tableN.md and its heat map from the raw results file, docs/results/tableN.json: no cell is
+    read or trained."""
 
     def run(self, command: str) -> int:
-        from trainer.experiments.tables import reproduce
+        from trainer.experiments.tables import StaleCellsError, regenerate, reproduce
 
-        print(f"wrote {reproduce(self.table, self.seeds, self.epochs, self.runs, self.docs, self.models)}")
+        if self.redraw:
+            print(f"wrote {regenerate(self.table, self.docs)}")
+            return 0
+        try:
+            path = reproduce(self.table, self.seeds, self.epochs, self.runs, self.docs, self.models,
+                             allow_training=self.train)  # fmt: skip
+        except StaleCellsError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        print(f"wrote {path}")
         return 0
 
 

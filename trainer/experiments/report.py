@@ -73,6 +73,33 @@ def bundled_policies(root: Path) -> str:
     return "\n".join(lines)
 
 
+def supervised_verdicts(docs: Path) -> str:
+    """Tables 1 and 2 in one line each, from their raw results (``results/table<t>.json``): the paired tests'
+    verdicts for the best ODEtoODE column against the best other one, and how many rows an ODEtoODE column has the
+    best mean of. A table not re-run since its raw results file existed says so."""
+    from trainer.experiments.tables import ALPHA, FOCUS_ARCH, aggregate, paired_tests, raw_path
+    from trainer.supervised import ClassifierSpec
+
+    lines = [f"| table | budget | ODEtoODE vs the best other column, paired test (alpha = {ALPHA}) | rows where an "
+             "ODEtoODE column has the best mean |", "|---|---|---|---|"]  # fmt: skip
+    for table in (1, 2):
+        path = raw_path(docs, table)
+        if not path.is_file():
+            lines.append(f"| [Table {table}](table{table}.md) | no raw results yet: the committed table predates the "
+                         "fixes above and must be re-run | - | - |")  # fmt: skip
+            continue
+        raw = json.loads(path.read_text())
+        rows, columns, mean, _ = aggregate(raw)
+        tests = paired_tests(raw)
+        counts = {v: sum(t.verdict == v for t in tests) for v in ("win", "tie", "loss")}
+        focus = {j for j, c in enumerate(columns) if ClassifierSpec.parse(c).arch == FOCUS_ARCH}
+        best = sum(int(mean[i].argmax()) in focus for i in range(len(rows)))
+        lines.append(f"| [Table {table}](table{table}.md) | {len(columns)} columns, {raw['epochs']} epochs x "
+                     f"{len(raw['seeds'])} seeds | {counts['win']} wins, {counts['tie']} ties, {counts['loss']} "
+                     f"losses of {len(tests)} rows | {best} of {len(rows)} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def _protocols(docs: Path) -> str:
     from trainer.protocols import protocol_table
 
@@ -83,6 +110,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "protocols": _protocols,
     "gradient-bands": gradient_summary,
     "bundled-policies": lambda docs: bundled_policies(docs.parent),
+    "supervised-verdicts": supervised_verdicts,
 }
 
 
