@@ -9,7 +9,6 @@ import pytest
 
 from odetoode.modelfile import Arch
 from trainer.experiments.gradient_stability import LOWER, UPPER, band_table, plot_bands
-from trainer.experiments.reproduce import final_returns
 from trainer.experiments.rl_comparison import (
     Budget,
     CachedRunMismatchError,
@@ -19,6 +18,7 @@ from trainer.experiments.rl_comparison import (
     run_dir,
     train_all,
 )
+from trainer.experiments.rl_results import budget_table, collect, final_returns, results_table, welch
 
 
 def test_gradient_bands_separate_odetoode_from_unconstrained_flows(tmp_path: Path) -> None:
@@ -55,6 +55,9 @@ def test_rl_comparison_runs_are_cached_and_drawn(tmp_path: Path) -> None:
     assert config["protocol_deviations"]["directions"] == {"protocol": 20, "run": 2}
     png = figure(tmp_path, [0], tmp_path / "rl.png", tasks=tasks)
     assert png.stat().st_size > 1000
+    raw = collect(tmp_path, tasks, archs, [0], "tuned")  # the raw results file's records of these runs
+    assert sorted(r["arch"] for r in raw["runs"]) == sorted(archs)
+    assert all(r["iterations"] == 1 and r["env_steps"] > 0 and r["protocol"] == "tuned" for r in raw["runs"])
     # a cached run of other settings is refused, not continued under the new ones
     other = Budget(iterations=1, eval_every=1, eval_episodes=1, workers=1,
                    settings={"directions": 2, "top_b": 1, "max_episode_steps": 10})  # fmt: skip
@@ -65,12 +68,46 @@ def test_rl_comparison_runs_are_cached_and_drawn(tmp_path: Path) -> None:
 def test_final_return_is_the_last_evaluation_not_the_best_so_far(tmp_path: Path) -> None:
     run = run_dir(tmp_path, "Pendulum-v1", "deepnet", 0)
     run.mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({"env": "Pendulum-v1", "arch": "deepnet"}))
-    records = [{"env_steps": 10, "eval_return": -5.0, "best_eval_return": -5.0},
-               {"env_steps": 20, "eval_return": -9.0, "best_eval_return": -5.0},
-               {"env_steps": 30, "best_eval_return": -5.0}]  # fmt: skip
+    config = {"env": "Pendulum-v1", "arch": "deepnet", "seed": 0, "hidden": 6, "workers": 2, "protocol": "tuned"}
+    (run / "config.json").write_text(json.dumps(config))
+    records = [{"iteration": 1, "env_steps": 10, "wall_s": 1.0, "eval_return": -5.0, "best_eval_return": -5.0},
+               {"iteration": 2, "env_steps": 20, "wall_s": 2.0, "eval_return": -9.0, "best_eval_return": -5.0},
+               {"iteration": 3, "env_steps": 30, "wall_s": 3.5, "best_eval_return": -5.0}]  # fmt: skip
     (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    assert final_returns(tmp_path, "Pendulum-v1", "deepnet", [0, 1]) == [-9.0]
+    raw = collect(tmp_path, ["Pendulum-v1"], ["deepnet"], [0, 1], "tuned")
+    assert final_returns(raw, "Pendulum-v1", "deepnet") == [-9.0]  # seed 1 has no run: absent, not zero
+    (record,) = raw["runs"]
+    assert (record["iterations"], record["env_steps"], record["wall_s"]) == (3, 30, 3.5)
+    assert record["curve"] == {"env_steps": [10, 20], "eval_return": [-5.0, -9.0]}
+    assert record["parameters"] == parameters("deepnet", 3, 1, 6, steps=25)
+
+
+def _raw(finals: dict[str, list[float]]) -> dict[str, object]:
+    runs = [{"task": "T", "arch": arch, "seed": seed, "iterations": 10, "env_steps": 1000 * (seed + 1),
+             "wall_s": 60.0, "workers": 2, "curve": {"env_steps": [1], "eval_return": [value]}}
+            for arch, values in finals.items() for seed, value in enumerate(values)]  # fmt: skip
+    return {"tasks": ["T"], "archs": list(finals), "seeds": [0, 1, 2], "runs": runs}
+
+
+def test_the_rl_table_states_sample_std_ranks_and_welchs_test_against_a_closed_form() -> None:
+    from scipy.stats import t as student
+
+    iso, base, other = [10.0, 12.0, 14.0], [1.0, 2.0, 3.0], [0.0, 0.5, 1.0]
+    table = results_table(_raw({"iso-odetoode": iso, "deepnet": base, "nanode": other}))
+    assert "| iso-odetoode | 12.0 +- 2.0 (1) | 1.00 |" in table  # ddof = 1: sqrt(((-2)^2 + 0 + 2^2) / 2) = 2
+    assert "| deepnet | 2.0 +- 1.0 (2) | 2.00 |" in table
+    # Welch by hand: t = (12 - 2) / sqrt(4/3 + 1/3), Welch-Satterthwaite df, two-sided
+    va, vb = 4.0 / 3, 1.0 / 3
+    t_stat = 10.0 / (va + vb) ** 0.5
+    df = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 2)
+    p = 2 * student.sf(t_stat, df)
+    assert welch(iso, base) == pytest.approx(p, rel=1e-9)
+    assert f"| T | deepnet | +10.0 | {p:.3g} | win |" in table
+    close = results_table(_raw({"iso-odetoode": [1.0, 2.0, 3.0], "deepnet": [1.5, 2.5, 3.5]}))
+    assert "| T | deepnet | -0.5 |" in close and close.endswith("| tie |")
+    assert "| T | 6 | 1,000..3,000 | 10..10 | 6.0 min | 2 |" in budget_table(
+        _raw({"iso-odetoode": iso, "deepnet": base})
+    )
 
 
 @pytest.mark.parametrize("label", ["odetoode-1", "dense-3", "node", "dense-2-relu", "hypernet-2-wide"])
