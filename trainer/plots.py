@@ -32,7 +32,7 @@ def curve(records: Sequence[dict[str, float]], x: str, y: str) -> tuple[np.ndarr
 def plot_learning_curves(runs: Sequence[Path], out: Path, *, x: str = "env_steps", y: str = "eval_return",
                          title: str | None = None) -> Path:  # fmt: skip
     """Groups runs by (env, arch), interpolates each seed onto a shared grid, and draws mean +- std."""
-    groups: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
+    groups: Curves = defaultdict(list)
     for run in runs:
         config, records = read_run(run)
         xs, ys = curve(records, x, y)
@@ -40,6 +40,17 @@ def plot_learning_curves(runs: Sequence[Path], out: Path, *, x: str = "env_steps
             groups[(str(config["env"]), str(config["arch"]))].append((xs, ys))
     if not groups:
         raise ValueError(f"no {y!r} records in {[str(r) for r in runs]}")
+    return plot_curves(groups, out, x=x, y=y, title=title)
+
+
+Curves = dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray]]]
+"""``{(env, arch): [(x, y) per seed]}``."""
+
+
+def plot_curves(groups: Curves, out: Path, *, x: str = "env_steps", y: str = "eval_return",
+                title: str | None = None) -> Path:  # fmt: skip
+    """One panel per environment, one mean +- std band per architecture over its seeds' curves, each interpolated
+    onto a grid shared by the seeds (where they all have data)."""
     envs = sorted({env for env, _ in groups})
     fig, axes = plt.subplots(1, len(envs), figsize=(5.5 * len(envs), 4), squeeze=False)
     for ax, env in zip(axes[0], envs, strict=True):

@@ -12,13 +12,12 @@ from trainer.experiments.gradient_stability import LOWER, UPPER, band_table, plo
 from trainer.experiments.rl_comparison import (
     Budget,
     CachedRunMismatchError,
-    figure,
     matched_hidden,
     parameters,
     run_dir,
     train_all,
 )
-from trainer.experiments.rl_results import budget_table, collect, final_returns, results_table, welch
+from trainer.experiments.rl_results import budget_table, collect, figure, final_returns, merge, results_table, welch
 
 
 def test_gradient_bands_separate_odetoode_from_unconstrained_flows(tmp_path: Path) -> None:
@@ -53,11 +52,11 @@ def test_rl_comparison_runs_are_cached_and_drawn(tmp_path: Path) -> None:
     config = json.loads((log.parent / "config.json").read_text())
     assert config["protocol"] == "tuned" and config["sigma"] == 0.05
     assert config["protocol_deviations"]["directions"] == {"protocol": 20, "run": 2}
-    png = figure(tmp_path, [0], tmp_path / "rl.png", tasks=tasks)
-    assert png.stat().st_size > 1000
     raw = collect(tmp_path, tasks, archs, [0], "tuned")  # the raw results file's records of these runs
     assert sorted(r["arch"] for r in raw["runs"]) == sorted(archs)
     assert all(r["iterations"] == 1 and r["env_steps"] > 0 and r["protocol"] == "tuned" for r in raw["runs"])
+    png = figure(raw, tmp_path / "rl.png")  # drawn from the raw results, not the run directories
+    assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 1000
     # a cached run of other settings is refused, not continued under the new ones
     other = Budget(iterations=1, eval_every=1, eval_episodes=1, workers=1,
                    settings={"directions": 2, "top_b": 1, "max_episode_steps": 10})  # fmt: skip
@@ -116,3 +115,24 @@ def test_table_columns_build(label: str) -> None:
 
     classifier = build_classifier(SupervisedConfig(model=label, width=8, step=0.25))
     assert sum(p.numel() for p in classifier.parameters()) > 0
+
+
+def test_the_rl_comparison_grows_over_sittings_from_its_committed_raw_results(tmp_path: Path) -> None:
+    """A sitting's runs are gone by the next one; its raw results are committed. The next sitting trains only what
+    they do not hold, and its table still shows every recorded run."""
+    from trainer.experiments.reproduce import rl
+
+    docs = tmp_path / "docs"
+    rl(docs, tmp_path / "runs-1", [0], 2, "tuned", sweep_iterations=0, tasks=("Swimmer-v5",))
+    raw_file = docs / "results" / "rl_tuned.json"
+    first = json.loads(raw_file.read_text())
+    assert {(r["task"], r["seed"]) for r in first["runs"]} == {("Swimmer-v5", 0)} and len(first["runs"]) == 6
+    assert all(r["iterations"] == 2 and len(r["curve"]["eval_return"]) == 1 for r in first["runs"])
+    table = (docs / "results" / "rl_comparison_tuned.md").read_text()
+    iso = final_returns(first, "Swimmer-v5", "iso-odetoode")[0]
+    assert f"| iso-odetoode | {iso:.1f} (" in table and "| Swimmer-v5 | 6 | " in table
+    rl(docs, tmp_path / "runs-2", [0], 2, "tuned", sweep_iterations=0, tasks=("Swimmer-v5",))
+    assert not (tmp_path / "runs-2").exists()  # every run was recorded: nothing trained
+    assert json.loads(raw_file.read_text()) == first
+    with pytest.raises(ValueError, match="protocol 'tuned' cannot take runs of 'paper'"):
+        merge(first, {**first, "protocol": "paper"})

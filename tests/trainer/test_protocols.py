@@ -36,9 +36,11 @@ from trainer.experiments.rl_comparison import Budget, parameter_table, parameter
 from trainer.experiments.rl_sweep import (
     Candidate,
     candidate_widths,
+    committed_record,
     curve_score,
     select_width,
     selected_widths,
+    sweep,
     sweep_task,
     write_record,
 )
@@ -330,6 +332,22 @@ def test_a_sweep_records_every_candidates_curve_and_its_choice(tmp_path: Path) -
     assert selected_widths(saved) == {"deepnet": chosen.hidden}
     table = parameter_table(("Pendulum-v1",), {"Pendulum-v1": selected_widths(saved)})
     assert f"| deepnet | {chosen.hidden} / " in table
+
+
+def test_a_committed_sweep_record_is_reused_across_sittings_and_a_changed_sweep_trains_again(tmp_path: Path) -> None:
+    """Run directories do not outlive a sitting; the committed record does: the next sitting's sweep takes its
+    choice without training, unless the sweep asked for is not the one recorded."""
+    budget = Budget(iterations=2, eval_every=1, eval_episodes=1, workers=1,
+                    settings={"directions": 2, "top_b": 2, "max_episode_steps": 10, "backend": "inline"})  # fmt: skip
+    results, options = tmp_path / "results", {"archs": ("deepnet",), "factors": (1.0, 2.0)}
+    widths, written = sweep(["Pendulum-v1"], tmp_path / "runs-1", results, budget, **options)
+    assert len(written) == 1 and (tmp_path / "runs-1").is_dir()
+    again, written = sweep(["Pendulum-v1"], tmp_path / "runs-2", results, budget, **options)
+    assert again == widths and written == [] and not (tmp_path / "runs-2").exists()  # nothing trained
+    assert committed_record("Pendulum-v1", results, budget, archs=("deepnet", "baseode"), factors=(1.0, 2.0)) is None
+    longer = dataclasses.replace(budget, iterations=3)
+    _, written = sweep(["Pendulum-v1"], tmp_path / "runs-3", results, longer, **options)
+    assert len(written) == 1 and json.loads(written[0].read_text())["budget"]["iterations"] == 3
 
 
 # -- intrinsic parameter counts ----------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
@@ -39,6 +39,9 @@ class ReproductionBudget:
     rl_sweep_iterations: int = 10
     """ES iterations of each width-sweep run that sizes the baselines (``rl``; 0: no sweep, each baseline at the
     smallest width reaching ISO-ODEtoODE's parameter count)."""
+    rl_tasks: tuple[str, ...] = ()
+    """The tasks of the RL comparison to sweep and train in this sitting (``rl``; default: all); runs recorded in
+    the committed raw results are not trained again, so a comparison can grow over several sittings."""
     table1_epochs: int = 20
     """Epochs of each cell of Table 1 (``table1``)."""
     table2_epochs: int = 10
@@ -77,17 +80,22 @@ def deep(docs: Path, runs: Path, epochs: int) -> list[Path]:
 
 
 def rl(docs: Path, runs: Path, seeds: Sequence[int], iterations: int, protocol: ProtocolName = "tuned",
-       sweep_iterations: int = 10) -> list[Path]:  # fmt: skip
-    """The RL comparison under ``protocol``: the width sweep (unless ``sweep_iterations`` is 0), every run, the
-    figure ``figures/rl_comparison_<protocol>.png`` and the table ``results/rl_comparison_<protocol>.md``."""
-    from trainer.experiments.rl_comparison import ARCHS, TASKS, Budget, figure, parameter_table, train_all
-    from trainer.experiments.rl_results import budget_table, collect, results_table
+       sweep_iterations: int = 10, tasks: Sequence[str] = ()) -> list[Path]:  # fmt: skip
+    """The RL comparison under ``protocol``: the width sweep (unless ``sweep_iterations`` is 0), every run not in the
+    committed raw results yet, the raw results ``results/rl_<protocol>.json`` (merged with the committed ones), the
+    figure ``figures/rl_comparison_<protocol>.png`` and the table ``results/rl_comparison_<protocol>.md``, both from
+    the raw results. ``tasks`` (default: all) limits what is swept and trained in this sitting; the table covers
+    every task the raw results hold."""
+    from trainer.experiments.rl_comparison import ARCHS, TASKS, Budget, parameter_table, task_configs, train_all
+    from trainer.experiments.rl_results import budget_table, collect, figure, merge, recorded, results_table
     from trainer.experiments.rl_results import raw_path as rl_raw_path
     from trainer.experiments.rl_sweep import (
         FINAL_FRACTION,
         SELECTION_RULE,
         SWEEP_FACTORS,
         SWEEP_SEED,
+        committed_record,
+        selected_widths,
         sweep,
         sweep_budget,
     )
@@ -95,29 +103,40 @@ def rl(docs: Path, runs: Path, seeds: Sequence[int], iterations: int, protocol: 
 
     budget = Budget(protocol=protocol, iterations=iterations)
     results = docs / "results"
+    now = tuple(tasks) or TASKS
+    unknown = set(now) - set(TASKS)
+    if unknown:
+        raise ValueError(f"unknown task(s) {sorted(unknown)}; the comparison's tasks are {list(TASKS)}")
     written: list[Path] = []
-    widths = None
+    widths: dict[str, Mapping[str, int]] | None = None
     if sweep_iterations > 0:
-        widths, written = sweep(TASKS, runs, results, sweep_budget(budget, sweep_iterations))
+        short = sweep_budget(budget, sweep_iterations)
+        swept, written = sweep(now, runs, results, short)
+        widths = dict(swept)
+        for task in set(TASKS) - set(now):  # swept in another sitting, if at all
+            if (record := committed_record(task, results, short)) is not None:
+                widths[task] = selected_widths(record)
         sizing = (f"each baseline at the width its sweep selected (candidates reaching {list(SWEEP_FACTORS)} x "
                   f"ISO-ODEtoODE's parameter count, one {sweep_iterations}-iteration run each on seed {SWEEP_SEED}, "
                   f"rule {SELECTION_RULE!r}: mean evaluation return over the final {FINAL_FRACTION:.0%} of the "
                   f"curve; records in results/rl_sweep/{protocol}/)")  # fmt: skip
     else:
         sizing = "each baseline at the smallest width reaching ISO-ODEtoODE's parameter count (no sweep)"
-    train_all(runs, seeds, budget, tasks=TASKS, widths=widths)
-    results.mkdir(parents=True, exist_ok=True)
-    raw = collect(runs, TASKS, ARCHS, seeds, protocol, widths)
     raw_file = rl_raw_path(results, protocol)
+    committed = json.loads(raw_file.read_text()) if raw_file.is_file() else None
+    hidden = {(t, a): c["hidden"] for t in now for a, c in task_configs(t, (widths or {}).get(t)).items()}
+    train_all(runs, seeds, budget, tasks=now, widths=widths, skip=recorded(committed, iterations, hidden))
+    raw = merge(committed, collect(runs, TASKS, ARCHS, seeds, protocol, widths))
+    results.mkdir(parents=True, exist_ok=True)
     raw_file.write_text(json.dumps(raw, indent=1) + "\n")
-    fig = figure(runs, seeds, docs / "figures" / f"rl_comparison_{protocol}.png", tasks=TASKS, protocol=protocol)
+    fig = figure(raw, docs / "figures" / f"rl_comparison_{protocol}.png")
     lines = [
         f"Protocol `{protocol}` ({PROTOCOLS[protocol].summary}), the same for every architecture and task:",
         "",
         protocol_table((PROTOCOLS[protocol],)),
         "",
         f"Budget per run: {budget.iterations} iterations, {budget.eval_episodes} evaluation episodes every "
-        f"{budget.eval_every} iterations; seeds {list(seeds)}.",
+        f"{budget.eval_every} iterations; seeds {raw['seeds']}.",
         "",
         f"Parameter counts (width h / ambient parameters / intrinsic dimension): ISO-ODEtoODE at the paper's width, "
         f"{sizing}:",
@@ -157,7 +176,8 @@ def run(claims: Sequence[str], *, docs: Path, runs: Path, seeds: Sequence[int],
         elif claim == "deep":
             out += deep(docs, runs, budget.deep_epochs)
         elif claim == "rl":
-            out += rl(docs, runs, seeds, budget.rl_iterations, budget.rl_protocol, budget.rl_sweep_iterations)
+            out += rl(docs, runs, seeds, budget.rl_iterations, budget.rl_protocol, budget.rl_sweep_iterations,
+                      budget.rl_tasks)  # fmt: skip
         elif claim == "table1":
             out += table(docs, runs, 1, seeds, budget.table1_epochs)
         elif claim == "table2":

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,6 @@ from trainer.envs import env_spec
 from trainer.es_training import ESConfig, ESRun
 from trainer.models import build_model
 from trainer.models.counting import intrinsic_parameters
-from trainer.plots import plot_learning_curves
 from trainer.protocols import ProtocolName, apply
 
 TASKS = ("Swimmer-v5", "HalfCheetah-v5", "Hopper-v5", "dmc:swimmer/swimmer15", "Humanoid-v5")
@@ -153,11 +152,15 @@ def train_run(config: ESConfig, out: Path) -> ESRun:
 
 
 def train_all(runs: Path, seeds: Sequence[int], budget: Budget, tasks: Sequence[str] = TASKS,
-              archs: Sequence[Arch] = ARCHS, widths: Widths | None = None) -> None:  # fmt: skip
-    """Every (task, architecture, seed) run of the comparison; baselines at ``widths[task]`` where given."""
+              archs: Sequence[Arch] = ARCHS, widths: Widths | None = None,
+              skip: Container[tuple[str, str, int]] = ()) -> None:  # fmt: skip
+    """Every (task, architecture, seed) run of the comparison but those in ``skip`` (recorded already); baselines
+    at ``widths[task]`` where given."""
     for task in tasks:
         configs = task_configs(task, (widths or {}).get(task))
         for arch, seed in itertools.product(archs, seeds):
+            if (task, arch, seed) in skip:
+                continue
             c = configs[arch]
             train_run(run_config(task, arch, c["hidden"], seed, budget, c["steps"]),
                       run_dir(runs, task, arch, seed, budget.protocol))  # fmt: skip
@@ -173,9 +176,3 @@ def parameter_table(tasks: Sequence[str] = TASKS, widths: Widths | None = None) 
         cells = [f"{c['hidden']} / {c['parameters']} / {c['intrinsic']}" for t in tasks for c in (rows[t][arch],)]
         lines.append(f"| {arch} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def figure(runs: Path, seeds: Sequence[int], out: Path, tasks: Sequence[str] = TASKS, protocol: str = "tuned"
-           ) -> Path:  # fmt: skip
-    dirs = [run_dir(runs, t, a, s, protocol) for t in tasks for a in ARCHS for s in seeds]
-    return plot_learning_curves([d for d in dirs if (d / "log.jsonl").is_file()], out)

@@ -23,7 +23,7 @@ from scipy import stats
 
 from trainer.experiments.rl_comparison import REFERENCE_ARCH, run_dir, task_configs
 from trainer.experiments.stats import mean_and_std
-from trainer.plots import curve, read_run
+from trainer.plots import Curves, curve, plot_curves, read_run
 
 ALPHA = 0.05
 
@@ -65,6 +65,42 @@ def collect(runs: Path, tasks: Sequence[str], archs: Sequence[str], seeds: Seque
                 record.update(parameters=c["parameters"], intrinsic=c["intrinsic"])
                 out.append(record)
     return {"protocol": protocol, "tasks": list(tasks), "archs": list(archs), "seeds": list(seeds), "runs": out}
+
+
+def _key(record: Mapping[str, Any]) -> tuple[str, str, int]:
+    return str(record["task"]), str(record["arch"]), int(record["seed"])
+
+
+def merge(committed: Mapping[str, Any] | None, fresh: Mapping[str, Any]) -> dict[str, Any]:
+    """``fresh``'s records with the ``committed`` ones it has no run for: run directories do not outlive a sitting,
+    the committed raw results do, so a comparison grows over several sittings. A committed record of another
+    protocol is an error."""
+    if committed is not None and committed["protocol"] != fresh["protocol"]:
+        raise ValueError(f"raw results of protocol {committed['protocol']!r} cannot take runs of {fresh['protocol']!r}")
+    runs = {_key(r): r for r in (committed or {}).get("runs", [])}
+    runs.update({_key(r): r for r in fresh["runs"]})
+    seeds = sorted({*fresh["seeds"], *(committed or {}).get("seeds", [])})
+    return {**fresh, "seeds": seeds, "runs": [runs[k] for k in sorted(runs)]}
+
+
+def recorded(raw: Mapping[str, Any] | None, iterations: int, hidden: Mapping[tuple[str, str], int]
+             ) -> set[tuple[str, str, int]]:  # fmt: skip
+    """The (task, arch, seed) runs ``raw`` holds complete: at least ``iterations`` iterations, at the width
+    ``hidden[task, arch]`` asks for. The comparison trains only the others."""
+    if raw is None:
+        return set()
+    return {_key(r) for r in raw["runs"]
+            if r["iterations"] >= iterations and hidden.get((r["task"], r["arch"])) == r["hidden"]}  # fmt: skip
+
+
+def figure(raw: Mapping[str, Any], out: Path) -> Path:
+    """Learning curves (evaluation return against environment steps, mean +- std over seeds) from the raw results."""
+    groups: Curves = {}
+    for r in raw["runs"]:
+        if r["curve"]["env_steps"]:
+            xy = (np.asarray(r["curve"]["env_steps"], float), np.asarray(r["curve"]["eval_return"], float))
+            groups.setdefault((r["task"], r["arch"]), []).append(xy)
+    return plot_curves(groups, out)
 
 
 def final_returns(raw: Mapping[str, Any], task: str, arch: str) -> list[float]:

@@ -131,17 +131,20 @@ def _curve(run: Path) -> dict[str, list[float]]:
     }
 
 
-def sweep_task(task: str, runs: Path, budget: Budget, *, archs: Sequence[Arch] = BASELINES,
-               factors: Sequence[float] = SWEEP_FACTORS, seed: int = SWEEP_SEED, rule: SelectionRule = SELECTION_RULE,
-               final_fraction: float = FINAL_FRACTION) -> dict[str, Any]:  # fmt: skip
-    """Trains (or reuses, cached under ``runs/rl_sweep``) every candidate of every baseline on ``task`` and returns
-    the sweep's record (see the module docstring), its choice under ``baselines.<arch>.selected``."""
+def record_header(
+    task: str,
+    budget: Budget,
+    factors: Sequence[float] = SWEEP_FACTORS,
+    seed: int = SWEEP_SEED,
+    rule: SelectionRule = SELECTION_RULE,
+    final_fraction: float = FINAL_FRACTION,
+) -> dict[str, Any]:
+    """What a sweep record states about how it was made: a committed record with the same header is the same sweep
+    (``sweep`` reuses it instead of training again)."""
     spec = env_spec(task)
-    options: dict[str, Any] = {"steps": REFERENCE_STEPS}
-    target = reference_parameters(task)
     protocol = get_protocol(budget.protocol)
     h_ref = reference_hidden(task)
-    record: dict[str, Any] = {
+    return {
         "task": task,
         "protocol": protocol.name,
         "protocol_settings": protocol.settings(),
@@ -159,11 +162,35 @@ def sweep_task(task: str, runs: Path, budget: Budget, *, archs: Sequence[Arch] =
         "reference": {
             "arch": REFERENCE_ARCH,
             "hidden": h_ref,
-            "parameters": target,
-            "intrinsic": intrinsic(REFERENCE_ARCH, spec.obs_dim, spec.act_dim, h_ref, **options),
+            "parameters": reference_parameters(task),
+            "intrinsic": intrinsic(REFERENCE_ARCH, spec.obs_dim, spec.act_dim, h_ref, steps=REFERENCE_STEPS),
         },
-        "baselines": {},
     }
+
+
+def committed_record(task: str, results: Path, budget: Budget, archs: Sequence[Arch] = BASELINES,
+                     **options: Any) -> dict[str, Any] | None:  # fmt: skip
+    """The sweep record of ``task`` under ``results`` if it was made exactly as asked (same header) and covers every
+    baseline; None otherwise. Runs do not outlive a sitting, records do: this is how a sweep spans several."""
+    path = record_path(results, budget.protocol, task)
+    if not path.is_file():
+        return None
+    record: dict[str, Any] = json.loads(path.read_text())
+    header = json.loads(json.dumps(record_header(task, budget, **options)))  # as JSON would round-trip it
+    same = all(record.get(k) == v for k, v in header.items())
+    return record if same and set(archs) <= set(record.get("baselines", {})) else None
+
+
+def sweep_task(task: str, runs: Path, budget: Budget, *, archs: Sequence[Arch] = BASELINES,
+               factors: Sequence[float] = SWEEP_FACTORS, seed: int = SWEEP_SEED, rule: SelectionRule = SELECTION_RULE,
+               final_fraction: float = FINAL_FRACTION) -> dict[str, Any]:  # fmt: skip
+    """Trains (or reuses, cached under ``runs/rl_sweep``) every candidate of every baseline on ``task`` and returns
+    the sweep's record (see the module docstring), its choice under ``baselines.<arch>.selected``."""
+    spec = env_spec(task)
+    options: dict[str, Any] = {"steps": REFERENCE_STEPS}
+    target = reference_parameters(task)
+    protocol = get_protocol(budget.protocol)
+    record: dict[str, Any] = {**record_header(task, budget, factors, seed, rule, final_fraction), "baselines": {}}
     for arch in archs:
         entries, candidates = [], []
         for hidden in candidate_widths(arch, spec.obs_dim, spec.act_dim, target, factors, **options):
@@ -198,12 +225,15 @@ def selected_widths(record: Mapping[str, Any]) -> dict[str, int]:
 
 
 def sweep(tasks: Sequence[str], runs: Path, results: Path, budget: Budget, **options: Any) -> tuple[Widths, list[Path]]:
-    """``sweep_task`` for every task, each record written; returns the selected widths per task and the files."""
+    """``sweep_task`` for every task whose record is not committed already (``committed_record``), each record
+    written; returns the selected widths per task and the files written."""
     widths: dict[str, dict[str, int]] = {}
     paths = []
     for task in tasks:
-        record = sweep_task(task, runs, budget, **options)
-        paths.append(write_record(record, results))
+        record = committed_record(task, results, budget, **options)
+        if record is None:
+            record = sweep_task(task, runs, budget, **options)
+            paths.append(write_record(record, results))
         widths[task] = selected_widths(record)
     return widths, paths
 
