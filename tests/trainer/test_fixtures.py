@@ -2,7 +2,7 @@
 
 The graph -- every node and every float32 constant -- must be byte for byte the same. The metadata's float64 values
 (golden outputs from the float64 torch reference, the Lipschitz bound) may differ in their last bits between CPUs:
-torch's float64 kernels round differently on different instruction sets (seen: 2.665836583409013 here,
+torch's float64 kernels round differently on different instruction sets (seen: 2.665836583409013 on one host,
 ...014 on another host; golden outputs up to 3e-14 apart). They are compared to 1e-12, far below any tolerance that
 reads them."""
 
