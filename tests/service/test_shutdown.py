@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import grpc
@@ -127,7 +128,9 @@ def test_a_client_that_hangs_up_mid_body_is_a_debug_line_not_an_error(tmp_path: 
             for small in (True, False) * 100:  # a body small enough for the event loop, and a bulk one
                 declared = 4096 if small else 1 << 20
                 head = b"POST /v2/models/p/infer HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: %d\\r\\n\\r\\n" % declared
-                with socket.create_connection(("127.0.0.1", proc.http_port)) as s:
+                # The server may refuse a bulk one before its half has arrived (429 while bulk_max_requests earlier
+                # ones still count as being received) and close: this client is hanging up anyway.
+                with socket.create_connection(("127.0.0.1", proc.http_port)) as s, suppress(ConnectionError):
                     s.sendall(head + b"[" * (declared // 2))
             r = httpx.post(proc.http + "/v2/models/p/infer", json=observation_json(), timeout=30)
             assert r.status_code == 200
